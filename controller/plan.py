@@ -1,0 +1,100 @@
+"""Pure planning: a valid RolloutSpec -> the ordered routing states it may produce.
+
+A plan holds the baseline (also the rollback target), one entry per step, and the
+promoted state (target 100%). The engine only ever applies routings from the plan,
+so "traffic in a state the plan does not contain" is impossible by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controller.routing.model import DesiredRouting, HeaderRoute
+from controller.spec import DEFAULT_STEP_DURATION, RolloutSpec, Step
+from controller.weights import integer_percentages, target_share
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    index: int
+    kind: str  # header | weight | traffic | approval
+    routing: DesiredRouting
+    duration: float  # seconds to observe; 0 for approval steps (they wait for a person)
+    target_percent: int
+
+    @property
+    def label(self) -> str:
+        if self.kind == "header":
+            route = self.routing.header_routes[0]
+            return f"header {route.header}: {route.value}"
+        if self.kind == "approval":
+            return "manual approval"
+        return f"{self.target_percent}%"
+
+
+@dataclass(frozen=True)
+class Plan:
+    rollout: str
+    target: str
+    baseline: DesiredRouting
+    steps: tuple[PlannedStep, ...]
+    promoted: DesiredRouting
+
+    def routing_for_step(self, index: int) -> DesiredRouting:
+        return self.steps[index].routing
+
+    @property
+    def stable_versions(self) -> tuple[str, ...]:
+        return tuple(v for v, w in self.baseline.weights if w > 0 and v != self.target)
+
+    def all_routings(self) -> list[DesiredRouting]:
+        return [self.baseline, *(s.routing for s in self.steps), self.promoted]
+
+
+def _routing(spec: RolloutSpec, weights: dict[str, int], headers: tuple[HeaderRoute, ...]) -> DesiredRouting:
+    names = tuple(v.name for v in spec.versions)
+    return DesiredRouting(
+        service=spec.service,
+        namespace=spec.namespace,
+        host=spec.fqdn,
+        versions=names,
+        header_routes=headers,
+        weights=tuple((n, weights.get(n, 0)) for n in names),
+    )
+
+
+def build_plan(spec: RolloutSpec) -> Plan:
+    """Spec must already be validated (see controller.spec_loader)."""
+    baseline_weights = integer_percentages(spec.baseline)
+    baseline = _routing(spec, baseline_weights, ())
+    headers: tuple[HeaderRoute, ...] = ()
+    current = baseline_weights
+    planned: list[PlannedStep] = []
+    for index, step in enumerate(spec.effective_steps):
+        kind = step.kind
+        if kind == "header" and step.header is not None:
+            h = step.header
+            headers = (HeaderRoute(header=h.name, value=h.value, match=h.match, version=spec.target),)
+            if not planned or all(p.kind in ("header", "approval") for p in planned):
+                current = target_share(spec.baseline, spec.target, 0)
+        elif kind == "weight" and step.weight is not None:
+            current = target_share(spec.baseline, spec.target, step.weight)
+        elif kind == "traffic" and step.traffic:
+            current = integer_percentages({n: step.traffic.get(n, 0) for n in spec.baseline})
+        planned.append(
+            PlannedStep(
+                index=index,
+                kind=kind,
+                routing=_routing(spec, current, headers),
+                duration=_duration(step),
+                target_percent=current.get(spec.target, 0),
+            )
+        )
+    promoted = _routing(spec, {spec.target: 100}, ())
+    return Plan(spec.rollout_name, spec.target, baseline, tuple(planned), promoted)
+
+
+def _duration(step: Step) -> float:
+    if step.kind == "approval":
+        return 0.0
+    return DEFAULT_STEP_DURATION if step.duration is None else step.duration
