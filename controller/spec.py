@@ -24,7 +24,10 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("duration must be a string like '30s' or a number of seconds")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError("duration must be a finite number of seconds >= 0") from None
     elif isinstance(value, str):
         text = value.strip()
         parts = _DURATION_PART.findall(text)
@@ -39,6 +42,17 @@ def parse_duration(value: object) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _reject_bool(value: object) -> object:
+    # YAML turns `true`/`yes` into booleans, which pydantic's lax mode would read as 1.
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not a boolean")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_reject_bool)]
+Number = Annotated[float, BeforeValidator(_reject_bool)]
 VersionName = Annotated[
     str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63, description="DNS label")
 ]
@@ -52,7 +66,7 @@ class StrictModel(BaseModel):
 
 class VersionWeight(StrictModel):
     name: VersionName
-    weight: int = Field(ge=0, le=1_000_000, description="Relative weight; 50/50/50 means a third each")
+    weight: Int = Field(ge=0, le=1_000_000, description="Relative weight; 50/50/50 means a third each")
 
 
 class HeaderMatch(StrictModel):
@@ -69,8 +83,8 @@ class Step(StrictModel):
     """Exactly one of header / weight / traffic / approval."""
 
     header: HeaderMatch | None = None
-    weight: int | None = Field(default=None, ge=0, le=100, description="Target version's percentage")
-    traffic: dict[VersionName, Annotated[int, Field(ge=0, le=1_000_000)]] | None = Field(
+    weight: Int | None = Field(default=None, ge=0, le=100, description="Target version's percentage")
+    traffic: dict[VersionName, Annotated[Int, Field(ge=0, le=1_000_000)]] | None = Field(
         default=None, description="Relative weights of every version for this step"
     )
     approval: ApprovalPause | None = None
@@ -90,13 +104,19 @@ class Gate(StrictModel):
     quantile: Literal["p50", "p90", "p99"] | None = Field(
         default=None, description="Required for latency gates"
     )
-    max: float | None = Field(
-        default=None, ge=0, description="Absolute limit: percent for error_rate, milliseconds for latency"
+    max: Number | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Absolute limit: percent for error_rate, milliseconds for latency",
     )
-    stable_margin: float | None = Field(
-        default=None, ge=0, description="New version may be at most this much worse than stable (gate units)"
+    stable_margin: Number | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="New version may be at most this much worse than stable (gate units)",
     )
-    min_requests: int | None = Field(default=None, ge=1)
+    min_requests: Int | None = Field(default=None, ge=1)
 
     @property
     def display_name(self) -> str:
@@ -111,15 +131,19 @@ class Schedule(StrictModel):
 
 class Analysis(StrictModel):
     window: Duration = Field(default=30.0, description="PromQL range window")
-    min_requests: int = Field(default=20, ge=1, description="Requests the new version needs before judging")
+    min_requests: Int = Field(default=20, ge=1, description="Requests the new version needs before judging")
     reporter: Literal["destination", "source"] = "destination"
 
 
 class RollbackPolicy(StrictModel):
-    on_missing_data: Literal["hold", "rollback"] = Field(
-        default="hold", description="hold = wait (never promote), then roll back after missing_data_timeout"
+    on_missing_data: Literal["rollback", "hold"] = Field(
+        default="rollback",
+        description=(
+            "Missing data never promotes. rollback: hold, then roll back once data has been missing for "
+            "missing_data_timeout; hold: hold until data returns or a person acts"
+        ),
     )
-    missing_data_timeout: Duration = 120.0
+    missing_data_timeout: Duration = Field(default=120.0, description="See on_missing_data")
 
 
 DEFAULT_STEP_DURATION = 60.0

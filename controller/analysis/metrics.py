@@ -1,0 +1,81 @@
+"""Per-version request metrics over the analysis window, as fetched in one batch.
+
+Quantiles are computed here from the raw histogram buckets with the same linear
+interpolation as PromQL's histogram_quantile, so one bucket query per tick serves
+every latency gate (p50/p90/p99) of every rollout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+WorkloadKey = tuple[str, str, str]  # (namespace, service, version)
+
+
+@dataclass
+class VersionMetrics:
+    requests: float = 0.0
+    errors: float = 0.0  # 5xx responses
+    buckets: dict[float, float] = field(default_factory=dict)  # le (ms) -> cumulative count
+
+    @property
+    def error_percent(self) -> float | None:
+        return None if self.requests <= 0 else 100.0 * self.errors / self.requests
+
+    def quantile(self, q: float) -> float | None:
+        return histogram_quantile(q, self.buckets.items())
+
+    def merged(self, other: VersionMetrics) -> VersionMetrics:
+        buckets = dict(self.buckets)
+        for le, count in other.buckets.items():
+            buckets[le] = buckets.get(le, 0.0) + count
+        return VersionMetrics(self.requests + other.requests, self.errors + other.errors, buckets)
+
+
+def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
+    """PromQL histogram_quantile over cumulative (le, count) pairs; None without observations."""
+    ordered = sorted(buckets)
+    if len(ordered) < 2 or not math.isinf(ordered[-1][0]):
+        return None
+    # Cumulative counts must be monotonic; increase() noise can break that slightly.
+    fixed: list[tuple[float, float]] = []
+    running = 0.0
+    for le, count in ordered:
+        running = max(running, count)
+        fixed.append((le, running))
+    total = fixed[-1][1]
+    if total <= 0:
+        return None
+    rank = q * total
+    for i, (le, count) in enumerate(fixed):
+        if count >= rank:
+            if math.isinf(le):
+                return fixed[i - 1][0]  # like Prometheus: the highest finite bound
+            lower_le, lower_count = (0.0, 0.0) if i == 0 else fixed[i - 1]
+            if count == lower_count:
+                return le
+            return lower_le + (le - lower_le) * (rank - lower_count) / (count - lower_count)
+    return fixed[-2][0]
+
+
+@dataclass
+class MetricsSnapshot:
+    """Everything one tick knows about traffic; `error` says why data is missing."""
+
+    window_seconds: float
+    by_workload: dict[WorkloadKey, VersionMetrics] = field(default_factory=dict)
+    error: str | None = None
+
+    def version(self, namespace: str, service: str, version: str) -> VersionMetrics | None:
+        return self.by_workload.get((namespace, service, version))
+
+    def versions_combined(self, namespace: str, service: str, versions: Iterable[str]) -> VersionMetrics | None:
+        found = [m for v in versions if (m := self.version(namespace, service, v)) is not None]
+        if not found:
+            return None
+        combined = VersionMetrics()
+        for metrics in found:
+            combined = combined.merged(metrics)
+        return combined

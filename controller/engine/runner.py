@@ -1,0 +1,169 @@
+"""The tick runner: the I/O shell around `decide`.
+
+One tick, for every rollout that is due: read state -> (one batched metrics fetch
+for all active rollouts) -> evaluate gates -> decide -> persist state -> apply
+routing. State is saved before routing is applied and routing is derived from the
+state alone, so a controller killed between the two converges on restart (the
+next tick re-applies the saved state's routing): a step is never replayed or
+skipped. Routers skip writes when nothing changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from controller.analysis.gates import GateReport, evaluate_gates
+from controller.analysis.metrics import MetricsSnapshot
+from controller.analysis.prometheus import MetricSource, MetricsRequest
+from controller.engine.decide import Decision, decide
+from controller.engine.phases import ACTIVE_PHASES, Command, Phase, PhaseChange, RolloutState
+from controller.plan import Plan, build_plan
+from controller.routing.model import DesiredRouting
+from controller.spec import RolloutSpec
+from controller.state.file_store import StateStore
+
+log = structlog.get_logger("ramp.runner")
+
+
+class TrafficRouter(Protocol):
+    def apply(self, routing: DesiredRouting) -> bool:
+        """Make the data plane match `routing`; False when it already did (no write)."""
+        ...
+
+
+def spec_digest(spec: RolloutSpec) -> str:
+    return hashlib.sha256(spec.model_dump_json(by_alias=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ManagedRollout:
+    spec: RolloutSpec
+    plan: Plan
+    digest: str
+    source: Path | None = None
+
+    @classmethod
+    def from_spec(cls, spec: RolloutSpec, source: Path | None = None) -> ManagedRollout:
+        return cls(spec, build_plan(spec), spec_digest(spec), source)
+
+    @property
+    def name(self) -> str:
+        return self.spec.rollout_name
+
+
+@dataclass(frozen=True)
+class TickEvent:
+    rollout: ManagedRollout
+    at: float
+    previous_phase: Phase
+    decision: Decision
+    report: GateReport | None
+    command: Command | None
+    routing_written: bool
+    apply_error: str | None = None
+
+    @property
+    def phase_changed(self) -> bool:
+        return self.previous_phase != self.decision.phase
+
+
+Observer = Callable[[TickEvent], None]
+
+
+@dataclass
+class RolloutRunner:
+    router: TrafficRouter
+    metrics: MetricSource
+    store: StateStore
+    clock: Callable[[], float] = time.time
+    observers: list[Observer] = field(default_factory=list)
+    rollouts: dict[str, ManagedRollout] = field(default_factory=dict)
+    _last_tick: dict[str, float] = field(default_factory=dict)
+
+    def set_rollouts(self, rollouts: Sequence[ManagedRollout]) -> None:
+        self.rollouts = {r.name: r for r in rollouts}
+        self._last_tick = {k: v for k, v in self._last_tick.items() if k in self.rollouts}
+
+    def base_interval(self) -> float:
+        return min((r.spec.schedule.interval for r in self.rollouts.values()), default=5.0)
+
+    def _due(self, now: float) -> list[ManagedRollout]:
+        slack = 0.25 * self.base_interval()  # tolerate scheduler jitter without skipping a tick
+        return [
+            r
+            for r in self.rollouts.values()
+            if now - self._last_tick.get(r.name, float("-inf")) >= r.spec.schedule.interval - slack
+        ]
+
+    def load_state(self, rollout: ManagedRollout, now: float) -> RolloutState:
+        state = self.store.load(rollout.name)
+        if state is None:
+            return RolloutState(rollout=rollout.name, spec_digest=rollout.digest)
+        if state.spec_digest != rollout.digest:
+            note = PhaseChange(phase=Phase.PENDING, step=-1, at=now, reason="spec changed: rollout starts over")
+            return RolloutState(rollout=rollout.name, spec_digest=rollout.digest, history=[*state.history, note])
+        return state
+
+    def tick(self) -> list[TickEvent]:
+        now = self.clock()
+        due = self._due(now)
+        states = {r.name: self.load_state(r, now) for r in due}
+        active = [r for r in due if states[r.name].phase in ACTIVE_PHASES]
+        snapshots = self._fetch(active)
+        events = []
+        for rollout in due:
+            self._last_tick[rollout.name] = now
+            snapshot = snapshots.get(rollout.name)
+            report = None
+            if snapshot is not None:
+                report = evaluate_gates(rollout.spec, rollout.plan.stable_versions, snapshot)
+            events.append(self._tick_one(rollout, states[rollout.name], report, now))
+        for event in events:
+            for observer in self.observers:
+                observer(event)
+        return events
+
+    def _fetch(self, active: list[ManagedRollout]) -> dict[str, MetricsSnapshot]:
+        if not active:
+            return {}
+        requests = {
+            r.name: MetricsRequest(r.spec.namespace, r.spec.service, r.spec.analysis.window, r.spec.analysis.reporter)
+            for r in active
+        }
+        fetched = self.metrics.fetch(list(requests.values()))
+        return {name: fetched[request] for name, request in requests.items()}
+
+    def _tick_one(
+        self, rollout: ManagedRollout, state: RolloutState, report: GateReport | None, now: float
+    ) -> TickEvent:
+        command = self.store.pending_command(rollout.name)
+        decision = decide(rollout.plan, rollout.spec, state, report, now, command)
+        if decision.state.phase != state.phase or decision.state.step != state.step:
+            log.info(
+                "phase change",
+                rollout=rollout.name,
+                phase=decision.state.phase.value,
+                step=decision.state.step,
+                reason=decision.state.reason,
+            )
+        self.store.save(decision.state)
+        if command is not None:
+            self.store.clear_command(rollout.name)
+        written, error = False, None
+        try:
+            written = self.router.apply(decision.routing)
+        except Exception as exc:  # the next tick retries: routing follows the saved state
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("routing not applied", rollout=rollout.name, error=error)
+        return TickEvent(rollout, now, state.phase, decision, report, command, written, error)
+
+    def all_terminal(self) -> bool:
+        states = [self.store.load(name) for name in self.rollouts]
+        return all(s is not None and s.terminal for s in states)

@@ -1,0 +1,58 @@
+"""APScheduler wiring: one interval job drives the runner.
+
+A single job (max_instances=1, coalesce=True) ticks at the shortest rollout
+interval; the runner decides which rollouts are due, so all due rollouts share
+one batched metrics fetch per tick.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from controller.engine.runner import RolloutRunner
+
+log = structlog.get_logger("ramp.scheduler")
+
+
+class TickScheduler:
+    def __init__(self, runner: RolloutRunner) -> None:
+        self.runner = runner
+        self._scheduler = BackgroundScheduler(timezone="UTC")
+        self._errors = 0
+        self._lock = threading.Lock()  # the first tick runs on the caller's thread
+        self.ticked = threading.Event()
+
+    def _job(self) -> None:
+        try:
+            with self._lock:
+                self.runner.tick()
+        except Exception:
+            self._errors += 1
+            log.exception("tick failed")
+        finally:
+            self.ticked.set()
+
+    def start(self) -> None:
+        interval = self.runner.base_interval()
+        self._scheduler.add_job(
+            self._job,
+            "interval",
+            seconds=interval,
+            id="ramp-tick",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(1, int(interval)),
+        )
+        self._scheduler.start()
+        self._job()  # first tick now, not one interval from now
+
+    def stop(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
+
+    @property
+    def errors(self) -> int:
+        return self._errors

@@ -1,0 +1,102 @@
+"""Local-mode state store: one JSON file per rollout, written atomically.
+
+write temp file in the same directory -> fsync -> os.replace -> fsync directory,
+so a controller killed at any moment leaves either the old or the new state,
+never a torn file. Commands (pause/resume/abort/promote) are files too, cleared only after the
+tick that applied them has saved its state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import ValidationError
+
+from controller.engine.phases import Command, RolloutState
+
+
+class StateStoreError(Exception):
+    pass
+
+
+class StateStore(Protocol):
+    def load(self, rollout: str) -> RolloutState | None: ...
+    def save(self, state: RolloutState) -> None: ...
+    def pending_command(self, rollout: str) -> Command | None: ...
+    def clear_command(self, rollout: str) -> None: ...
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class FileStateStore:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _state_path(self, rollout: str) -> Path:
+        return self.directory / f"{rollout}.state.json"
+
+    def _command_path(self, rollout: str) -> Path:
+        return self.directory / f"{rollout}.command"
+
+    def load(self, rollout: str) -> RolloutState | None:
+        path = self._state_path(rollout)
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            return RolloutState.model_validate_json(raw)
+        except ValidationError as exc:
+            raise StateStoreError(f"{path}: unreadable rollout state: {exc.error_count()} problem(s)") from exc
+
+    def save(self, state: RolloutState) -> None:
+        atomic_write(self._state_path(state.rollout), state.model_dump_json(indent=2).encode())
+
+    def request(self, rollout: str, command: Command) -> None:
+        atomic_write(self._command_path(rollout), json.dumps({"command": command.value}).encode())
+
+    def pending_command(self, rollout: str) -> Command | None:
+        """The requested command, left in place until `clear_command` (after the state is saved)."""
+        path = self._command_path(rollout)
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            return Command(payload.get("command"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, AttributeError):
+            path.unlink(missing_ok=True)  # garbage is dropped, never acted on
+            return None
+
+    def clear_command(self, rollout: str) -> None:
+        self._command_path(rollout).unlink(missing_ok=True)
+
+    def all_states(self) -> list[RolloutState]:
+        states = []
+        for path in sorted(self.directory.glob("*.state.json")):
+            state = self.load(path.name.removesuffix(".state.json"))
+            if state is not None:
+                states.append(state)
+        return states

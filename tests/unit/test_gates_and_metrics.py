@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from controller.analysis.gates import Verdict, evaluate_gates
+from controller.analysis.metrics import MetricsSnapshot, VersionMetrics, histogram_quantile
+from controller.analysis.prometheus import MetricsRequest, PrometheusSource
+from tests.unit.engine_fixtures import spec
+
+GATED = spec(
+    """
+service: shop
+namespace: prod
+versions: [{name: v1, weight: 100}, {name: v2, weight: 0}]
+target: v2
+gates:
+  - {metric: error_rate, max: 5, stable_margin: 1}
+  - {metric: latency, quantile: p99, max: 300}
+analysis: {min_requests: 20, window: 10s}
+"""
+)
+
+
+def test_histogram_quantile_matches_prometheus_interpolation() -> None:
+    # 100 observations: 50 in (0,10], 40 in (10,100], 10 in (100,+Inf]
+    buckets = [(10.0, 50.0), (100.0, 90.0), (math.inf, 100.0)]
+    assert histogram_quantile(0.5, buckets) == pytest.approx(10.0)
+    assert histogram_quantile(0.7, buckets) == pytest.approx(10 + 90 * (70 - 50) / 40)
+    assert histogram_quantile(0.99, buckets) == 100.0  # falls in +Inf: highest finite bound
+    assert histogram_quantile(0.25, buckets) == pytest.approx(5.0)
+    assert histogram_quantile(0.5, [(10.0, 0.0), (math.inf, 0.0)]) is None
+    assert histogram_quantile(0.5, [(10.0, 3.0)]) is None  # no +Inf bucket
+
+
+def snapshot(**versions: VersionMetrics) -> MetricsSnapshot:
+    snap = MetricsSnapshot(window_seconds=10)
+    for name, metrics in versions.items():
+        snap.by_workload[("prod", "shop", name)] = metrics
+    return snap
+
+
+def healthy(n: float = 100) -> VersionMetrics:
+    return VersionMetrics(requests=n, errors=0, buckets={50.0: n, math.inf: n})
+
+
+def test_too_few_requests_is_no_data_with_counts_in_reason() -> None:
+    report = evaluate_gates(GATED, ("v1",), snapshot(v1=healthy(), v2=healthy(7)))
+    assert report.verdict == Verdict.NO_DATA
+    assert "v2 had 7 requests in the last 10s, gates need 20" in report.reasons(Verdict.NO_DATA)
+
+
+def test_absolute_breach_fails_with_breaching_value() -> None:
+    v2 = VersionMetrics(requests=100, errors=20, buckets={50.0: 100, math.inf: 100})
+    report = evaluate_gates(GATED, ("v1",), snapshot(v1=healthy(), v2=v2))
+    assert report.verdict == Verdict.FAIL
+    assert "error_rate of v2 is 20.00% > max 5.00%" in report.reasons(Verdict.FAIL)
+
+
+def test_stable_comparison_fails_when_worse_than_stable_plus_margin() -> None:
+    v1 = VersionMetrics(requests=1000, errors=10, buckets={50.0: 1000, math.inf: 1000})  # 1%
+    v2 = VersionMetrics(requests=100, errors=3, buckets={50.0: 100, math.inf: 100})  # 3% < max 5
+    report = evaluate_gates(GATED, ("v1",), snapshot(v1=v1, v2=v2))
+    assert report.verdict == Verdict.FAIL
+    assert "> stable (v1) 1.00% + margin 1.00%" in report.reasons(Verdict.FAIL)
+
+
+def test_latency_gate_uses_p99_from_buckets() -> None:
+    v2 = VersionMetrics(requests=100, errors=0, buckets={250.0: 50, 500.0: 100, math.inf: 100})
+    report = evaluate_gates(GATED, ("v1",), snapshot(v1=healthy(), v2=v2))
+    latency = report.results[1]
+    assert latency.verdict == Verdict.FAIL and latency.value == pytest.approx(495.0)
+
+
+def test_prometheus_error_is_no_data_never_pass() -> None:
+    snap = MetricsSnapshot(window_seconds=10, error="Prometheus at http://x did not answer")
+    report = evaluate_gates(GATED, ("v1",), snap)
+    assert report.verdict == Verdict.NO_DATA
+    assert all("did not answer" in r.reason for r in report.results)
+
+
+class FakeQueryClient:
+    def __init__(self, fail: bool = False) -> None:
+        self.queries: list[str] = []
+        self.fail = fail
+
+    def custom_query(self, query: str) -> list[dict[str, Any]]:
+        self.queries.append(query)
+        if self.fail:
+            raise ConnectionError("refused")
+        labels = {"destination_workload_namespace": "prod", "destination_service_name": "shop"}
+        if "istio_requests_total" in query:
+            return [
+                {"metric": {**labels, "destination_version": "v2", "response_code": "200"}, "value": [0, "90"]},
+                {"metric": {**labels, "destination_version": "v2", "response_code": "503"}, "value": [0, "10"]},
+                {"metric": {**labels, "destination_version": "v1", "response_code": "200"}, "value": [0, "NaN"]},
+            ]
+        return [
+            {"metric": {**labels, "destination_version": "v2", "le": "100"}, "value": [0, "95"]},
+            {"metric": {**labels, "destination_version": "v2", "le": "+Inf"}, "value": [0, "100"]},
+        ]
+
+
+def test_prometheus_source_batches_all_rollouts_into_one_query_per_kind() -> None:
+    client = FakeQueryClient()
+    source = PrometheusSource("http://prom", client=client)
+    requests = [MetricsRequest("prod", f"svc{i}", 10) for i in range(50)] + [MetricsRequest("prod", "shop", 10)]
+    result = source.fetch(requests)
+    assert len(client.queries) == 2
+    assert 'destination_service_name=~"shop|svc0|svc1|' in client.queries[0]
+    v2 = result[requests[-1]].version("prod", "shop", "v2")
+    assert v2 is not None and (v2.requests, v2.errors) == (100, 10)
+    assert v2.buckets == {100.0: 95, math.inf: 100}
+    assert result[requests[-1]].version("prod", "shop", "v1") is None  # NaN dropped
+
+
+def test_prometheus_source_failure_becomes_snapshot_error() -> None:
+    source = PrometheusSource("http://prom", client=FakeQueryClient(fail=True))
+    request = MetricsRequest("prod", "shop", 10)
+    snap = source.fetch([request])[request]
+    assert snap.error is not None and "ConnectionError: refused" in snap.error
+    assert source.query_errors == 1

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from controller.analysis.metrics import VersionMetrics
+from controller.engine.phases import Command, Phase
+from controller.engine.runner import ManagedRollout, RolloutRunner
+from controller.state.file_store import FileStateStore
+from tests.unit.engine_fixtures import FakeClock, FixedMetrics, RecordingRouter, spec
+
+HEALTHY = {"v1": VersionMetrics(200, 0, {}), "v2": VersionMetrics(100, 0, {})}
+ERROR_ONLY = """
+service: shop
+namespace: prod
+versions: [{name: v1, weight: 100}, {name: v2, weight: 0}]
+target: v2
+steps:
+  - {header: {value: v2}, duration: 10s}
+  - {weight: 10, duration: 10s}
+  - {weight: 50, duration: 10s}
+gates: [{metric: error_rate, max: 2}]
+schedule: {interval: 5s}
+"""
+
+
+def make_runner(tmp_path: Path, clock: FakeClock, router: RecordingRouter, metrics: FixedMetrics) -> RolloutRunner:
+    runner = RolloutRunner(router=router, metrics=metrics, store=FileStateStore(tmp_path), clock=clock)
+    runner.set_rollouts([ManagedRollout.from_spec(spec(ERROR_ONLY))])
+    return runner
+
+
+def run_until_terminal(runner: RolloutRunner, clock: FakeClock, limit: int = 100) -> None:
+    for _ in range(limit):
+        runner.tick()
+        if runner.all_terminal():
+            return
+        clock.advance(5)
+    raise AssertionError("rollout did not finish")
+
+
+def test_healthy_rollout_walks_every_step_in_order(tmp_path: Path) -> None:
+    clock, router = FakeClock(), RecordingRouter()
+    runner = make_runner(tmp_path, clock, router, FixedMetrics(dict(HEALTHY)))
+    run_until_terminal(runner, clock)
+    plan = next(iter(runner.rollouts.values())).plan
+    assert router.applied == [plan.steps[0].routing, plan.steps[1].routing, plan.steps[2].routing, plan.promoted]
+    state = FileStateStore(tmp_path).load("shop")
+    assert state is not None and state.phase == Phase.PROMOTED
+
+
+def test_restart_resumes_exactly_where_it_was(tmp_path: Path) -> None:
+    clock, router = FakeClock(), RecordingRouter()
+    metrics = FixedMetrics(dict(HEALTHY))
+    first = make_runner(tmp_path, clock, router, metrics)
+    for _ in range(3):  # header step entered, then 10s pass -> 10%
+        first.tick()
+        clock.advance(5)
+    before = FileStateStore(tmp_path).load("shop")
+    assert before is not None and before.step == 1
+    second = make_runner(tmp_path, clock, router, metrics)  # a new process: empty memory
+    second.tick()
+    after = FileStateStore(tmp_path).load("shop")
+    assert after is not None and after.step == 1 and after.step_started_at == before.step_started_at
+    run_until_terminal(second, clock)
+    steps_entered = [c.step for c in FileStateStore(tmp_path).load("shop").history]  # type: ignore[union-attr]
+    assert steps_entered == [0, 1, 2, 3]
+
+
+def test_routing_failure_is_retried_from_saved_state(tmp_path: Path) -> None:
+    clock, router = FakeClock(), RecordingRouter(fail_next=1)
+    runner = make_runner(tmp_path, clock, router, FixedMetrics(dict(HEALTHY)))
+    events = runner.tick()
+    assert events[0].apply_error == "ConnectionError: router down" and router.applied == []
+    clock.advance(5)
+    runner.tick()
+    assert len(router.applied) == 1 and router.applied[0].header_routes
+
+
+def test_one_metrics_batch_per_tick_for_many_rollouts(tmp_path: Path) -> None:
+    clock, router = FakeClock(), RecordingRouter()
+    metrics = FixedMetrics(dict(HEALTHY))
+    runner = RolloutRunner(router=router, metrics=metrics, store=FileStateStore(tmp_path), clock=clock)
+    runner.set_rollouts(
+        [ManagedRollout.from_spec(spec(ERROR_ONLY.replace("service: shop", f"service: s{i}"))) for i in range(30)]
+    )
+    runner.tick()  # Pending -> first step: no metrics needed
+    clock.advance(5)
+    runner.tick()
+    assert metrics.batches == [30]
+
+
+def test_spec_change_starts_the_rollout_over(tmp_path: Path) -> None:
+    clock, router = FakeClock(), RecordingRouter()
+    metrics = FixedMetrics(dict(HEALTHY))
+    runner = make_runner(tmp_path, clock, router, metrics)
+    for _ in range(3):
+        runner.tick()
+        clock.advance(5)
+    runner.set_rollouts([ManagedRollout.from_spec(spec(ERROR_ONLY.replace("weight: 50", "weight: 60")))])
+    runner.tick()
+    state = FileStateStore(tmp_path).load("shop")
+    assert state is not None and state.step == 0 and state.phase == Phase.HEADER_TEST
+    assert any(c.reason == "spec changed: rollout starts over" for c in state.history)
+
+
+def test_command_file_is_applied_once(tmp_path: Path) -> None:
+    clock, router = FakeClock(), RecordingRouter()
+    runner = make_runner(tmp_path, clock, router, FixedMetrics(dict(HEALTHY)))
+    store = FileStateStore(tmp_path)
+    runner.tick()
+    store.request("shop", Command.ABORT)
+    clock.advance(5)
+    runner.tick()
+    state = store.load("shop")
+    assert state is not None and state.phase == Phase.ROLLED_BACK and state.reason == "aborted by user"
+    assert store.pending_command("shop") is None
