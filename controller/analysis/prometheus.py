@@ -141,6 +141,6 @@ class _TimeoutClient:
 
     def custom_query(self, query: str) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._prom.custom_query(
-            query, params={"timeout": f"{self._timeout}s"}
+            query, params={"timeout": f"{self._timeout:g}s"}
         )
         return result

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs everything Ramp needs on a fresh Debian machine, idempotently:
+# Debian's prometheus (when absent), a venv in .venv, and the project with its extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v prometheus >/dev/null 2>&1 && [ ! -x /usr/bin/prometheus ]; then
+  echo "bootstrap: installing Debian's prometheus package" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  # The package may start a system service; Ramp runs its own instance on a free port.
+  (as_root service prometheus stop || true) >/dev/null 2>&1
+fi
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "bootstrap: creating .venv" >&2
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.ramp-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "bootstrap: installing Python packages (pip install -e '.[local,test]')" >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[local,test]' 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -c "import controller, pydantic, apscheduler, prometheus_api_client, kubernetes" \
+    || { echo "bootstrap: package install failed" >&2; exit 1; }
+  touch "$stamp"
+fi

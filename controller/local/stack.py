@@ -1,0 +1,217 @@
+"""LocalStack: sample apps + real Envoy (file RDS) + Prometheus on loopback.
+
+    with LocalStack("demo", "default", {"v1": VersionKnobs(), "v2": VersionKnobs()}, work_dir) as stack:
+        stack.router.apply(routing)              # same DesiredRouting the Istio router takes
+        send_requests(stack.api_url, stack.host_header, 100)
+        stack.set_fault("v2", error_rate=1.0)
+
+Every process the stack starts is stopped on exit, also on exceptions, KeyboardInterrupt
+and (as a safety net) interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from controller.local.envoy_process import Upstream, start_envoy, wait_envoy_ready
+from controller.local.ports import free_ports
+from controller.local.processes import ManagedProcess, ProcessError, ProcessGroup
+from controller.local.prometheus_process import start_prometheus, wait_prometheus_ready
+from controller.routing.envoy import EnvoyFileRouter
+from controller.routing.model import DesiredRouting
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class VersionKnobs:
+    """Fault injection a version's app starts with (changeable later with set_fault)."""
+
+    error_rate: float = 0.0
+    latency_ms: float = 0.0
+    seed: int | None = None
+
+
+def default_routing(service: str, namespace: str, versions: list[str]) -> DesiredRouting:
+    """All traffic to the first version, no header routes."""
+    return DesiredRouting(
+        service=service,
+        namespace=namespace,
+        host=f"{service}.{namespace}.svc.cluster.local",
+        versions=tuple(versions),
+        weights=tuple((v, 100 if i == 0 else 0) for i, v in enumerate(versions)),
+    )
+
+
+class LocalStack:
+    """Context manager running one service's versions behind Envoy, scraped by Prometheus."""
+
+    def __init__(
+        self,
+        service: str,
+        namespace: str,
+        versions: dict[str, VersionKnobs],
+        work_dir: Path | None = None,
+        initial_routing: DesiredRouting | None = None,
+        with_prometheus: bool = True,
+        ready_timeout: float = 20.0,
+    ) -> None:
+        if not versions:
+            raise ValueError("LocalStack needs at least one version")
+        self.service = service
+        self.namespace = namespace
+        self.versions = dict(versions)
+        self.with_prometheus = with_prometheus
+        self.ready_timeout = ready_timeout
+        self._own_work_dir = work_dir is None
+        if work_dir is None:
+            work_dir = Path(tempfile.mkdtemp(prefix="ramp-local-"))
+        self.work_dir = Path(work_dir)
+        routing = initial_routing or default_routing(service, namespace, list(versions))
+        if (routing.service, routing.namespace) != (service, namespace):
+            raise ValueError("initial_routing must be for the stack's service and namespace")
+        missing = set(routing.versions) - set(versions)
+        if missing:
+            raise ValueError(f"initial_routing names versions the stack does not run: {sorted(missing)}")
+        self.initial_routing = routing
+        ports = free_ports(len(versions) + 3)
+        self.app_ports: dict[str, int] = dict(zip(versions, ports, strict=False))
+        self.envoy_port, self.envoy_admin_port, self.prometheus_port = ports[-3:]
+        self.router = EnvoyFileRouter(self.work_dir / "routes", self.envoy_admin_url)
+        self._group = ProcessGroup(self.work_dir / "logs")
+        self._started = False
+        self.startup_seconds: float | None = None
+
+    # -- addresses -------------------------------------------------------------------------
+    @property
+    def envoy_url(self) -> str:
+        return f"http://127.0.0.1:{self.envoy_port}"
+
+    @property
+    def envoy_admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.envoy_admin_port}"
+
+    @property
+    def prometheus_url(self) -> str:
+        if not self.with_prometheus:
+            raise ProcessError("this LocalStack was started without Prometheus")
+        return f"http://127.0.0.1:{self.prometheus_port}"
+
+    @property
+    def api_url(self) -> str:
+        """Envoy URL of the sample app's versioned endpoint; send `Host: <host_header>`."""
+        return f"{self.envoy_url}/api/version"
+
+    @property
+    def host_header(self) -> str:
+        return self.service
+
+    def app_url(self, version: str) -> str:
+        return f"http://127.0.0.1:{self.app_ports[version]}"
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        return list(self._group.processes)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> LocalStack:
+        if self._started:
+            raise RuntimeError("LocalStack already started")
+        self._started = True
+        atexit.register(self.stop)
+        t0 = time.monotonic()
+        try:
+            apps = {v: self._start_app(v, knobs) for v, knobs in self.versions.items()}
+            routes_file = self.router.initial_file([self.initial_routing])
+            upstreams = [Upstream(self.namespace, self.service, v, p) for v, p in self.app_ports.items()]
+            envoy = start_envoy(
+                self._group, self.work_dir, self.envoy_port, self.envoy_admin_port, upstreams, routes_file
+            )
+            prometheus = None
+            if self.with_prometheus:
+                prometheus = start_prometheus(
+                    self._group, self.work_dir, self.prometheus_port, [f"127.0.0.1:{self.envoy_admin_port}"]
+                )
+            for version, proc in apps.items():
+                proc.wait_http_ready(f"{self.app_url(version)}/health", self.ready_timeout)
+            wait_envoy_ready(envoy, self.envoy_admin_port, self.ready_timeout)
+            if prometheus is not None:
+                wait_prometheus_ready(prometheus, self.prometheus_port, self.ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - t0
+        return self
+
+    def _start_app(self, version: str, knobs: VersionKnobs) -> ManagedProcess:
+        env = {
+            "VERSION": version,
+            "PORT": str(self.app_ports[version]),
+            "ERROR_RATE": str(knobs.error_rate),
+            "LATENCY_MS": str(knobs.latency_ms),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
+        }
+        if knobs.seed is not None:
+            env["SEED"] = str(knobs.seed)
+        return self._group.start(
+            f"app-{version}", [sys.executable, "-m", "services.sample_app"], env=env, cwd=REPO_ROOT
+        )
+
+    def stop(self) -> None:
+        """Stop every process this stack started (idempotent)."""
+        atexit.unregister(self.stop)
+        try:
+            self._group.stop_all()
+        finally:
+            if self._own_work_dir:
+                shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- knobs -----------------------------------------------------------------------------
+    def set_fault(
+        self, version: str, error_rate: float | None = None, latency_ms: float | None = None
+    ) -> dict[str, Any]:
+        """Change a running version's injected error rate / latency; returns the app's new knobs."""
+        if version not in self.app_ports:
+            raise KeyError(f"unknown version {version!r}; the stack runs {sorted(self.app_ports)}")
+        body: dict[str, float] = {}
+        if error_rate is not None:
+            body["error_rate"] = error_rate
+        if latency_ms is not None:
+            body["latency_ms"] = latency_ms
+        request = urllib.request.Request(
+            f"{self.app_url(version)}/admin/fault",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(request, timeout=5.0) as resp:
+                result: dict[str, Any] = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise ProcessError(f"set_fault({version}) failed: HTTP {exc.code} {exc.read()!r}") from exc
+        return result

@@ -1,0 +1,60 @@
+"""A directory of rollout specs, re-read when files change.
+
+Every valid file becomes a ManagedRollout; an invalid file is reported (once per
+change) and ignored as a whole, never partially applied. If two files name the
+same rollout, the first in sorted order wins and the other is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controller.engine.runner import ManagedRollout
+from controller.spec_loader import SpecError, SpecProblem, load_spec, spec_files
+
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+@dataclass
+class SpecDirectory:
+    path: Path
+    _fingerprint: Fingerprint | None = None
+    rollouts: list[ManagedRollout] = field(default_factory=list)
+    problems: list[SpecProblem] = field(default_factory=list)
+
+    def _current_fingerprint(self) -> Fingerprint:
+        entries = []
+        for file in spec_files([self.path]) if self.path.is_dir() else []:
+            try:
+                stat = file.stat()
+            except FileNotFoundError:
+                continue
+            entries.append((str(file), stat.st_mtime_ns, stat.st_size))
+        return tuple(entries)
+
+    def refresh(self) -> bool:
+        """Re-read the directory if anything changed; True when the rollout set was reloaded."""
+        fingerprint = self._current_fingerprint()
+        if fingerprint == self._fingerprint:
+            return False
+        self._fingerprint = fingerprint
+        rollouts: dict[str, ManagedRollout] = {}
+        problems: list[SpecProblem] = []
+        if not self.path.is_dir():
+            problems.append(SpecProblem(str(self.path), 1, "", "spec directory does not exist"))
+        for name, _, _ in fingerprint:
+            file = Path(name)
+            try:
+                rollout = ManagedRollout.from_spec(load_spec(file), source=file)
+            except SpecError as exc:
+                problems.extend(exc.problems)
+                continue
+            if rollout.name in rollouts:
+                other = rollouts[rollout.name].source
+                problems.append(SpecProblem(name, 1, "name", f"rollout {rollout.name!r} is already defined in {other}"))
+                continue
+            rollouts[rollout.name] = rollout
+        self.rollouts = list(rollouts.values())
+        self.problems = problems
+        return True
