@@ -73,12 +73,12 @@ def build_plan(spec: RolloutSpec) -> Plan:
     for index, step in enumerate(spec.effective_steps):
         kind = step.kind
         if kind == "header" and step.header is not None:
+            # A header step only adds the route; weights stay as they are.
             h = step.header
             headers = (HeaderRoute(header=h.name, value=h.value, match=h.match, version=spec.target),)
-            if not planned or all(p.kind in ("header", "approval") for p in planned):
-                current = target_share(spec.baseline, spec.target, 0)
         elif kind == "weight" and step.weight is not None:
-            current = target_share(spec.baseline, spec.target, step.weight)
+            # The others keep their proportions from the previous step (a retired version stays retired).
+            current = target_share(_others_weights(spec, current), spec.target, step.weight)
         elif kind == "traffic" and step.traffic:
             current = integer_percentages({n: step.traffic.get(n, 0) for n in spec.baseline})
         planned.append(
@@ -92,6 +92,12 @@ def build_plan(spec: RolloutSpec) -> Plan:
         )
     promoted = _routing(spec, {spec.target: 100}, ())
     return Plan(spec.rollout_name, spec.target, baseline, tuple(planned), promoted)
+
+
+def _others_weights(spec: RolloutSpec, current: dict[str, int]) -> dict[str, int]:
+    """Relative weights of the non-target versions: the current split, else the baseline's."""
+    others = {n: w for n, w in current.items() if n != spec.target}
+    return others if any(others.values()) else {n: w for n, w in spec.baseline.items() if n != spec.target}
 
 
 def _duration(step: Step) -> float:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from controller.spec import RolloutSpec, semantic_problems
 
 MAX_SPEC_BYTES = 256 * 1024
+MAX_NESTING = 32
 FieldPath = tuple[str | int, ...]
 
 
@@ -38,38 +39,88 @@ class SpecError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+def _part(part: str | int) -> str:
+    text = str(part)
+    # Keys with control characters (or empty keys) are quoted so a problem stays one line.
+    return text if text and text.isprintable() else repr(text)
+
+
 def _dotted(path: FieldPath) -> str:
-    return ".".join(str(p) for p in path)
+    return ".".join(_part(p) for p in path)
 
 
 class _LineIndex:
-    """Maps field paths to the 1-based line where that key or item starts."""
+    """Maps field paths to the 1-based line where that key or item starts.
 
-    def __init__(self) -> None:
-        self.lines: dict[FieldPath, int] = {}
+    Paths are followed through the composed node graph on demand, so aliases cost
+    nothing extra (no exponential expansion) and recursive aliases cannot loop.
+    """
+
+    def __init__(self, root: yaml.Node) -> None:
+        self.root = root
+        self._constructor = yaml.SafeLoader("")
         self.duplicates: list[tuple[FieldPath, int]] = []
+        self._find_duplicates(root, ())
 
-    def walk(self, node: yaml.Node, path: FieldPath) -> None:
-        self.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            seen: set[str] = set()
-            for key_node, value_node in node.value:
-                key = str(key_node.value)
-                child = (*path, key)
-                if key in seen:
-                    self.duplicates.append((child, key_node.start_mark.line + 1))
-                seen.add(key)
-                self.lines[child] = key_node.start_mark.line + 1
-                self.walk(value_node, child)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self.walk(item, (*path, i))
+    def _key(self, node: yaml.Node) -> object:
+        """The Python key safe_load builds for `node` (1 for `1`, None for `null`), else its text."""
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                key = self._constructor.construct_object(node, deep=True)
+                hash(key)
+                return key
+            except (yaml.YAMLError, ValueError, TypeError, OverflowError):
+                return node.value
+        return ("<complex key>", id(node))
+
+    def _find_duplicates(self, root: yaml.Node, root_path: FieldPath) -> None:
+        visited: set[int] = set()
+        stack: list[tuple[yaml.Node, FieldPath]] = [(root, root_path)]
+        while stack:
+            node, path = stack.pop()
+            if id(node) in visited:
+                continue
+            visited.add(id(node))
+            if isinstance(node, yaml.MappingNode):
+                seen: set[object] = set()
+                for key_node, value_node in node.value:
+                    key = self._key(key_node)
+                    child = (*path, str(key_node.value))
+                    if key in seen:
+                        self.duplicates.append((child, key_node.start_mark.line + 1))
+                    seen.add(key)
+                    stack.append((value_node, child))
+            elif isinstance(node, yaml.SequenceNode):
+                stack.extend((item, (*path, i)) for i, item in enumerate(node.value))
+        self.duplicates.sort(key=lambda d: d[1])
+
+    def _matches(self, key_node: yaml.Node, wanted: str | int) -> bool:
+        if not isinstance(key_node, yaml.ScalarNode):
+            return False
+        if key_node.value == str(wanted):
+            return True
+        key = self._key(key_node)
+        return key == wanted or str(key) == str(wanted) or repr(key) == str(wanted)
 
     def line_of(self, path: FieldPath) -> int:
-        for cut in range(len(path), -1, -1):
-            if path[:cut] in self.lines:
-                return self.lines[path[:cut]]
-        return 1
+        """Line of the deepest prefix of `path` present in the document."""
+        node = self.root
+        line = node.start_mark.line + 1
+        for part in path:
+            if isinstance(node, yaml.MappingNode):
+                # The last duplicate wins, as in the loaded data.
+                pair = next((kv for kv in reversed(node.value) if self._matches(kv[0], part)), None)
+                if pair is None:
+                    break
+                line, node = pair[0].start_mark.line + 1, pair[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+                if not 0 <= part < len(node.value):
+                    break
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                break
+        return line
 
 
 def _pydantic_path(loc: tuple[int | str, ...]) -> FieldPath:
@@ -77,27 +128,88 @@ def _pydantic_path(loc: tuple[int | str, ...]) -> FieldPath:
     return tuple(p for p in loc if not (isinstance(p, str) and p.startswith(("function-", "[key]"))))
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str, file: str) -> SpecProblem:
+    """One single-line problem for a YAML error, at the line PyYAML points to."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        line = text.count("\n", 0, max(exc.position, 0)) + 1
+        return SpecProblem(file, line, "", f"invalid YAML: unacceptable character #x{char:04x}: {exc.reason}")
+    mark = getattr(exc, "problem_mark", None)
+    line = mark.line + 1 if mark is not None else 1
+    reason = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    if context and context_mark is not None:
+        reason = f"{reason} ({context} at line {context_mark.line + 1})"
+    return SpecProblem(file, line, "", _one_line(f"invalid YAML: {reason}"))
+
+
+class _TooDeep(yaml.YAMLError):
+    def __init__(self, line: int) -> None:
+        super().__init__(f"nested more than {MAX_NESTING} levels deep")
+        self.line = line
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """SafeLoader whose composer refuses to nest deeper than MAX_NESTING (it recurses per level)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING:
+                event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # stub lacks types
+                mark = event.start_mark
+                raise _TooDeep(mark.line + 1 if mark is not None else 1)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _compose(text: str, file: str) -> tuple[_SpecLoader, list[yaml.Node]]:
+    loader: _SpecLoader | None = None
+    try:
+        loader = _SpecLoader(text)  # the reader already rejects unprintable characters here
+        docs: list[yaml.Node] = []
+        while loader.check_node():
+            node = loader.get_node()
+            if node is not None:
+                docs.append(node)
+        return loader, docs
+    except yaml.YAMLError as exc:
+        if loader is not None:
+            loader.dispose()
+        if isinstance(exc, _TooDeep):
+            raise SpecError([SpecProblem(file, exc.line, "", str(exc))]) from None
+        raise SpecError([_yaml_problem(exc, text, file)]) from None
+
+
 def parse_spec_text(text: str, file: str) -> RolloutSpec:
     """Validate one YAML document; raises SpecError listing every problem."""
     if len(text.encode("utf-8", "replace")) > MAX_SPEC_BYTES:
         raise SpecError([SpecProblem(file, 1, "", f"file larger than {MAX_SPEC_BYTES} bytes")])
+    loader, docs = _compose(text, file)
     try:
-        docs = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError([SpecProblem(file, line, "", f"invalid YAML: {problem}")]) from None
-    docs = [d for d in docs if d is not None]
-    if len(docs) != 1:
-        raise SpecError([SpecProblem(file, 1, "", f"expected exactly one YAML document, found {len(docs)}")])
-    index = _LineIndex()
-    index.walk(docs[0], ())
-    problems = [SpecProblem(file, line, _dotted(p), "duplicate key") for p, line in index.duplicates]
-    try:
-        data: Any = yaml.safe_load(text)
-    except (yaml.YAMLError, ValueError, TypeError, RecursionError) as exc:
-        raise SpecError([SpecProblem(file, 1, "", f"invalid YAML: {exc}")]) from None
+        if len(docs) != 1:
+            reason = f"expected exactly one YAML document, found {len(docs)}"
+            raise SpecError([SpecProblem(file, 1, "", reason)])
+        index = _LineIndex(docs[0])
+        problems = [SpecProblem(file, line, _dotted(p), "duplicate key") for p, line in index.duplicates]
+        try:
+            data: Any = loader.construct_document(docs[0])
+        except yaml.YAMLError as exc:
+            raise SpecError([*problems, _yaml_problem(exc, text, file)]) from None
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise SpecError([*problems, SpecProblem(file, 1, "", _one_line(f"invalid YAML: {exc}"))]) from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise SpecError([SpecProblem(file, 1, "", "a rollout spec must be a mapping of fields")])
     try:
@@ -105,12 +217,13 @@ def parse_spec_text(text: str, file: str) -> RolloutSpec:
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             path = _pydantic_path(err["loc"])
-            problems.append(SpecProblem(file, index.line_of(path), _dotted(path), err["msg"]))
-        raise SpecError(problems) from None
+            reason = _one_line(err["msg"].removeprefix("Value error, "))
+            problems.append(SpecProblem(file, index.line_of(path), _dotted(path), reason))
+        raise SpecError(sorted(problems, key=lambda p: p.line)) from None
     for path, reason in semantic_problems(spec):
         problems.append(SpecProblem(file, index.line_of(path), _dotted(path), reason))
     if problems:
-        raise SpecError(problems)
+        raise SpecError(sorted(problems, key=lambda p: p.line))
     return spec
 
 

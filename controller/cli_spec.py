@@ -1,0 +1,226 @@
+"""Spec commands: `ramp validate`, `ramp schema`, `ramp plan`.
+
+Problems are printed as `file:line: field.path: reason`, one per line, on stderr;
+results go to stdout. Exit code 0 = everything valid, 1 = any problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from controller.plan import Plan, build_plan
+from controller.routing.crd_schema import CRD_ENV_VAR, IstioSchemas, crd_file_candidates, find_crd_file
+from controller.routing.istio_render import destination_rule, virtual_service
+from controller.routing.model import DesiredRouting
+from controller.spec import RolloutSpec
+from controller.spec_loader import SpecError, SpecProblem, load_spec, spec_files
+
+if TYPE_CHECKING:
+    from controller.cli import Subparsers
+
+
+def register(subparsers: Subparsers) -> None:
+    validate = subparsers.add_parser(
+        "validate",
+        help="check rollout spec files",
+        description="Check rollout specs; print every problem as file:line: field.path: reason.",
+    )
+    validate.add_argument("paths", nargs="+", metavar="PATH", help="spec file, or directory of *.yaml/*.yml")
+    validate.set_defaults(handler=run_validate)
+
+    schema = subparsers.add_parser(
+        "schema", help="print the rollout spec JSON Schema", description="Print the RolloutSpec JSON Schema."
+    )
+    schema.set_defaults(handler=run_schema)
+
+    plan = subparsers.add_parser(
+        "plan",
+        help="print the Istio manifests of every state of a rollout",
+        description=(
+            "Print the VirtualService and DestinationRule Ramp would apply for the baseline (rollback "
+            "target), every step and the promoted state, validated against Istio's CRDs when available."
+        ),
+    )
+    plan.add_argument("spec", metavar="SPEC", help="rollout spec file")
+    plan.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml", help="default: yaml")
+    plan.add_argument(
+        "--crds",
+        metavar="PATH",
+        help=f"Istio networking CRD file (default: ${CRD_ENV_VAR}, else <repo>/../shared/reference/)",
+    )
+    plan.set_defaults(handler=run_plan)
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _print_problems(problems: list[SpecProblem]) -> None:
+    for problem in problems:
+        _err(str(problem))
+
+
+def expand_path(arg: str) -> tuple[list[Path], list[SpecProblem]]:
+    """Spec files named by one argument, or a problem for a missing path or a directory without specs."""
+    path = Path(arg)
+    if path.is_dir():
+        found = spec_files([path])
+        if not found:
+            return [], [SpecProblem(arg, 1, "", "directory has no *.yaml or *.yml spec files")]
+        return found, []
+    if not path.exists():
+        return [], [SpecProblem(arg, 1, "", "no such file or directory")]
+    return [path], []
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    failed = False
+    for arg in args.paths:
+        files, problems = expand_path(arg)
+        _print_problems(problems)
+        failed = failed or bool(problems)
+        for path in files:
+            try:
+                spec = load_spec(path)
+            except SpecError as exc:
+                _print_problems(exc.problems)
+                failed = True
+                continue
+            steps = _plural(len(spec.effective_steps), "step")
+            print(f"ok  {path} (rollout {spec.rollout_name}: {steps})")
+    return 1 if failed else 0
+
+
+def run_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(RolloutSpec.model_json_schema(by_alias=True), indent=2))
+    return 0
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds -> the spec's duration syntax: 90 -> '1m30s', 0.5 -> '500ms'."""
+    millis = round(seconds * 1000)
+    if millis % 1000:
+        return f"{millis}ms" if millis < 1000 else f"{millis / 1000:g}s"
+    hours, rest = divmod(millis // 1000, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "") + (f"{secs}s" if secs else "")
+    return text or "0s"
+
+
+@dataclass(frozen=True)
+class PlanState:
+    """One routing state of a plan, named for people and for tools."""
+
+    state: str  # "baseline", "step N" (1-based, as `ramp status` counts), "promoted"
+    title: str
+    routing: DesiredRouting
+    step_index: int | None = None  # 0-based index into spec steps (field path steps.N)
+
+    def manifests(self) -> list[dict[str, Any]]:
+        return [virtual_service(self.routing), destination_rule(self.routing)]
+
+
+def plan_states(plan: Plan) -> list[PlanState]:
+    states = [PlanState("baseline", "baseline (rollback target)", plan.baseline)]
+    total = len(plan.steps)
+    for step in plan.steps:
+        if step.kind == "approval":
+            detail = "waits for manual approval"
+        else:
+            detail = f"duration {format_duration(step.duration)}"
+        number = step.index + 1
+        title = f"step {number}/{total}: {step.label} ({detail})"
+        states.append(PlanState(f"step {number}", title, step.routing, step.index))
+    states.append(PlanState("promoted", f"promoted: {plan.target} 100%", plan.promoted))
+    return states
+
+
+def _crd_schemas(option: str | None) -> tuple[IstioSchemas | None, str | None]:
+    """(schemas, None), (None, note) when the file is absent, or raises FileNotFoundError for --crds."""
+    if option is not None:
+        return IstioSchemas.load(Path(option)), None
+    found = find_crd_file()
+    if found is None:
+        where = ", ".join(str(p) for p in crd_file_candidates())
+        return None, (
+            f"note: Istio CRD file not found (looked at {where}); manifests were not validated "
+            f"(set {CRD_ENV_VAR} or pass --crds)"
+        )
+    return IstioSchemas.load(found), None
+
+
+Rendered = list[tuple[PlanState, list[dict[str, Any]]]]
+
+
+def _render_yaml(spec_file: str, plan: Plan, rendered: Rendered) -> str:
+    out = [f"# ramp plan {spec_file}: rollout {plan.rollout}, target {plan.target}, {len(rendered)} states"]
+    for state, manifests in rendered:
+        for manifest in manifests:
+            out.append("---")
+            out.append(f"# {state.title}")
+            out.append(f"# routing: {state.routing.describe()}")
+            out.append(yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False).rstrip("\n"))
+    return "\n".join(out) + "\n"
+
+
+def _render_json(rendered: Rendered) -> str:
+    entries = [
+        {
+            "state": state.state,
+            "step_index": state.step_index,
+            "title": state.title,
+            "routing": state.routing.describe(),
+            "manifests": manifests,
+        }
+        for state, manifests in rendered
+    ]
+    return json.dumps(entries, indent=2)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    try:
+        spec = load_spec(Path(args.spec))
+    except SpecError as exc:
+        _print_problems(exc.problems)
+        return 1
+    try:
+        plan = build_plan(spec)
+        rendered: Rendered = [(state, state.manifests()) for state in plan_states(plan)]
+    except ValueError as exc:  # a bug in planning, not in the spec: say so plainly
+        _err(f"{args.spec}: cannot plan this rollout: {exc}")
+        return 1
+    try:
+        schemas, note = _crd_schemas(args.crds)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        _err(f"ramp plan: cannot load Istio CRDs: {exc}")
+        return 1
+    if note:
+        _err(note)
+    if schemas is not None:
+        errors = [
+            f"{args.spec}: {state.state}: {manifest['kind']} {manifest['metadata']['name']}: {error}"
+            for state, manifests in rendered
+            for manifest in manifests
+            for error in schemas.validate(manifest)
+        ]
+        if errors:
+            for error in errors:
+                _err(error)
+            _err(f"ramp plan: {_plural(len(errors), 'manifest error')} against {schemas.path}")
+            return 1
+    if args.output == "json":
+        print(_render_json(rendered))
+    else:
+        print(_render_yaml(args.spec, plan, rendered), end="")
+    return 0
