@@ -22,8 +22,10 @@ fi
 stamp=.venv/.ramp-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "bootstrap: installing Python packages (pip install -e '.[local,test]')" >&2
-  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[local,test]' 2>&1 | grep -v '^WARNING: Location' || true
+  log=.venv/pip-install.log
+  { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip &&
+    .venv/bin/python -m pip install --disable-pip-version-check -e '.[local,test]'; } >"$log" 2>&1 \
+    || { grep -v '^WARNING: Location' "$log" | tail -40 >&2; echo "bootstrap: pip install failed (see $log)" >&2; exit 1; }
   .venv/bin/python -c "import controller, pydantic, apscheduler, prometheus_api_client, kubernetes" \
     || { echo "bootstrap: package install failed" >&2; exit 1; }
   touch "$stamp"

@@ -7,6 +7,8 @@ No I/O and no clock of its own. Rules:
   continuous missing data the rollout rolls back (policy `rollback`) or keeps
   holding (policy `hold`);
 - approval steps pause until a person resumes;
+- routing that could not be applied MAX_APPLY_FAILURES ticks in a row fails the rollout
+  (traffic: baseline, retried every tick);
 - terminal phases never change (a new spec digest starts a new rollout, see runner).
 """
 
@@ -19,6 +21,8 @@ from controller.engine.phases import ACTIVE_PHASES, Command, GateSnapshot, Phase
 from controller.plan import Plan
 from controller.routing.model import DesiredRouting
 from controller.spec import RolloutSpec
+
+MAX_APPLY_FAILURES = 5
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,10 @@ def decide(
         state = _enter_step(plan, state, 0, now)
         return Decision(state, routing_for(plan, state), state.reason)
     if state.phase not in ACTIVE_PHASES:
+        return Decision(state, routing_for(plan, state), state.reason)
+    if state.apply_failures >= MAX_APPLY_FAILURES:
+        reason = f"routing could not be applied {state.apply_failures} times in a row: {state.last_apply_error}"
+        state = state.moved(Phase.FAILED, state.step, now, reason)
         return Decision(state, routing_for(plan, state), state.reason)
     state = _judge(plan, spec, state, report, now)
     return Decision(state, routing_for(plan, state), state.reason)

@@ -59,6 +59,8 @@ class RolloutState(BaseModel):
     history: list[PhaseChange] = Field(default_factory=list)
     last_gates: list[GateSnapshot] = Field(default_factory=list)
     ticks: int = 0
+    apply_failures: int = Field(default=0, description="Consecutive ticks whose routing could not be applied")
+    last_apply_error: str | None = None
 
     @property
     def terminal(self) -> bool:

@@ -160,8 +160,16 @@ class RolloutRunner:
         try:
             written = self.router.apply(decision.routing)
         except Exception as exc:  # the next tick retries: routing follows the saved state
-            error = f"{type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {exc}"[:500]
             log.warning("routing not applied", rollout=rollout.name, error=error)
+        saved = decision.state
+        if error is not None:
+            saved = saved.model_copy(update={"apply_failures": saved.apply_failures + 1, "last_apply_error": error})
+        elif saved.apply_failures:
+            saved = saved.model_copy(update={"apply_failures": 0, "last_apply_error": None})
+        if saved is not decision.state:
+            self.store.save(saved)
+            decision = Decision(saved, decision.routing, decision.message)
         return TickEvent(rollout, now, state.phase, decision, report, command, written, error)
 
     def all_terminal(self) -> bool:

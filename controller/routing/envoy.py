@@ -29,6 +29,7 @@ from controller.routing.model import PRIMARY_ROUTE_NAME, DesiredRouting, HeaderR
 ROUTE_CONFIG_NAME = "ramp-routes"
 ROUTE_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 ROUTES_FILE_NAME = "routes.json"
+DESIRED_FILE_NAME = "desired-routings.json"
 # Requests may carry a uint64 here to pin the weighted-cluster draw (reproducible splits in
 # tests); requests without it use Envoy's own randomness, exactly as in production.
 RANDOM_VALUE_HEADER = "x-ramp-random"
@@ -185,6 +186,17 @@ def _admin_get_json(url: str, timeout: float) -> Any:
         return json.loads(resp.read())
 
 
+def _read_desired(path: Path) -> dict[tuple[str, str], DesiredRouting]:
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+        routings = [DesiredRouting.model_validate(item) for item in items]
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+        raise EnvoyRoutingError(f"{path}: unreadable desired routings ({exc}); remove it to start afresh") from exc
+    return {(r.namespace, r.service): r for r in routings}
+
+
 def _read_version(path: Path) -> int:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -212,7 +224,10 @@ class EnvoyFileRouter:
         self.admin_url = admin_url.rstrip("/")
         self.confirm_timeout = confirm_timeout
         self.route_config_name = route_config_name
-        self._routings: dict[tuple[str, str], DesiredRouting] = {}
+        # The desired routings behind the routes file, so a restarted controller knows every service's
+        # routes (its first write must not drop other services) and skips writes that change nothing.
+        self.desired_file = self.routes_dir / DESIRED_FILE_NAME
+        self._routings: dict[tuple[str, str], DesiredRouting] = _read_desired(self.desired_file)
         # Continue after any version already on disk, so a restarted controller never reuses one.
         self._version = _read_version(self.routes_file)
         self._lock = threading.Lock()
@@ -271,6 +286,8 @@ class EnvoyFileRouter:
         return str(self._version)
 
     def _write(self, version: str) -> None:
+        desired = [r.model_dump(mode="json") for r in self._routings.values()]
+        write_atomically(self.desired_file, json.dumps(desired, indent=1) + "\n")
         document = discovery_response(list(self._routings.values()), version, self.route_config_name)
         write_atomically(self.routes_file, json.dumps(document, indent=1, sort_keys=True) + "\n")
 

@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 from scipy.stats import binom
 
-from controller.local.envoy_process import envoy_binary
 from controller.local.loadgen import LoadGenerator, send_requests
-from controller.local.processes import ProcessError
-from controller.local.prometheus_process import instant_query, prometheus_binary
+from controller.local.prometheus_process import instant_query
 from controller.local.stack import LocalStack, VersionKnobs, default_routing
 from controller.routing.envoy import EnvoyFileRouter, EnvoyRoutingError
 from controller.routing.model import DesiredRouting, HeaderRoute
+from tests.e2e.conftest import require_local_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -24,18 +23,7 @@ SERVICE, NAMESPACE = "demo", "default"
 ALPHA = 0.001
 
 
-def _missing_binaries() -> str | None:
-    for find in (envoy_binary, prometheus_binary):
-        try:
-            find()
-        except ProcessError as exc:
-            return str(exc)
-    return None
-
-
-_MISSING = _missing_binaries()
-if _MISSING:
-    pytest.skip(f"local stack needs envoy and prometheus: {_MISSING}", allow_module_level=True)
+require_local_stack()
 
 
 def routing(weights: dict[str, int], headers: tuple[HeaderRoute, ...] = ()) -> DesiredRouting:

@@ -114,3 +114,22 @@ def test_command_file_is_applied_once(tmp_path: Path) -> None:
     state = store.load("shop")
     assert state is not None and state.phase == Phase.ROLLED_BACK and state.reason == "aborted by user"
     assert store.pending_command("shop") is None
+
+
+def test_routing_that_keeps_failing_fails_the_rollout_then_keeps_restoring_baseline(tmp_path: Path) -> None:
+    clock, router = FakeClock(), RecordingRouter()
+    runner = make_runner(tmp_path, clock, router, FixedMetrics(dict(HEALTHY)))
+    runner.tick()  # header step applied
+    router.fail_next = 5
+    for _ in range(5):
+        clock.advance(5)
+        runner.tick()
+    state = FileStateStore(tmp_path).load("shop")
+    assert state is not None and state.phase == Phase.PROGRESSING and state.apply_failures == 5
+    clock.advance(5)
+    runner.tick()
+    state = FileStateStore(tmp_path).load("shop")
+    assert state is not None and state.phase == Phase.FAILED
+    assert state.reason == "routing could not be applied 5 times in a row: ConnectionError: router down"
+    plan = next(iter(runner.rollouts.values())).plan
+    assert router.applied[-1] == plan.baseline and state.apply_failures == 0
