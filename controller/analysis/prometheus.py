@@ -42,11 +42,15 @@ def _regex_union(values: Iterable[str]) -> str:
     return "|".join(sorted(set(values)))
 
 
-def requests_query(services: Iterable[str], namespaces: Iterable[str], window: float, reporter: str) -> str:
-    selector = (
+def _selector(services: Iterable[str], namespaces: Iterable[str], reporter: str) -> str:
+    return (
         f'reporter="{reporter}", destination_service_name=~"{_regex_union(services)}", '
         f'destination_workload_namespace=~"{_regex_union(namespaces)}"'
     )
+
+
+def requests_query(services: Iterable[str], namespaces: Iterable[str], window: float, reporter: str) -> str:
+    selector = _selector(services, namespaces, reporter)
     return (
         f"sum by ({GROUP_LABELS}, response_code) "
         f"(increase(istio_requests_total{{{selector}}}[{_window(window)}]))"
@@ -54,10 +58,7 @@ def requests_query(services: Iterable[str], namespaces: Iterable[str], window: f
 
 
 def latency_query(services: Iterable[str], namespaces: Iterable[str], window: float, reporter: str) -> str:
-    selector = (
-        f'reporter="{reporter}", destination_service_name=~"{_regex_union(services)}", '
-        f'destination_workload_namespace=~"{_regex_union(namespaces)}"'
-    )
+    selector = _selector(services, namespaces, reporter)
     return (
         f"sum by ({GROUP_LABELS}, le) "
         f"(increase(istio_request_duration_milliseconds_bucket{{{selector}}}[{_window(window)}]))"

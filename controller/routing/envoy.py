@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 import threading
 import time
 import urllib.error
@@ -24,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from controller.atomic_file import atomic_write
 from controller.routing.model import PRIMARY_ROUTE_NAME, DesiredRouting, HeaderRoute
 
 ROUTE_CONFIG_NAME = "ramp-routes"
@@ -163,23 +162,6 @@ def rds_config_source(routes_file: Path, name: str = ROUTE_CONFIG_NAME) -> dict[
     }
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write to a temp file in the same directory, fsync, then os.replace (Envoy sees a move)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _admin_get_json(url: str, timeout: float) -> Any:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(url, timeout=timeout) as resp:
@@ -287,9 +269,9 @@ class EnvoyFileRouter:
 
     def _write(self, version: str) -> None:
         desired = [r.model_dump(mode="json") for r in self._routings.values()]
-        write_atomically(self.desired_file, json.dumps(desired, indent=1) + "\n")
+        atomic_write(self.desired_file, (json.dumps(desired, indent=1) + "\n").encode())
         document = discovery_response(list(self._routings.values()), version, self.route_config_name)
-        write_atomically(self.routes_file, json.dumps(document, indent=1, sort_keys=True) + "\n")
+        atomic_write(self.routes_file, (json.dumps(document, indent=1, sort_keys=True) + "\n").encode())
 
     def envoy_route_version(self, timeout: float = 2.0) -> str | None:
         """The version_info Envoy currently reports for our route configuration (None if none)."""

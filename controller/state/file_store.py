@@ -8,15 +8,13 @@ tick that applied them has saved its state.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Protocol
 
 from pydantic import ValidationError
 
+from controller.atomic_file import atomic_write
 from controller.engine.phases import Command, RolloutState
 
 
@@ -29,26 +27,6 @@ class StateStore(Protocol):
     def save(self, state: RolloutState) -> None: ...
     def pending_command(self, rollout: str) -> Command | None: ...
     def clear_command(self, rollout: str) -> None: ...
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class FileStateStore:
