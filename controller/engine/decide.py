@@ -54,7 +54,19 @@ def _phase_for_step(plan: Plan, index: int) -> Phase:
     return Phase.PROGRESSING
 
 
-def _enter_step(plan: Plan, state: RolloutState, index: int, now: float) -> RolloutState:
+def _needs_pods(routing: DesiredRouting) -> set[str]:
+    return {v for v, w in routing.weights if w > 0} | {r.version for r in routing.header_routes}
+
+
+def _enter_step(
+    plan: Plan, state: RolloutState, index: int, now: float, unavailable: frozenset[str] = frozenset()
+) -> RolloutState:
+    routing = plan.promoted if index >= len(plan.steps) else plan.steps[index].routing
+    missing = sorted(_needs_pods(routing) & unavailable)
+    if missing:  # never send traffic to a version without ready pods: hold where we are
+        where = "promotion" if index >= len(plan.steps) else f"step {index + 1}/{len(plan.steps)}"
+        pods = ", ".join(missing)
+        return state.model_copy(update={"reason": f"holding before {where}: no ready pods for {pods}"})
     if index >= len(plan.steps):
         return state.moved(Phase.PROMOTED, len(plan.steps), now, f"all steps passed: {plan.target} promoted")
     step = plan.steps[index]
@@ -64,13 +76,18 @@ def _enter_step(plan: Plan, state: RolloutState, index: int, now: float) -> Roll
     return state.moved(_phase_for_step(plan, index), index, now, reason)
 
 
-def _apply_command(plan: Plan, state: RolloutState, command: Command, now: float) -> RolloutState:
+def _apply_command(
+    plan: Plan, state: RolloutState, command: Command, now: float, unavailable: frozenset[str]
+) -> RolloutState:
     if state.terminal:
         return state
     if command == Command.ABORT:
         return state.moved(Phase.ROLLED_BACK, state.step, now, "aborted by user")
     if command == Command.PROMOTE:
-        return state.moved(Phase.PROMOTED, len(plan.steps), now, "promoted by user")
+        promoted = _enter_step(plan, state, len(plan.steps), now, unavailable)
+        if promoted.phase != Phase.PROMOTED:
+            return promoted
+        return promoted.model_copy(update={"reason": "promoted by user"})
     if command == Command.PAUSE and state.phase != Phase.PAUSED and state.step >= 0:
         paused = state.moved(Phase.PAUSED, state.step, now, "paused by user")
         return paused.model_copy(update={"paused_by_user": True})
@@ -79,7 +96,7 @@ def _apply_command(plan: Plan, state: RolloutState, command: Command, now: float
             resumed = state.moved(_phase_for_step(plan, state.step), state.step, now, "resumed by user")
             # Time spent paused does not count: the step is observed for its full duration again.
             return resumed.model_copy(update={"paused_by_user": False, "step_started_at": now})
-        return _enter_step(plan, state, state.step + 1, now)  # approval given
+        return _enter_step(plan, state, state.step + 1, now, unavailable)  # approval given
     return state
 
 
@@ -100,13 +117,18 @@ def decide(
     report: GateReport | None,
     now: float,
     command: Command | None = None,
+    unavailable: frozenset[str] = frozenset(),
 ) -> Decision:
-    """Pure: the next state and the routing it requires. `report` None = gates not evaluated."""
+    """Pure: the next state and the routing it requires.
+
+    `report` None = gates not evaluated; `unavailable` = versions with no ready pods (they never get
+    traffic: a step that would route to one is not entered, the rollout holds with the reason).
+    """
     state = _with_gates(state.model_copy(update={"ticks": state.ticks + 1}), report)
     if command is not None:
-        state = _apply_command(plan, state, command, now)
+        state = _apply_command(plan, state, command, now, unavailable)
     if state.phase == Phase.PENDING:
-        state = _enter_step(plan, state, 0, now)
+        state = _enter_step(plan, state, 0, now, unavailable)
         return Decision(state, routing_for(plan, state), state.reason)
     if state.phase not in ACTIVE_PHASES:
         return Decision(state, routing_for(plan, state), state.reason)
@@ -114,11 +136,22 @@ def decide(
         reason = f"routing could not be applied {state.apply_failures} times in a row: {state.last_apply_error}"
         state = state.moved(Phase.FAILED, state.step, now, reason)
         return Decision(state, routing_for(plan, state), state.reason)
-    state = _judge(plan, spec, state, report, now)
-    return Decision(state, routing_for(plan, state), state.reason)
+    judged = _judge(plan, spec, state, report, now, unavailable)
+    refused = command is not None and state.reason.startswith("holding before")
+    if refused and (judged.phase, judged.step) == (state.phase, state.step):
+        # The person asked for something the pods do not allow: say so instead of the routine hold text.
+        judged = judged.model_copy(update={"reason": f"{command} refused: {state.reason}"})
+    return Decision(judged, routing_for(plan, judged), judged.reason)
 
 
-def _judge(plan: Plan, spec: RolloutSpec, state: RolloutState, report: GateReport | None, now: float) -> RolloutState:
+def _judge(
+    plan: Plan,
+    spec: RolloutSpec,
+    state: RolloutState,
+    report: GateReport | None,
+    now: float,
+    unavailable: frozenset[str],
+) -> RolloutState:
     verdict = Verdict.NO_DATA if report is None else report.verdict
     if report is not None and verdict == Verdict.FAIL:
         return state.moved(Phase.ROLLED_BACK, state.step, now, f"gate failed: {report.reasons(Verdict.FAIL)}")
@@ -143,7 +176,7 @@ def _judge(plan: Plan, spec: RolloutSpec, state: RolloutState, report: GateRepor
     step = plan.steps[state.step]
     started = state.step_started_at if state.step_started_at is not None else now
     if now - started >= step.duration:
-        return _enter_step(plan, state, state.step + 1, now)
+        return _enter_step(plan, state, state.step + 1, now, unavailable)
     remaining = step.duration - (now - started)
     return state.model_copy(
         update={"reason": f"step {state.step + 1}/{len(plan.steps)}: {step.label}; gates pass, {remaining:.0f}s left"}

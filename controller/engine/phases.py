@@ -62,6 +62,13 @@ class RolloutState(BaseModel):
     apply_failures: int = Field(default=0, description="Consecutive ticks whose routing could not be applied")
     last_apply_error: str | None = None
 
+    def durable(self) -> dict[str, object]:
+        """What must survive a restart; per-tick details (gate values, tick count, hold text) excluded.
+
+        Stores compare this to decide whether a write is needed, so a steady rollout causes no writes.
+        """
+        return self.model_dump(mode="json", exclude={"ticks", "last_gates", "reason"})
+
     @property
     def terminal(self) -> bool:
         return self.phase in TERMINAL_PHASES

@@ -38,6 +38,12 @@ class TrafficRouter(Protocol):
         ...
 
 
+class VersionAvailability(Protocol):
+    def unavailable_versions(self, rollouts: Sequence[ManagedRollout]) -> dict[str, frozenset[str]]:
+        """Per rollout name, the versions with no ready pods (batched: one call per tick)."""
+        ...
+
+
 def spec_digest(spec: RolloutSpec) -> str:
     return hashlib.sha256(spec.model_dump_json(by_alias=True).encode()).hexdigest()[:16]
 
@@ -84,11 +90,13 @@ class RolloutRunner:
     store: StateStore
     clock: Callable[[], float] = time.time
     observers: list[Observer] = field(default_factory=list)
+    availability: VersionAvailability | None = None
     rollouts: dict[str, ManagedRollout] = field(default_factory=dict)
     _last_tick: dict[str, float] = field(default_factory=dict)
 
     def set_rollouts(self, rollouts: Sequence[ManagedRollout]) -> None:
         self.rollouts = {r.name: r for r in rollouts}
+        self.store.track({r.name: (r.spec.namespace, r.spec.service) for r in rollouts})
         self._last_tick = {k: v for k, v in self._last_tick.items() if k in self.rollouts}
 
     def base_interval(self) -> float:
@@ -117,6 +125,7 @@ class RolloutRunner:
         states = {r.name: self.load_state(r, now) for r in due}
         active = [r for r in due if states[r.name].phase in ACTIVE_PHASES]
         snapshots = self._fetch(active)
+        unavailable = self._unavailable([r for r in due if not states[r.name].terminal])
         events = []
         for rollout in due:
             self._last_tick[rollout.name] = now
@@ -124,7 +133,8 @@ class RolloutRunner:
             report = None
             if snapshot is not None:
                 report = evaluate_gates(rollout.spec, rollout.plan.stable_versions, snapshot)
-            events.append(self._tick_one(rollout, states[rollout.name], report, now))
+            missing = unavailable.get(rollout.name, frozenset())
+            events.append(self._tick_one(rollout, states[rollout.name], report, now, missing))
         for event in events:
             for observer in self.observers:
                 observer(event)
@@ -140,11 +150,25 @@ class RolloutRunner:
         fetched = self.metrics.fetch(list(requests.values()))
         return {name: fetched[request] for name, request in requests.items()}
 
+    def _unavailable(self, rollouts: list[ManagedRollout]) -> dict[str, frozenset[str]]:
+        if self.availability is None or not rollouts:
+            return {}
+        try:
+            return self.availability.unavailable_versions(rollouts)
+        except Exception as exc:  # unknown pod health: treat every version of these rollouts as unavailable
+            log.warning("pod availability unknown", error=f"{type(exc).__name__}: {exc}")
+            return {r.name: frozenset(v.name for v in r.spec.versions) for r in rollouts}
+
     def _tick_one(
-        self, rollout: ManagedRollout, state: RolloutState, report: GateReport | None, now: float
+        self,
+        rollout: ManagedRollout,
+        state: RolloutState,
+        report: GateReport | None,
+        now: float,
+        unavailable: frozenset[str] = frozenset(),
     ) -> TickEvent:
         command = self.store.pending_command(rollout.name)
-        decision = decide(rollout.plan, rollout.spec, state, report, now, command)
+        decision = decide(rollout.plan, rollout.spec, state, report, now, command, unavailable)
         if decision.state.phase != state.phase or decision.state.step != state.step:
             log.info(
                 "phase change",

@@ -9,6 +9,7 @@ tick that applied them has saved its state.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -23,6 +24,10 @@ class StateStoreError(Exception):
 
 
 class StateStore(Protocol):
+    def track(self, rollouts: Mapping[str, tuple[str, str]]) -> None:
+        """Where each rollout lives: name -> (namespace, service). Called when the rollout set changes."""
+        ...
+
     def load(self, rollout: str) -> RolloutState | None: ...
     def save(self, state: RolloutState) -> None: ...
     def pending_command(self, rollout: str) -> Command | None: ...
@@ -32,6 +37,9 @@ class StateStore(Protocol):
 class FileStateStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+
+    def track(self, rollouts: Mapping[str, tuple[str, str]]) -> None:
+        """Files are keyed by rollout name alone; nothing to remember."""
 
     def _state_path(self, rollout: str) -> Path:
         return self.directory / f"{rollout}.state.json"

@@ -112,3 +112,27 @@ def test_user_commands_pause_resume_abort_promote() -> None:
 SPEC_HOLD = SPEC_YAML.replace(
     "rollback: {missing_data_timeout: 30s}", "rollback: {on_missing_data: hold, missing_data_timeout: 30s}"
 )
+
+
+def test_version_without_ready_pods_never_gets_traffic() -> None:
+    pending = decide(PLAN, SPEC, fresh(), None, now=0, unavailable=frozenset({"v2"}))
+    assert pending.phase == Phase.PENDING and pending.routing == PLAN.baseline
+    assert pending.state.reason == "holding before step 1/4: no ready pods for v2"
+    s = decide(PLAN, SPEC, fresh(), None, now=0).state
+    held = decide(PLAN, SPEC, s, report(Verdict.PASS), now=10, unavailable=frozenset({"v2"}))
+    assert (held.phase, held.state.step) == (Phase.HEADER_TEST, 0)
+    assert held.routing.weight_of("v2") == 0
+    assert "no ready pods for v2" in held.state.reason
+    moved = decide(PLAN, SPEC, held.state, report(Verdict.PASS), now=11)
+    assert moved.state.step == 1 and moved.routing.weight_of("v2") == 10
+    refused = decide(PLAN, SPEC, s, None, now=1, command=Command.PROMOTE, unavailable=frozenset({"v2"}))
+    assert refused.phase == Phase.HEADER_TEST and "before promotion" in refused.state.reason
+    aborted = decide(PLAN, SPEC, s, None, now=1, command=Command.ABORT, unavailable=frozenset({"v1", "v2"}))
+    assert aborted.phase == Phase.ROLLED_BACK  # rolling back is always allowed
+
+
+def test_durable_state_ignores_per_tick_details() -> None:
+    s = decide(PLAN, SPEC, fresh(), None, now=0).state
+    later = decide(PLAN, SPEC, s, report(Verdict.PASS), now=3).state
+    assert later.ticks != s.ticks and later.reason != s.reason
+    assert later.durable() == s.durable()
