@@ -50,6 +50,7 @@ class GateSnapshot(BaseModel):
 class RolloutState(BaseModel):
     rollout: str
     spec_digest: str
+    identity: str = Field(default="", description="Digest of what is rolled out (versions + target)")
     phase: Phase = Phase.PENDING
     step: int = Field(default=-1, description="Current step index; -1 before the first step")
     step_started_at: float | None = None

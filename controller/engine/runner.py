@@ -48,6 +48,12 @@ def spec_digest(spec: RolloutSpec) -> str:
     return hashlib.sha256(spec.model_dump_json(by_alias=True).encode()).hexdigest()[:16]
 
 
+def rollout_identity(spec: RolloutSpec) -> str:
+    """What is being rolled out: the baseline versions/weights and the target. Gates or timings are not."""
+    what = {"versions": spec.baseline, "target": spec.target, "service": spec.service}
+    return hashlib.sha256(repr(sorted(what.items())).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class ManagedRollout:
     spec: RolloutSpec
@@ -111,13 +117,25 @@ class RolloutRunner:
         ]
 
     def load_state(self, rollout: ManagedRollout, now: float) -> RolloutState:
+        """The saved state, adapted to a changed spec (documented in the README):
+
+        - same versions + target, rollout finished: the outcome stands (no traffic moves);
+        - same versions + target, rollout running: it starts over from its first step;
+        - other versions or target: a new rollout from the new baseline.
+        """
+        identity = rollout_identity(rollout.spec)
         state = self.store.load(rollout.name)
         if state is None:
-            return RolloutState(rollout=rollout.name, spec_digest=rollout.digest)
-        if state.spec_digest != rollout.digest:
-            note = PhaseChange(phase=Phase.PENDING, step=-1, at=now, reason="spec changed: rollout starts over")
-            return RolloutState(rollout=rollout.name, spec_digest=rollout.digest, history=[*state.history, note])
-        return state
+            return RolloutState(rollout=rollout.name, spec_digest=rollout.digest, identity=identity)
+        if state.spec_digest == rollout.digest:
+            return state
+        if state.identity == identity and state.terminal:
+            return state.model_copy(update={"spec_digest": rollout.digest})
+        reason = "spec changed: rollout starts over" if state.identity == identity else "new rollout: spec changed"
+        note = PhaseChange(phase=Phase.PENDING, step=-1, at=now, reason=reason)
+        return RolloutState(
+            rollout=rollout.name, spec_digest=rollout.digest, identity=identity, history=[*state.history, note]
+        )
 
     def tick(self) -> list[TickEvent]:
         now = self.clock()

@@ -133,3 +133,33 @@ def test_routing_that_keeps_failing_fails_the_rollout_then_keeps_restoring_basel
     assert state.reason == "routing could not be applied 5 times in a row: ConnectionError: router down"
     plan = next(iter(runner.rollouts.values())).plan
     assert router.applied[-1] == plan.baseline and state.apply_failures == 0
+
+
+def test_finished_rollout_keeps_its_outcome_when_only_gates_change(tmp_path: Path) -> None:
+    clock, router = FakeClock(), RecordingRouter()
+    runner = make_runner(tmp_path, clock, router, FixedMetrics(dict(HEALTHY)))
+    run_until_terminal(runner, clock)
+    writes = len(router.applied)
+    runner.set_rollouts([ManagedRollout.from_spec(spec(ERROR_ONLY.replace("max: 2", "max: 3")))])
+    clock.advance(5)
+    runner.tick()
+    state = FileStateStore(tmp_path).load("shop")
+    assert state is not None and state.phase == Phase.PROMOTED
+    assert len(router.applied) == writes  # no traffic moved
+
+
+def test_new_target_after_promotion_is_a_new_rollout(tmp_path: Path) -> None:
+    clock, router = FakeClock(), RecordingRouter()
+    runner = make_runner(tmp_path, clock, router, FixedMetrics(dict(HEALTHY)))
+    run_until_terminal(runner, clock)
+    next_release = ERROR_ONLY.replace(
+        "versions: [{name: v1, weight: 100}, {name: v2, weight: 0}]\ntarget: v2",
+        "versions: [{name: v2, weight: 100}, {name: v3, weight: 0}]\ntarget: v3",
+    ).replace("{header: {value: v2}", "{header: {value: v3}")
+    runner.set_rollouts([ManagedRollout.from_spec(spec(next_release))])
+    clock.advance(5)
+    runner.tick()
+    state = FileStateStore(tmp_path).load("shop")
+    assert state is not None and (state.phase, state.step) == (Phase.HEADER_TEST, 0)
+    assert any(c.reason == "new rollout: spec changed" for c in state.history)
+    assert router.applied[-1].weight_of("v2") == 100 and router.applied[-1].header_routes[0].version == "v3"
