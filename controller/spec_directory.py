@@ -2,7 +2,8 @@
 
 Every valid file becomes a ManagedRollout; an invalid file is reported (once per
 change) and ignored as a whole, never partially applied. If two files name the
-same rollout, the first in sorted order wins and the other is reported.
+same rollout, the first in sorted order wins and the other is reported. With
+`allowed_namespaces`, a spec for any other namespace is rejected the same way.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.engine.runner import ManagedRollout
-from controller.spec_loader import SpecError, SpecProblem, load_spec, spec_files
+from controller.spec import RolloutSpec
+from controller.spec_loader import FieldPath, SpecError, SpecProblem, load_spec, spec_files
 
 Fingerprint = tuple[tuple[str, int, int], ...]
 
@@ -19,6 +21,7 @@ Fingerprint = tuple[tuple[str, int, int], ...]
 @dataclass
 class SpecDirectory:
     path: Path
+    allowed_namespaces: frozenset[str] | None = None
     _fingerprint: Fingerprint | None = None
     rollouts: list[ManagedRollout] = field(default_factory=list)
     problems: list[SpecProblem] = field(default_factory=list)
@@ -33,6 +36,13 @@ class SpecDirectory:
             entries.append((str(file), stat.st_mtime_ns, stat.st_size))
         return tuple(entries)
 
+    def _namespace_check(self, spec: RolloutSpec) -> list[tuple[FieldPath, str]]:
+        allowed = self.allowed_namespaces
+        if allowed is None or spec.namespace in allowed:
+            return []
+        names = ", ".join(sorted(allowed)) or "none"
+        return [(("namespace",), f"namespace {spec.namespace!r} is not managed by this controller (allowed: {names})")]
+
     def refresh(self) -> bool:
         """Re-read the directory if anything changed; True when the rollout set was reloaded."""
         fingerprint = self._current_fingerprint()
@@ -46,7 +56,7 @@ class SpecDirectory:
         for name, _, _ in fingerprint:
             file = Path(name)
             try:
-                rollout = ManagedRollout.from_spec(load_spec(file), source=file)
+                rollout = ManagedRollout.from_spec(load_spec(file, self._namespace_check), source=file)
             except SpecError as exc:
                 problems.extend(exc.problems)
                 continue

@@ -7,6 +7,7 @@ returned for a file with any problem, so nothing half-valid can be applied.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,8 +192,15 @@ def _compose(text: str, file: str) -> tuple[_SpecLoader, list[yaml.Node]]:
         raise SpecError([_yaml_problem(exc, text, file)]) from None
 
 
-def parse_spec_text(text: str, file: str) -> RolloutSpec:
-    """Validate one YAML document; raises SpecError listing every problem."""
+ExtraCheck = Callable[[RolloutSpec], list[tuple[FieldPath, str]]]
+
+
+def parse_spec_text(text: str, file: str, extra_check: ExtraCheck | None = None) -> RolloutSpec:
+    """Validate one YAML document; raises SpecError listing every problem.
+
+    `extra_check` adds the caller's own rules (e.g. the controller's allowed namespaces), reported
+    with file, line and field like every other problem.
+    """
     if len(text.encode("utf-8", "replace")) > MAX_SPEC_BYTES:
         raise SpecError([SpecProblem(file, 1, "", f"file larger than {MAX_SPEC_BYTES} bytes")])
     loader, docs = _compose(text, file)
@@ -220,14 +228,15 @@ def parse_spec_text(text: str, file: str) -> RolloutSpec:
             reason = _one_line(err["msg"].removeprefix("Value error, "))
             problems.append(SpecProblem(file, index.line_of(path), _dotted(path), reason))
         raise SpecError(sorted(problems, key=lambda p: p.line)) from None
-    for path, reason in semantic_problems(spec):
+    extra = extra_check(spec) if extra_check is not None else []
+    for path, reason in [*semantic_problems(spec), *extra]:
         problems.append(SpecProblem(file, index.line_of(path), _dotted(path), reason))
     if problems:
         raise SpecError(sorted(problems, key=lambda p: p.line))
     return spec
 
 
-def load_spec(path: Path) -> RolloutSpec:
+def load_spec(path: Path, extra_check: ExtraCheck | None = None) -> RolloutSpec:
     try:
         if path.stat().st_size > MAX_SPEC_BYTES:
             raise SpecError([SpecProblem(str(path), 1, "", f"file larger than {MAX_SPEC_BYTES} bytes")])
@@ -236,7 +245,7 @@ def load_spec(path: Path) -> RolloutSpec:
         raise SpecError([SpecProblem(str(path), 1, "", "file is not UTF-8 text")]) from None
     except OSError as exc:
         raise SpecError([SpecProblem(str(path), 1, "", f"cannot read: {exc.strerror or exc}")]) from None
-    return parse_spec_text(text, str(path))
+    return parse_spec_text(text, str(path), extra_check)
 
 
 def spec_files(paths: list[Path]) -> list[Path]:
