@@ -136,7 +136,7 @@ def _key(labels: dict[str, str]) -> tuple[str, str, str]:
 class _TimeoutClient:
     def __init__(self, url: str, timeout_seconds: float) -> None:
         # One quick retry only: a tick must not stall; the next tick asks again anyway.
-        retry = Retry(total=1, backoff_factor=0.1, status_forcelist=(502, 503, 504))
+        retry = Retry(total=1, connect=1, read=0, status=1, backoff_factor=0.1, status_forcelist=(502, 503, 504))
         self._prom = PrometheusConnect(url=url, disable_ssl=True, retry=retry, timeout=timeout_seconds)
         self._timeout = timeout_seconds
 

@@ -117,8 +117,10 @@ def test_prometheus_source_batches_all_rollouts_into_one_query_per_kind() -> Non
 
 
 def test_prometheus_source_failure_becomes_snapshot_error() -> None:
-    source = PrometheusSource("http://prom", client=FakeQueryClient(fail=True))
+    client = FakeQueryClient(fail=True)
+    source = PrometheusSource("http://prom", client=client)
     request = MetricsRequest("prod", "shop", 10)
     snap = source.fetch([request])[request]
+    assert len(client.queries) == 1  # a failed tick does not wait for a second timeout
     assert snap.error is not None and "ConnectionError: refused" in snap.error
     assert source.query_errors == 1
