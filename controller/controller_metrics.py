@@ -1,0 +1,101 @@
+"""The controller's own Prometheus metrics, fed by the runner (an observer of every tick).
+
+Per rollout and version: weight; per rollout: phase, step, gate values and verdicts;
+rollbacks by reason; tick duration; requests/errors towards Prometheus and Kubernetes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from controller.analysis.gates import Verdict
+from controller.engine.phases import Phase
+from controller.engine.runner import TickEvent
+
+VERDICT_VALUE = {Verdict.PASS: 1.0, Verdict.NO_DATA: 0.0, Verdict.FAIL: -1.0}
+
+
+def rollback_cause(reason: str) -> str:
+    """A small, bounded label value for why a rollout rolled back."""
+    if reason.startswith("gate failed: "):
+        return "gate:" + reason.removeprefix("gate failed: ").split(" ", 1)[0]
+    if reason.startswith("no data for"):
+        return "missing_data"
+    if reason.startswith("aborted"):
+        return "aborted"
+    return "other"
+
+
+class _CallCounters(Collector):
+    """Exports request/error counts kept by the I/O edges (read at scrape time)."""
+
+    def __init__(self, sources: Mapping[str, Callable[[], tuple[int, int]]]) -> None:
+        self.sources = dict(sources)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        requests = CounterMetricFamily("ramp_backend_requests", "Requests sent to a backend", labels=["backend"])
+        errors = CounterMetricFamily("ramp_backend_errors", "Failed requests to a backend", labels=["backend"])
+        for backend, read in self.sources.items():
+            sent, failed = read()
+            requests.add_metric([backend], sent)
+            errors.add_metric([backend], failed)
+        yield requests
+        yield errors
+
+
+class ControllerMetrics:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        backends: Mapping[str, Callable[[], tuple[int, int]]] | None = None,
+    ) -> None:
+        self.registry = registry or CollectorRegistry()
+        labels = ["rollout", "namespace"]
+        self.weight = Gauge(
+            "ramp_rollout_weight_percent",
+            "Traffic percentage per version",
+            [*labels, "version"],
+            registry=self.registry,
+        )
+        self.phase = Gauge(
+            "ramp_rollout_phase", "1 for the rollout's current phase", [*labels, "phase"], registry=self.registry
+        )
+        self.step = Gauge(
+            "ramp_rollout_step", "Current step (1-based; 0 before the first)", labels, registry=self.registry
+        )
+        self.gate_value = Gauge(
+            "ramp_gate_value", "Last value of a gate (percent or ms)", [*labels, "gate"], registry=self.registry
+        )
+        self.gate_verdict = Gauge(
+            "ramp_gate_verdict", "Last verdict: 1 pass, 0 no data, -1 fail", [*labels, "gate"], registry=self.registry
+        )
+        self.rollbacks = Counter("ramp_rollbacks", "Rollbacks by cause", [*labels, "cause"], registry=self.registry)
+        self.tick_seconds = Histogram(
+            "ramp_tick_duration_seconds", "Duration of one controller tick", registry=self.registry
+        )
+        self.ticks_skipped = Counter("ramp_ticks_skipped", "Ticks skipped (not the leader)", registry=self.registry)
+        if backends:
+            self.registry.register(_CallCounters(backends))
+
+    def observe(self, event: TickEvent) -> None:
+        spec = event.rollout.spec
+        key = {"rollout": event.rollout.name, "namespace": spec.namespace}
+        state = event.decision.state
+        for version, weight in event.decision.routing.weights:
+            self.weight.labels(**key, version=version).set(weight)
+        for phase in Phase:
+            self.phase.labels(**key, phase=phase.value).set(1.0 if phase == state.phase else 0.0)
+        self.step.labels(**key).set(state.step + 1)
+        if event.report is not None:
+            for result in event.report.results:
+                if result.value is not None:
+                    self.gate_value.labels(**key, gate=result.gate).set(result.value)
+                self.gate_verdict.labels(**key, gate=result.gate).set(VERDICT_VALUE[result.verdict])
+        if event.phase_changed and state.phase == Phase.ROLLED_BACK:
+            self.rollbacks.labels(**key, cause=rollback_cause(state.reason)).inc()
+
+    __call__ = observe

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from prometheus_client import generate_latest
+
+from controller.analysis.metrics import VersionMetrics
+from controller.controller_metrics import ControllerMetrics, rollback_cause
+from controller.engine.runner import ManagedRollout, RolloutRunner
+from controller.http_endpoints import EndpointServer
+from controller.state.file_store import FileStateStore
+from tests.unit.engine_fixtures import FakeClock, FixedMetrics, RecordingRouter, spec
+from tests.unit.test_runner import ERROR_ONLY
+
+
+def test_metrics_follow_the_rollout_and_count_rollbacks_by_cause(tmp_path: Path) -> None:
+    metrics = ControllerMetrics(backends={"prometheus": lambda: (7, 1)})
+    clock = FakeClock()
+    source = FixedMetrics({"v1": VersionMetrics(200, 0), "v2": VersionMetrics(100, 0)})
+    runner = RolloutRunner(RecordingRouter(), source, FileStateStore(tmp_path), clock=clock, observers=[metrics])
+    runner.set_rollouts([ManagedRollout.from_spec(spec(ERROR_ONLY))])
+    for _ in range(4):
+        runner.tick()
+        clock.advance(5)
+    text = generate_latest(metrics.registry).decode()
+    assert 'ramp_rollout_weight_percent{namespace="prod",rollout="shop",version="v2"} 10.0' in text
+    assert 'ramp_rollout_phase{namespace="prod",phase="Progressing",rollout="shop"} 1.0' in text
+    assert 'ramp_rollout_step{namespace="prod",rollout="shop"} 2.0' in text
+    assert 'ramp_gate_value{gate="error_rate",namespace="prod",rollout="shop"} 0.0' in text
+    assert 'ramp_gate_verdict{gate="error_rate",namespace="prod",rollout="shop"} 1.0' in text
+    assert 'ramp_backend_requests_total{backend="prometheus"} 7.0' in text
+    assert 'ramp_backend_errors_total{backend="prometheus"} 1.0' in text
+    source.by_version["v2"] = VersionMetrics(100, 30)
+    runner.tick()
+    text = generate_latest(metrics.registry).decode()
+    assert 'ramp_rollbacks_total{cause="gate:error_rate",namespace="prod",rollout="shop"} 1.0' in text
+    assert 'ramp_rollout_weight_percent{namespace="prod",rollout="shop",version="v1"} 100.0' in text
+
+
+def test_rollback_causes_are_bounded() -> None:
+    assert rollback_cause("gate failed: latency-p99 of v2 is 900ms > max 500ms") == "gate:latency-p99"
+    assert rollback_cause("no data for 120s (limit 120s): ...") == "missing_data"
+    assert rollback_cause("aborted by user") == "aborted"
+
+
+def test_endpoints_serve_metrics_health_and_readiness() -> None:
+    metrics = ControllerMetrics()
+    ready = {"ok": False}
+    server = EndpointServer(metrics.registry, lambda: (True, "ticking"), lambda: (ready["ok"], "specs: 0 loaded"),
+                            host="127.0.0.1", port=0).start()
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        assert b"ramp_tick_duration_seconds" in urllib.request.urlopen(f"{base}/metrics").read()
+        assert urllib.request.urlopen(f"{base}/healthz").read() == b"ticking\n"
+        try:
+            urllib.request.urlopen(f"{base}/readyz")
+            raise AssertionError("readyz must fail while not ready")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503 and exc.read() == b"specs: 0 loaded\n"
+        ready["ok"] = True
+        assert urllib.request.urlopen(f"{base}/readyz").status == 200
+    finally:
+        server.stop()
