@@ -97,6 +97,7 @@ class RolloutRunner:
     clock: Callable[[], float] = time.time
     observers: list[Observer] = field(default_factory=list)
     availability: VersionAvailability | None = None
+    may_write: Callable[[], bool] | None = None  # leadership check right before each write
     rollouts: dict[str, ManagedRollout] = field(default_factory=dict)
     _last_tick: dict[str, float] = field(default_factory=dict)
 
@@ -187,6 +188,10 @@ class RolloutRunner:
     ) -> TickEvent:
         command = self.store.pending_command(rollout.name)
         decision = decide(rollout.plan, rollout.spec, state, report, now, command, unavailable)
+        if self.may_write is not None and not self.may_write():
+            # Leadership ended during this tick: another replica may act now; write nothing.
+            log.warning("not leader any more: tick abandoned", rollout=rollout.name)
+            return TickEvent(rollout, now, state.phase, decision, report, command, False, "not leader")
         if decision.state.phase != state.phase or decision.state.step != state.step:
             log.info(
                 "phase change",

@@ -2,12 +2,14 @@
 
 A single job (max_instances=1, coalesce=True) ticks at the shortest rollout
 interval; the runner decides which rollouts are due, so all due rollouts share
-one batched metrics fetch per tick.
+one batched metrics fetch per tick. With `should_act` (e.g. a leader elector's `is_leader`), a
+tick runs only while it returns True; skipped ticks are counted.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -18,8 +20,10 @@ log = structlog.get_logger("ramp.scheduler")
 
 
 class TickScheduler:
-    def __init__(self, runner: RolloutRunner) -> None:
+    def __init__(self, runner: RolloutRunner, should_act: Callable[[], bool] | None = None) -> None:
         self.runner = runner
+        self._should_act = should_act
+        self._skipped = 0
         self._scheduler = BackgroundScheduler(timezone="UTC")
         self._errors = 0
         self._lock = threading.Lock()  # the first tick runs on the caller's thread
@@ -28,6 +32,10 @@ class TickScheduler:
     def _job(self) -> None:
         try:
             with self._lock:
+                if self._should_act is not None and not self._should_act():
+                    self._skipped += 1
+                    log.debug("tick skipped: should_act is False", skipped=self._skipped)
+                    return
                 self.runner.tick()
         except Exception:
             self._errors += 1
@@ -56,3 +64,7 @@ class TickScheduler:
     @property
     def errors(self) -> int:
         return self._errors
+
+    @property
+    def skipped(self) -> int:
+        return self._skipped

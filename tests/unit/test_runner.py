@@ -163,3 +163,12 @@ def test_new_target_after_promotion_is_a_new_rollout(tmp_path: Path) -> None:
     assert state is not None and (state.phase, state.step) == (Phase.HEADER_TEST, 0)
     assert any(c.reason == "new rollout: spec changed" for c in state.history)
     assert router.applied[-1].weight_of("v2") == 100 and router.applied[-1].header_routes[0].version == "v3"
+
+
+def test_no_write_once_leadership_is_lost_mid_tick(tmp_path: Path) -> None:
+    clock, router = FakeClock(), RecordingRouter()
+    runner = make_runner(tmp_path, clock, router, FixedMetrics(dict(HEALTHY)))
+    runner.may_write = lambda: False
+    events = runner.tick()
+    assert events[0].apply_error == "not leader" and not events[0].routing_written
+    assert router.applied == [] and FileStateStore(tmp_path).load("shop") is None

@@ -1,0 +1,192 @@
+"""Kubernetes Events for rollouts: `kubectl describe virtualservice shop` shows what Ramp did and why.
+
+Events are best effort: a failure to record one is logged and counted, never raised into the tick
+(a 403 is logged once per namespace, naming the missing RBAC rule). Events are core/v1 Events in the
+legacy shape (no eventTime), with explicit unique names: `<involved name>.<16 hex digits>`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import structlog
+import urllib3
+from kubernetes.client import ApiClient, CoreV1Api
+from kubernetes.client.exceptions import ApiException
+
+from controller.engine.phases import Phase, PhaseChange
+from controller.engine.runner import TickEvent
+from controller.k8s.client import REQUEST_TIMEOUT_ATTR, Forbidden, classify
+
+log = structlog.get_logger("ramp.events")
+
+EventType = Literal["Normal", "Warning"]
+MAX_MESSAGE = 1024
+MAX_REASON = 128
+DEFAULT_TIMEOUT = 5.0
+VIRTUAL_SERVICE_API_VERSION = "networking.istio.io/v1"
+
+PHASE_EVENTS: dict[Phase, tuple[str, EventType]] = {
+    Phase.PENDING: ("Restarted", "Normal"),  # a changed spec starts the rollout over
+    Phase.HEADER_TEST: ("HeaderTest", "Normal"),
+    Phase.PROGRESSING: ("Progressing", "Normal"),
+    Phase.PAUSED: ("Paused", "Normal"),
+    Phase.PROMOTED: ("Promoted", "Normal"),
+    Phase.ROLLED_BACK: ("RolledBack", "Warning"),
+    Phase.FAILED: ("Failed", "Warning"),
+}
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    api_version: str
+    kind: str
+    name: str
+    uid: str | None = None
+
+
+def _timestamp(epoch: float) -> str:
+    """RFC3339, seconds precision, UTC (metav1.Time)."""
+    return datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class EventRecorder:
+    def __init__(
+        self,
+        api_client: ApiClient,
+        component: str = "ramp",
+        clock: Callable[[], float] = time.time,
+        instance: str | None = None,
+    ) -> None:
+        self._api = CoreV1Api(api_client)
+        self.component = component
+        self.instance = instance
+        self._clock = clock
+        self._timeout = float(getattr(api_client, REQUEST_TIMEOUT_ATTR, DEFAULT_TIMEOUT))
+        self._lock = threading.Lock()
+        self._forbidden_namespaces: set[str] = set()
+        self.recorded = 0
+        self.failures = 0
+
+    def body(
+        self, namespace: str, involved: ObjectRef, reason: str, message: str, type: EventType = "Normal"
+    ) -> dict[str, Any]:
+        """The core/v1 Event that `record` creates."""
+        stamp = _timestamp(self._clock())
+        involved_object = {
+            "apiVersion": involved.api_version,
+            "kind": involved.kind,
+            "name": involved.name,
+            "namespace": namespace,
+        }
+        if involved.uid is not None:
+            involved_object["uid"] = involved.uid
+        event: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{involved.name}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+            "involvedObject": involved_object,
+            "reason": reason[:MAX_REASON],
+            "message": message[:MAX_MESSAGE],
+            "type": type,
+            "source": {"component": self.component},
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+            "reportingComponent": self.component,
+        }
+        if self.instance:
+            event["reportingInstance"] = self.instance
+        return event
+
+    def record(
+        self, namespace: str, involved: ObjectRef, reason: str, message: str, type: EventType = "Normal"
+    ) -> bool:
+        """Create the Event; False (logged, counted) when it could not be created. Never raises."""
+        try:
+            body: Any = self.body(namespace, involved, reason, message, type)  # a dict: exact wire format
+            name = body["metadata"]["name"]
+            try:
+                self._api.create_namespaced_event(namespace, body, _request_timeout=self._timeout)
+            except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+                raise classify(exc, "create", "events", namespace, name) from exc
+        except Forbidden as exc:
+            self._count(failed=True)
+            with self._lock:
+                first = namespace not in self._forbidden_namespaces
+                self._forbidden_namespaces.add(namespace)
+            if first:
+                log.error(
+                    "events cannot be recorded: forbidden",
+                    namespace=namespace,
+                    hint="grant the controller's ServiceAccount verb 'create' on resource 'events' in the core"
+                    f" API group (\"\") in namespace {namespace!r}",
+                    error=str(exc),
+                )
+            return False
+        except Exception as exc:  # best effort: nothing may break the tick
+            self._count(failed=True)
+            log.warning("event not recorded", namespace=namespace, reason=reason, error=str(exc)[:300])
+            return False
+        self._count(failed=False)
+        return True
+
+    def _count(self, failed: bool) -> None:
+        with self._lock:
+            if failed:
+                self.failures += 1
+            else:
+                self.recorded += 1
+
+
+class RolloutEventObserver:
+    """A runner observer: an Event on the rollout's VirtualService for each phase or step change.
+
+    Reasons: HeaderTest, Progressing, Paused, Promoted (Normal), RolledBack, Failed (Warning), Restarted
+    (a changed spec); the message is the change's reason (a rollback names the gate and its value).
+    A Warning `RoutingFailed` is recorded when routing could not be applied, once per rollout per
+    distinct error until routing is applied again.
+    """
+
+    def __init__(self, recorder: EventRecorder) -> None:
+        self.recorder = recorder
+        self._seen_history: dict[str, int] = {}
+        self._routing_errors: dict[str, set[str]] = {}
+
+    def __call__(self, event: TickEvent) -> None:
+        try:
+            self._observe(event)
+        except Exception:  # an observer must never break the tick
+            log.exception("rollout events failed", rollout=event.rollout.name)
+
+    def _observe(self, event: TickEvent) -> None:
+        spec = event.rollout.spec
+        involved = ObjectRef(VIRTUAL_SERVICE_API_VERSION, "VirtualService", spec.service)
+        for change in self._changes(event):
+            reason, kind = PHASE_EVENTS[change.phase]
+            self.recorder.record(spec.namespace, involved, reason, change.reason or change.phase.value, kind)
+        name = event.rollout.name
+        if event.apply_error is None:
+            self._routing_errors.pop(name, None)
+            return
+        seen = self._routing_errors.setdefault(name, set())
+        if event.apply_error not in seen:
+            seen.add(event.apply_error)
+            message = f"routing for phase {event.decision.phase.value} not applied: {event.apply_error}"
+            self.recorder.record(spec.namespace, involved, "RoutingFailed", message, "Warning")
+
+    def _changes(self, event: TickEvent) -> list[PhaseChange]:
+        """The phase/step changes made in this tick: history entries stamped with the tick's time."""
+        history = event.decision.state.history
+        name = event.rollout.name
+        already = self._seen_history.get(name, 0)
+        if already > len(history):  # the state started over (e.g. a new state file)
+            already = 0
+        self._seen_history[name] = len(history)
+        return [change for change in history[already:] if change.at == event.at]
