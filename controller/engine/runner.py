@@ -140,8 +140,14 @@ class RolloutRunner:
 
     def tick(self) -> list[TickEvent]:
         now = self.clock()
-        due = self._due(now)
-        states = {r.name: self.load_state(r, now) for r in due}
+        states: dict[str, RolloutState] = {}
+        candidates = self._due(now)
+        for rollout in candidates:
+            try:
+                states[rollout.name] = self.load_state(rollout, now)
+            except Exception as exc:  # this rollout waits for the next tick; the others go on
+                log.warning("state not readable", rollout=rollout.name, error=f"{type(exc).__name__}: {exc}"[:300])
+        due = [r for r in candidates if r.name in states]
         active = [r for r in due if states[r.name].phase in ACTIVE_PHASES]
         snapshots = self._fetch(active)
         unavailable = self._unavailable([r for r in due if not states[r.name].terminal])

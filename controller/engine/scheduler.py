@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from controller.engine.runner import RolloutRunner
-
 log = structlog.get_logger("ramp.scheduler")
 
 
+class Tickable(Protocol):
+    """A RolloutRunner, or anything wrapping one (e.g. the cluster controller's loop)."""
+
+    def tick(self) -> object: ...
+    def base_interval(self) -> float: ...
+
+
 class TickScheduler:
-    def __init__(self, runner: RolloutRunner, should_act: Callable[[], bool] | None = None) -> None:
+    def __init__(self, runner: Tickable, should_act: Callable[[], bool] | None = None) -> None:
         self.runner = runner
         self._should_act = should_act
         self._skipped = 0

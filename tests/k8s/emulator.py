@@ -127,7 +127,9 @@ class KubeHarness:
 
     def requests(self, method: str | None = None) -> list[rendering.Request]:
         reqs = list(self.emulator._requests)
-        return [r for r in reqs if method is None or str(r.method).upper() == method.upper()]
+        # r.method is a (str, Enum): str() of it is "method.GET", so compare its value
+        wanted = None if method is None else method.upper()
+        return [r for r in reqs if wanted is None or str(getattr(r.method, "value", r.method)).upper() == wanted]
 
 
 @contextmanager

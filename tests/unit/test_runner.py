@@ -172,3 +172,15 @@ def test_no_write_once_leadership_is_lost_mid_tick(tmp_path: Path) -> None:
     events = runner.tick()
     assert events[0].apply_error == "not leader" and not events[0].routing_written
     assert router.applied == [] and FileStateStore(tmp_path).load("shop") is None
+
+
+def test_one_unreadable_state_does_not_stop_the_other_rollouts(tmp_path: Path) -> None:
+    clock, router = FakeClock(), RecordingRouter()
+    runner = RolloutRunner(router=router, metrics=FixedMetrics(dict(HEALTHY)), store=FileStateStore(tmp_path),
+                           clock=clock)
+    runner.set_rollouts([ManagedRollout.from_spec(spec(ERROR_ONLY.replace("service: shop", f"service: s{i}")))
+                         for i in range(2)])
+    (tmp_path / "s0.state.json").write_text("{not json")
+    events = runner.tick()
+    assert [e.rollout.name for e in events] == ["s1"]
+    assert (tmp_path / "s0.state.json").read_text() == "{not json"  # left alone, never overwritten

@@ -1,0 +1,274 @@
+"""Cluster mode: one VirtualService per service is both the TrafficRouter and the StateStore.
+
+The rollout state lives in the `ramp.dev/state` annotation of the VirtualService whose routes it
+describes, and is written in the SAME update as the weights: the cluster never holds weights
+without the state that explains them, and a restarted controller resumes exactly there.
+
+Per tick the runner calls `load` (one GET per rollout, cached), `pending_command`, `save` and
+`clear_command` (both only staged in memory) and `apply`, which makes the only writes: the
+DestinationRule when subsets are missing, then the VirtualService with routes + state + cleared
+command merged into the object read (see `istio_merge` for the merge rules). Nothing is
+written when nothing changed. Writes are PUTs carrying the resourceVersion read; on 409 the
+object is re-read and Ramp's parts re-merged over the fresh object, so a foreign change made in
+between is never lost.
+
+A state saved by a tick whose write failed stays in memory, tied to the resourceVersion it was
+based on: the next `load` returns it (with its apply-failure count) while nobody else changed
+the object, and the annotation otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import structlog
+from kubernetes.client import ApiClient
+
+from controller.engine.phases import Command, RolloutState
+from controller.k8s.client import Conflict, KubeApi, KubeError, NotFound
+from controller.routing.crd_schema import IstioSchemas
+from controller.routing.istio_merge import (
+    COMMAND_ANNOTATION,
+    STATE_ANNOTATION,
+    ClusterRouting,
+    IstioMergeError,
+    annotations_of,
+    encode_state,
+    merge_destination_rule,
+    merge_virtual_service,
+    object_ref,
+    parse_routing,
+    resource_version,
+    same_durable_state,
+    state_of,
+)
+from controller.routing.model import DesiredRouting
+from controller.state.file_store import StateStoreError
+
+log = structlog.get_logger("ramp.istio")
+
+GROUP, VERSION = "networking.istio.io", "v1"
+VIRTUAL_SERVICES, DESTINATION_RULES = "virtualservices", "destinationrules"
+
+Obj = dict[str, Any]
+
+
+@dataclass
+class _Entry:
+    """What this process knows about one service's VirtualService."""
+
+    namespace: str
+    service: str
+    rollout: str | None = None
+    obj: Obj | None = None
+    known: bool = False  # `obj` is what a read or write of this process returned
+    base_rv: str | None = None  # the resourceVersion `state` builds on
+    state: RolloutState | None = None
+    consumed_command: str | None = None  # the raw annotation value to remove in the next write
+
+
+class IstioBackend:
+    """TrafficRouter + StateStore over Istio VirtualServices/DestinationRules (see module docstring)."""
+
+    def __init__(
+        self,
+        api: ApiClient | KubeApi,
+        *,
+        conflict_attempts: int = 5,
+        schemas: IstioSchemas | None = None,
+    ) -> None:
+        self.api = KubeApi.wrap(api)
+        self.conflict_attempts = conflict_attempts
+        self.schemas = schemas  # when given, every object is validated before it is written
+        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._keys: dict[str, tuple[str, str]] = {}
+
+    # --- StateStore ---------------------------------------------------------------------------
+
+    def track(self, rollouts: Mapping[str, tuple[str, str]]) -> None:
+        owners: dict[tuple[str, str], str] = {}
+        for name, key in rollouts.items():
+            if key in owners:
+                raise ValueError(f"rollouts {owners[key]!r} and {name!r} both manage service {key[0]}/{key[1]}")
+            owners[key] = name
+        self._keys = {name: (namespace, service) for name, (namespace, service) in rollouts.items()}
+        kept = {k: e for k, e in self._entries.items() if owners.get(k) == e.rollout}
+        self._entries = {key: kept.get(key) or _Entry(key[0], key[1], rollout=name) for key, name in owners.items()}
+
+    def _entry(self, rollout: str) -> _Entry:
+        key = self._keys.get(rollout)
+        if key is None:
+            raise StateStoreError(f"rollout {rollout!r} is not tracked (call track() first)")
+        return self._entries[key]
+
+    def load(self, rollout: str) -> RolloutState | None:
+        entry = self._entry(rollout)
+        obj = self._get(VIRTUAL_SERVICES, entry.namespace, entry.service)
+        entry.obj, entry.known = obj, True
+        rv = resource_version(obj)
+        if entry.state is not None and entry.base_rv == rv:
+            return entry.state  # nobody wrote since: our latest state, including unwritten progress
+        entry.base_rv, entry.consumed_command = rv, None
+        entry.state = state_of(obj)
+        return entry.state
+
+    def save(self, state: RolloutState) -> None:
+        """Staged only: written by the next `apply`, in the same update as the routing."""
+        self._entry(state.rollout).state = state
+
+    def pending_command(self, rollout: str) -> Command | None:
+        entry = self._entry(rollout)
+        entry.consumed_command = None
+        if not entry.known:
+            entry.obj, entry.known = self._get(VIRTUAL_SERVICES, entry.namespace, entry.service), True
+        raw = annotations_of(entry.obj).get(COMMAND_ANNOTATION)
+        if raw is None:
+            return None
+        try:
+            return Command(raw.strip().lower())
+        except ValueError:
+            log.warning("ignoring unknown command", rollout=rollout, command=raw[:100])
+            entry.consumed_command = raw  # garbage is dropped in the next write, never acted on
+            return None
+
+    def clear_command(self, rollout: str) -> None:
+        entry = self._entry(rollout)
+        entry.consumed_command = annotations_of(entry.obj).get(COMMAND_ANNOTATION)
+
+    # --- TrafficRouter ------------------------------------------------------------------------
+
+    def apply(self, routing: DesiredRouting) -> bool:
+        """DestinationRule subsets first (never route to a missing subset), then one VirtualService write."""
+        key = (routing.namespace, routing.service)
+        entry = self._entries.setdefault(key, _Entry(*key))
+        current = entry.obj if entry.known else self._get(VIRTUAL_SERVICES, *key)
+        self._desired_virtual_service(entry, routing, current)  # refuse (shadowing...) before writing anything
+        dr_written = self._ensure_destination_rule(routing)
+        stored, vs_written = self._converge(
+            VIRTUAL_SERVICES, routing.namespace, routing.service, current,
+            lambda obj: self._desired_virtual_service(entry, routing, obj),
+        )  # fmt: skip
+        entry.obj, entry.known, entry.consumed_command = stored, True, None
+        if entry.state is not None:
+            entry.base_rv = resource_version(stored)  # the stored annotation now holds entry.state
+        return dr_written or vs_written
+
+    def _desired_virtual_service(self, entry: _Entry, routing: DesiredRouting, current: Obj | None) -> Obj:
+        notes: dict[str, str] = {}
+        stored_state = annotations_of(current).get(STATE_ANNOTATION)
+        if entry.state is not None and not same_durable_state(stored_state, entry.state):
+            notes[STATE_ANNOTATION] = encode_state(entry.state)
+        remove = {COMMAND_ANNOTATION: entry.consumed_command} if entry.consumed_command is not None else {}
+        desired = merge_virtual_service(current, routing, notes, remove)
+        if desired != current and entry.state is not None:  # written anyway: bring the reason up to date too
+            desired["metadata"].setdefault("annotations", {})[STATE_ANNOTATION] = encode_state(entry.state)
+        return desired
+
+    def _ensure_destination_rule(self, routing: DesiredRouting) -> bool:
+        current = self._get(DESTINATION_RULES, routing.namespace, routing.service)
+        _, written = self._converge(
+            DESTINATION_RULES, routing.namespace, routing.service, current,
+            lambda obj: merge_destination_rule(obj, routing),
+        )  # fmt: skip
+        return written
+
+    def _converge(
+        self, plural: str, namespace: str, name: str, current: Obj | None, build: Callable[[Obj | None], Obj]
+    ) -> tuple[Obj, bool]:
+        """Write `build(current)` unless it equals `current`; on 409 re-read and rebuild (bounded)."""
+        for attempt in range(self.conflict_attempts):
+            desired = build(current)
+            if current is not None and desired == current:
+                return current, False
+            self._validate(desired)
+            try:
+                if current is None:
+                    stored = self._create(plural, namespace, desired)
+                else:
+                    stored = self._replace(plural, namespace, name, desired)
+            except Conflict as exc:
+                if attempt + 1 >= self.conflict_attempts:
+                    raise Conflict(
+                        exc.verb, exc.resource, namespace, name, exc.status,
+                        f"still conflicting after {self.conflict_attempts} attempts (another writer keeps "
+                        f"changing it): {exc.detail}",
+                    ) from exc  # fmt: skip
+                delay = self.api.retry.delay(attempt)
+                log.info("conflict, re-reading", resource=plural, namespace=namespace, name=name, delay=delay)
+                self.api.retry.sleep(delay)
+                current = self._get(plural, namespace, name)
+                continue
+            log.info("written", resource=plural, namespace=namespace, name=name, rv=resource_version(stored))
+            return stored, True
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _validate(self, obj: Obj) -> None:
+        if self.schemas is None:
+            return
+        problems = self.schemas.validate(obj)
+        if problems:
+            raise IstioMergeError(f"{object_ref(obj)} would not be valid, not written: {'; '.join(problems[:5])}")
+
+    def call_counts(self) -> tuple[int, int]:
+        """(Kubernetes requests, errors) of the client this backend uses (shared by all users of the client)."""
+        return self.api.stats.totals()
+
+    # --- reads for `ramp status` and the CLI ---------------------------------------------------
+
+    def read_routing(self, namespace: str, service: str) -> ClusterRouting:
+        """Weights per version, header routes and state as stored in the cluster right now."""
+        return parse_routing(namespace, service, self._get(VIRTUAL_SERVICES, namespace, service))
+
+    def request_command(self, namespace: str, service: str, command: Command) -> None:
+        """Ask the controller for `command` (it acts on the next tick and clears the annotation)."""
+        current = self._get(VIRTUAL_SERVICES, namespace, service)
+        if current is None:
+            raise NotFound("update", _resource(VIRTUAL_SERVICES), namespace, service, 404, "no VirtualService yet")
+
+        def with_command(obj: Obj | None) -> Obj:
+            if obj is None:
+                raise NotFound("update", _resource(VIRTUAL_SERVICES), namespace, service, 404, "deleted meanwhile")
+            updated = dict(obj, metadata=dict(obj.get("metadata") or {}))
+            updated["metadata"]["annotations"] = {**annotations_of(obj), COMMAND_ANNOTATION: command.value}
+            return updated
+
+        self._converge(VIRTUAL_SERVICES, namespace, service, current, with_command)
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def _get(self, plural: str, namespace: str, name: str) -> Obj | None:
+        try:
+            found = self.api.retrying(
+                "get", _resource(plural), namespace, name,
+                self.api.custom_objects.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name,
+            )  # fmt: skip
+        except NotFound:
+            return None
+        return _as_object(found, "get", plural, namespace, name)
+
+    def _create(self, plural: str, namespace: str, body: Obj) -> Obj:
+        name = (body.get("metadata") or {}).get("name")
+        stored = self.api.retrying(
+            "create", _resource(plural), namespace, name,
+            self.api.custom_objects.create_namespaced_custom_object, GROUP, VERSION, namespace, plural, body,
+        )  # fmt: skip
+        return _as_object(stored, "create", plural, namespace, name)
+
+    def _replace(self, plural: str, namespace: str, name: str, body: Obj) -> Obj:
+        stored = self.api.retrying(
+            "update", _resource(plural), namespace, name,
+            self.api.custom_objects.replace_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, body,
+        )  # fmt: skip
+        return _as_object(stored, "update", plural, namespace, name)
+
+
+def _as_object(found: object, verb: str, plural: str, namespace: str, name: str | None) -> Obj:
+    if not isinstance(found, dict):
+        raise KubeError(verb, _resource(plural), namespace, name, None, f"unexpected response {type(found).__name__}")
+    return cast(Obj, found)
+
+
+def _resource(plural: str) -> str:
+    return f"{plural}.{GROUP}"

@@ -1,0 +1,304 @@
+"""Pure merge rules: Ramp's routes and state into an existing VirtualService / DestinationRule.
+
+Ramp owns only what it manages. In a VirtualService that is the http routes named
+`ramp-*` (MANAGED_ROUTE_PREFIX), the `ramp.dev/state` annotation and - once consumed - the
+`ramp.dev/command` annotation. The merged http list is
+
+    [Ramp's header routes] + [foreign http routes, original order] + [ramp-primary]
+
+Fields a person added to a Ramp route other than name/match/route (retries, timeout, headers,
+...) are kept on the re-rendered route. Everything else (hosts - ours appended if missing -,
+gateways, exportTo, tcp/tls routes, foreign metadata) is left exactly as it was. A foreign
+route that matches every request and sits before ramp-primary would silently take all traffic
+away from Ramp's weights, so it is refused with `RouteShadowingError` instead of written.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from controller.engine.phases import RolloutState
+from controller.routing.istio_render import destination_rule, managed_http_routes, virtual_service
+from controller.routing.model import MANAGED_ROUTE_PREFIX, PRIMARY_ROUTE_NAME, DesiredRouting, HeaderRoute
+from controller.state.file_store import StateStoreError
+
+STATE_ANNOTATION = "ramp.dev/state"
+COMMAND_ANNOTATION = "ramp.dev/command"
+OWNED_ROUTE_FIELDS = frozenset({"name", "match", "route"})
+_CLUSTER_SUFFIX = "svc.cluster.local"
+
+
+class IstioMergeError(ValueError):
+    """The existing objects cannot take Ramp's routing without breaking something; nothing is written."""
+
+
+class RouteShadowingError(IstioMergeError):
+    pass
+
+
+def object_ref(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{obj.get('kind', 'object')} {meta.get('namespace', '?')}/{meta.get('name', '?')}"
+
+
+def resource_version(obj: Mapping[str, Any] | None) -> str | None:
+    if obj is None:
+        return None
+    value = (obj.get("metadata") or {}).get("resourceVersion")
+    return None if value is None else str(value)
+
+
+def annotations_of(obj: Mapping[str, Any] | None) -> dict[str, str]:
+    if obj is None:
+        return {}
+    found = (obj.get("metadata") or {}).get("annotations") or {}
+    return dict(found) if isinstance(found, Mapping) else {}
+
+
+# --- state annotation -------------------------------------------------------------------------
+
+
+def persisted_view(state: RolloutState) -> dict[str, object]:
+    """The durable state as written with the routing it stands for.
+
+    It is only ever written together with that routing in one successful update, so at that
+    moment there are no outstanding apply failures: the counter is stored as 0.
+    """
+    view = state.durable()
+    view["apply_failures"] = 0
+    view["last_apply_error"] = None
+    return view
+
+
+def encode_state(state: RolloutState) -> str:
+    payload = {**persisted_view(state), "reason": state.reason}
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"))
+
+
+def decode_state(raw: str, where: str) -> RolloutState:
+    """The state in a `ramp.dev/state` annotation; StateStoreError when it cannot be read."""
+    try:
+        return RolloutState.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '$'}: {e['msg']}" for e in exc.errors()[:3])
+        raise StateStoreError(
+            f"{where}: annotation {STATE_ANNOTATION} is unreadable ({problems}); "
+            "fix it or remove the annotation to start the rollout over"
+        ) from exc
+
+
+def state_of(obj: Mapping[str, Any] | None) -> RolloutState | None:
+    raw = annotations_of(obj).get(STATE_ANNOTATION)
+    if raw is None or obj is None:
+        return None
+    return decode_state(raw, object_ref(obj))
+
+
+def same_durable_state(raw: str | None, state: RolloutState) -> bool:
+    """True when annotation `raw` already holds `state`'s durable view (the reason may differ)."""
+    if raw is None:
+        return False
+    try:
+        stored = RolloutState.model_validate_json(raw)
+    except ValidationError:
+        return False
+    return persisted_view(stored) == persisted_view(state)
+
+
+# --- hosts ------------------------------------------------------------------------------------
+
+
+def canonical_host(host: str, namespace: str) -> str:
+    """Istio's reading of a host: a short name (no dot) is `<name>.<namespace>.svc.cluster.local`."""
+    return f"{host}.{namespace}.{_CLUSTER_SUFFIX}" if "." not in host and host != "*" else host
+
+
+def _has_host(hosts: list[Any], host: str, namespace: str) -> bool:
+    wanted = canonical_host(host, namespace)
+    return any(isinstance(h, str) and canonical_host(h, namespace) == wanted for h in hosts)
+
+
+# --- VirtualService ---------------------------------------------------------------------------
+
+
+def is_managed(route: Mapping[str, Any]) -> bool:
+    name = route.get("name")
+    return isinstance(name, str) and name.startswith(MANAGED_ROUTE_PREFIX)
+
+
+def _matches_everything(route: Mapping[str, Any]) -> bool:
+    """No match at all, or a match entry with no condition beyond `uri: {prefix: /}`."""
+    matches = route.get("match")
+    if not matches:
+        return True
+    for entry in matches:
+        if not isinstance(entry, Mapping):
+            continue
+        conditions = {k: v for k, v in entry.items() if k not in ("name", "ignoreUriCase")}
+        if not conditions or conditions == {"uri": {"prefix": "/"}}:
+            return True
+    return False
+
+
+def check_shadowing(obj: Mapping[str, Any], foreign: list[dict[str, Any]]) -> None:
+    for index, route in enumerate(foreign):
+        if _matches_everything(route):
+            label = repr(route["name"]) if isinstance(route.get("name"), str) else f"#{index + 1} (unnamed)"
+            raise RouteShadowingError(
+                f"{object_ref(obj)}: http route {label} matches every request and would sit before "
+                f"Ramp's weighted route {PRIMARY_ROUTE_NAME!r}, taking all of its traffic; give it a match "
+                f"(e.g. a header or uri), remove it, or rename it to {PRIMARY_ROUTE_NAME!r} to hand it to Ramp "
+                "(its retries/timeouts are kept) - nothing was written"
+            )
+
+
+def merge_http(existing: list[Any], routing: DesiredRouting) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(merged http list, foreign routes): Ramp's header routes, foreign routes in order, ramp-primary."""
+    previous = {r["name"]: r for r in existing if isinstance(r, dict) and is_managed(r)}
+    foreign = [r for r in existing if not (isinstance(r, dict) and is_managed(r))]
+    rendered = []
+    for route in managed_http_routes(routing):
+        kept = {k: copy.deepcopy(v) for k, v in previous.get(route["name"], {}).items() if k not in OWNED_ROUTE_FIELDS}
+        rendered.append({**route, **kept})
+    return [*rendered[:-1], *foreign, rendered[-1]], foreign
+
+
+def merge_virtual_service(
+    current: Mapping[str, Any] | None,
+    routing: DesiredRouting,
+    set_annotations: Mapping[str, str],
+    remove_annotations: Mapping[str, str],
+) -> dict[str, Any]:
+    """The VirtualService to store: `current` with Ramp's routes and annotations merged in.
+
+    `remove_annotations` maps a key to the value that was consumed: it is removed only if it
+    still holds that value (a command written after we read it is kept for the next tick).
+    """
+    if current is None:
+        merged = virtual_service(routing)
+    else:
+        merged = copy.deepcopy(dict(current))
+        spec: dict[str, Any] = merged.setdefault("spec", {})
+        hosts = spec.setdefault("hosts", [])
+        if not _has_host(hosts, routing.host, routing.namespace):
+            hosts.append(routing.host)
+        http, foreign = merge_http(list(spec.get("http") or []), routing)
+        check_shadowing(merged, foreign)
+        spec["http"] = http
+    meta = merged.setdefault("metadata", {})
+    original = dict(meta.get("annotations") or {})
+    notes = dict(original)
+    for key, value in remove_annotations.items():
+        if notes.get(key) == value:
+            del notes[key]
+    notes.update(set_annotations)
+    if notes != original:  # otherwise leave the metadata exactly as it was (even an empty map)
+        if notes:
+            meta["annotations"] = notes
+        else:
+            meta.pop("annotations", None)
+    return merged
+
+
+# --- DestinationRule --------------------------------------------------------------------------
+
+
+def merge_destination_rule(current: Mapping[str, Any] | None, routing: DesiredRouting) -> dict[str, Any]:
+    """`current` with a subset per version (labels include version=<v>); foreign subsets/policies kept."""
+    if current is None:
+        return destination_rule(routing)
+    merged = copy.deepcopy(dict(current))
+    spec = merged.setdefault("spec", {})
+    host = spec.get("host")
+    if host is None:
+        spec["host"] = routing.host
+    elif not isinstance(host, str) or not _has_host([host], routing.host, routing.namespace):
+        raise IstioMergeError(
+            f"{object_ref(merged)}: its host {host!r} is not {routing.host!r}, so its subsets would not apply "
+            "to Ramp's routes; fix the host (nothing was written)"
+        )
+    subsets = spec.setdefault("subsets", [])
+    by_name = {s.get("name"): s for s in subsets if isinstance(s, dict)}
+    for version in routing.versions:
+        subset = by_name.get(version)
+        if subset is None:
+            subsets.append({"name": version, "labels": {"version": version}})
+            continue
+        labels = subset.setdefault("labels", {})
+        if labels.get("version") != version:
+            labels["version"] = version
+    return merged
+
+
+# --- reading back -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClusterRouting:
+    """Ramp's routing as found in the cluster (for `ramp status`)."""
+
+    namespace: str
+    service: str
+    found: bool
+    weights: tuple[tuple[str, int], ...] = ()
+    header_routes: tuple[HeaderRoute, ...] = ()
+    foreign_routes: tuple[str, ...] = ()
+    state: RolloutState | None = None
+    state_error: str | None = None
+    command: str | None = None
+    resource_version: str | None = None
+
+
+def _subset(destination: Any) -> str | None:
+    if isinstance(destination, Mapping) and isinstance(destination.get("destination"), Mapping):
+        subset = destination["destination"].get("subset")
+        return subset if isinstance(subset, str) else None
+    return None
+
+
+def _header_route(route: Mapping[str, Any]) -> HeaderRoute | None:
+    try:
+        headers = route["match"][0]["headers"]
+        header, condition = next(iter(headers.items()))
+        kind, value = next(iter(condition.items()))
+        version = _subset(route["route"][0])
+        if version is None:
+            return None
+        return HeaderRoute(header=header, value=value, match=kind, version=version)
+    except (KeyError, IndexError, TypeError, AttributeError, StopIteration, ValidationError):
+        return None
+
+
+def parse_routing(namespace: str, service: str, obj: Mapping[str, Any] | None) -> ClusterRouting:
+    if obj is None:
+        return ClusterRouting(namespace, service, found=False)
+    http = [r for r in (obj.get("spec") or {}).get("http") or [] if isinstance(r, Mapping)]
+    weights: list[tuple[str, int]] = []
+    headers: list[HeaderRoute] = []
+    for route in http:
+        if route.get("name") == PRIMARY_ROUTE_NAME:
+            destinations = route.get("route") or []
+            for d in destinations:
+                subset = _subset(d)
+                if subset is not None:
+                    weights.append((subset, int(d.get("weight", 100 if len(destinations) == 1 else 0))))
+        elif is_managed(route):
+            parsed = _header_route(route)
+            if parsed is not None:
+                headers.append(parsed)
+    foreign = tuple(str(r.get("name", f"#{i + 1}")) for i, r in enumerate(http) if not is_managed(r))
+    state, error = None, None
+    try:
+        state = state_of(obj)
+    except StateStoreError as exc:
+        error = str(exc)
+    return ClusterRouting(
+        namespace, service, True, tuple(weights), tuple(headers), foreign, state, error,
+        annotations_of(obj).get(COMMAND_ANNOTATION), resource_version(obj),
+    )  # fmt: skip

@@ -1,0 +1,130 @@
+"""The real RolloutRunner in cluster mode: IstioBackend as router and store, Deployments as availability."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from controller.analysis.metrics import VersionMetrics
+from controller.engine.phases import Phase
+from controller.engine.runner import ManagedRollout, RolloutRunner
+from controller.k8s.availability import DeploymentAvailability
+from controller.routing.istio import IstioBackend
+from tests.k8s.emulator import KubeHarness
+from tests.k8s.helpers import DR, VS, assert_valid, count, create_deployment, kube_api, set_available, stored
+from tests.unit.engine_fixtures import FakeClock, FixedMetrics, spec
+
+SPEC = """
+service: shop
+namespace: prod
+versions: [{name: v1, weight: 100}, {name: v2, weight: 0}]
+target: v2
+steps:
+  - {header: {value: v2}, duration: 10s}
+  - {weight: 10, duration: 10s}
+  - {weight: 50, duration: 10s}
+gates: [{metric: error_rate, max: 2}]
+schedule: {interval: 5s}
+"""
+HEALTHY = {"v1": VersionMetrics(200, 0, {}), "v2": VersionMetrics(100, 0, {})}
+ROLLOUT = ManagedRollout.from_spec(spec(SPEC))
+
+
+def make_runner(kube: KubeHarness, clock: FakeClock) -> RolloutRunner:
+    """A controller process: its own clients, an IstioBackend with empty memory."""
+    backend = IstioBackend(kube_api(kube))
+    runner = RolloutRunner(
+        router=backend, metrics=FixedMetrics(dict(HEALTHY)), store=backend, clock=clock,
+        availability=DeploymentAvailability(kube_api(kube)),
+    )  # fmt: skip
+    runner.set_rollouts([ROLLOUT])
+    return runner
+
+
+def routing_in_cluster(kube: KubeHarness) -> tuple[Any, ...]:
+    """(header routes to subsets, weighted subsets) as the data plane would see them."""
+    vs = stored(kube, VS, "prod", "shop")
+    assert vs is not None
+    headers = tuple((json.dumps(r["match"]), r["route"][0]["destination"]["subset"]) for r in vs["spec"]["http"][:-1])
+    weights = tuple((d["destination"]["subset"], d["weight"]) for d in vs["spec"]["http"][-1]["route"])
+    return headers, weights
+
+
+def stored_state(kube: KubeHarness) -> dict[str, Any]:
+    vs = stored(kube, VS, "prod", "shop")
+    assert vs is not None
+    return dict(json.loads(vs["metadata"]["annotations"]["ramp.dev/state"]))
+
+
+def expected(index: int) -> tuple[Any, ...]:
+    routing = [*ROLLOUT.plan.all_routings()][index]
+    headers = tuple(
+        (json.dumps([{"headers": {r.header: {r.match: r.value}}}]), r.version) for r in routing.header_routes
+    )
+    return headers, tuple(routing.live_weights())
+
+
+def deploy(kube: KubeHarness, v2_available: int) -> None:
+    create_deployment(kube, "prod", "shop", "v1", available=3)
+    create_deployment(kube, "prod", "shop", "v2", available=v2_available)
+
+
+def test_a_rollout_walks_to_promoted_writing_only_when_it_moves(kube: KubeHarness) -> None:
+    deploy(kube, 2)
+    clock = FakeClock()
+    runner = make_runner(kube, clock)
+    seen: list[tuple[Any, ...]] = []
+    ticks = 0
+    while not runner.all_terminal():
+        assert ticks < 30, "rollout did not finish"
+        runner.tick()
+        ticks += 1
+        assert_valid(stored(kube, VS, "prod", "shop"))
+        if not seen or seen[-1] != routing_in_cluster(kube):
+            seen.append(routing_in_cluster(kube))
+        clock.advance(5)
+    assert seen == [expected(i) for i in range(1, 5)]  # header step, 10%, 50%, promoted: in order, none skipped
+    state = stored_state(kube)
+    assert state["phase"] == "Promoted"
+    assert [c["step"] for c in state["history"]] == [0, 1, 2, 3]
+    assert count(kube, "post", VS) == 1 and count(kube, "put", VS) == len(state["history"]) - 1 < ticks - 1
+    assert (count(kube, "post", DR), count(kube, "put", DR)) == (1, 0)
+
+
+def test_a_new_controller_resumes_mid_rollout_without_replaying_a_step(kube: KubeHarness) -> None:
+    deploy(kube, 1)
+    clock = FakeClock()
+    first = make_runner(kube, clock)
+    for _ in range(3):  # header step entered, then 10 s later the 10% step
+        first.tick()
+        clock.advance(5)
+    before = stored_state(kube)
+    assert (before["phase"], before["step"]) == ("Progressing", 1)
+    puts = count(kube, "put", VS)
+    second = make_runner(kube, clock)  # a restarted process (or a new leader): nothing in memory
+    events = second.tick()
+    assert events[0].decision.state.step == 1 and events[0].routing_written is False
+    assert count(kube, "put", VS) == puts  # resuming a steady step writes nothing
+    assert stored_state(kube)["step_started_at"] == before["step_started_at"]
+    while not second.all_terminal():
+        clock.advance(5)
+        second.tick()
+    history = stored_state(kube)["history"]
+    assert [c["step"] for c in history] == [0, 1, 2, 3] and history[-1]["phase"] == "Promoted"
+
+
+def test_a_version_without_ready_pods_never_gets_traffic(kube: KubeHarness) -> None:
+    deploy(kube, 0)
+    clock = FakeClock()
+    runner = make_runner(kube, clock)
+    for _ in range(4):
+        events = runner.tick()
+        clock.advance(5)
+        assert events[0].decision.state.reason == "holding before step 1/3: no ready pods for v2"
+        assert routing_in_cluster(kube) == ((), (("v1", 100),))  # baseline only: no header route, no weight
+    state = stored_state(kube)
+    assert (state["phase"], state["reason"]) == ("Pending", "holding before step 1/3: no ready pods for v2")
+    set_available(kube, "prod", "shop", "v2", 1)
+    events = runner.tick()
+    assert events[0].decision.phase == Phase.HEADER_TEST
+    assert routing_in_cluster(kube) == expected(1)
