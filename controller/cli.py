@@ -13,7 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from controller import cli_run, cli_spec
+from controller import cli_cluster, cli_run, cli_spec
+from controller.observability import configure_logging
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -26,7 +27,7 @@ class CommandModule(Protocol):
 
 
 # Command modules, in the order their commands appear in --help.
-COMMAND_MODULES: tuple[CommandModule, ...] = (cli_spec, cli_run)
+COMMAND_MODULES: tuple[CommandModule, ...] = (cli_spec, cli_run, cli_cluster)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
+    configure_logging(level="warning")  # logs go to stderr; stdout is the command's output (tables, JSON)
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -51,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    except Exception as exc:  # errors we can explain (Kubernetes, kubeconfig, Envoy, ...) without a traceback
+        if type(exc).__module__.startswith("controller."):
+            describe = getattr(exc, "describe", None)
+            print(f"ramp {args.command}: {describe() if callable(describe) else exc}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

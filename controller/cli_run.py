@@ -1,8 +1,7 @@
-"""`ramp demo`, `ramp run` (local mode) and the local rollout commands.
+"""`ramp demo` and `ramp run` (local mode: Envoy route file, state in a directory).
 
-Local mode drives Envoy through its route file and keeps state in a directory;
-status/pause/resume/abort/promote act on that directory (the controller applies
-a command on its next tick).
+`ramp status|pause|resume|abort|promote --state-dir DIR` act on a local controller's state
+directory (see cli_cluster); the controller applies a command on its next tick.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from controller.engine.phases import Command
 from controller.observability import configure_logging
 
 if TYPE_CHECKING:
@@ -39,18 +37,6 @@ def register(subparsers: Subparsers) -> None:
     run.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     run.add_argument("--once", action="store_true", help="run one tick and exit")
     run.set_defaults(handler=_run)
-
-    status = subparsers.add_parser("status", help="show local rollouts (phase, step, weights, gates)")
-    status.add_argument("rollout", nargs="?")
-    status.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
-    status.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    status.set_defaults(handler=_status)
-
-    for command in Command:
-        sub = subparsers.add_parser(command.value, help=f"{command.value} a local rollout on the next tick")
-        sub.add_argument("rollout")
-        sub.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
-        sub.set_defaults(handler=_command, command_value=command)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -92,36 +78,3 @@ def _run(args: argparse.Namespace) -> int:
         if args.once:
             return 0
         time.sleep(min(1.0, runner.base_interval() / 5))
-
-
-def _status(args: argparse.Namespace) -> int:
-    from controller.state.file_store import FileStateStore
-
-    states = FileStateStore(args.state_dir).all_states()
-    if args.rollout:
-        states = [s for s in states if s.rollout == args.rollout]
-        if not states:
-            print(f"no rollout {args.rollout!r} in {args.state_dir}", file=sys.stderr)
-            return 1
-    if args.output == "json":
-        print(json.dumps([s.model_dump(mode="json") for s in states], indent=2))
-        return 0
-    print(f"{'ROLLOUT':<20} {'PHASE':<12} {'STEP':>4}  REASON")
-    for s in states:
-        print(f"{s.rollout:<20} {s.phase.value:<12} {s.step + 1:>4}  {s.reason}")
-        for gate in s.last_gates:
-            value = "n/a" if gate.value is None else f"{gate.value:.2f}"
-            print(f"{'':20}   gate {gate.gate:<16} {gate.verdict:<8} value={value}")
-    return 0
-
-
-def _command(args: argparse.Namespace) -> int:
-    from controller.state.file_store import FileStateStore
-
-    store = FileStateStore(args.state_dir)
-    if store.load(args.rollout) is None:
-        print(f"no rollout {args.rollout!r} in {args.state_dir}", file=sys.stderr)
-        return 1
-    store.request(args.rollout, args.command_value)
-    print(f"{args.command_value.value} requested for {args.rollout}; applied on the next tick")
-    return 0

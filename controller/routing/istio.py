@@ -223,18 +223,22 @@ class IstioBackend:
 
     def request_command(self, namespace: str, service: str, command: Command) -> None:
         """Ask the controller for `command` (it acts on the next tick and clears the annotation)."""
+        self.annotate(namespace, service, {COMMAND_ANNOTATION: command.value})
+
+    def annotate(self, namespace: str, service: str, annotations: Mapping[str, str]) -> None:
+        """Set annotations on an existing VirtualService (optimistic concurrency, like every write)."""
         current = self._get(VIRTUAL_SERVICES, namespace, service)
         if current is None:
             raise NotFound("update", _resource(VIRTUAL_SERVICES), namespace, service, 404, "no VirtualService yet")
 
-        def with_command(obj: Obj | None) -> Obj:
+        def with_annotations(obj: Obj | None) -> Obj:
             if obj is None:
                 raise NotFound("update", _resource(VIRTUAL_SERVICES), namespace, service, 404, "deleted meanwhile")
             updated = dict(obj, metadata=dict(obj.get("metadata") or {}))
-            updated["metadata"]["annotations"] = {**annotations_of(obj), COMMAND_ANNOTATION: command.value}
+            updated["metadata"]["annotations"] = {**annotations_of(obj), **annotations}
             return updated
 
-        self._converge(VIRTUAL_SERVICES, namespace, service, current, with_command)
+        self._converge(VIRTUAL_SERVICES, namespace, service, current, with_annotations)
 
     # --- requests -----------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -253,6 +253,7 @@ class ClusterRouting:
     state_error: str | None = None
     command: str | None = None
     resource_version: str | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 def _subset(destination: Any) -> str | None:
@@ -300,5 +301,5 @@ def parse_routing(namespace: str, service: str, obj: Mapping[str, Any] | None) -
         error = str(exc)
     return ClusterRouting(
         namespace, service, True, tuple(weights), tuple(headers), foreign, state, error,
-        annotations_of(obj).get(COMMAND_ANNOTATION), resource_version(obj),
+        annotations_of(obj).get(COMMAND_ANNOTATION), resource_version(obj), annotations_of(obj),
     )  # fmt: skip
