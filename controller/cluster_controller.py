@@ -44,6 +44,7 @@ class ControllerOptions:
     lease_name: str = "ramp-controller"
     identity: str = ""
     listen_port: int = 8080
+    listen_host: str = "0.0.0.0"
 
 
 class ControllerLoop:
@@ -107,10 +108,11 @@ def run_controller(options: ControllerOptions, stop: threading.Event | None = No
         leader = elector.is_leader()
         return True, f"{len(specs.rollouts)} rollouts, {len(specs.problems)} spec problems, leader={leader}"
 
-    server = EndpointServer(metrics.registry, healthy, ready, port=options.listen_port).start()
+    server = EndpointServer(metrics.registry, healthy, ready, host=options.listen_host, port=options.listen_port).start()
     scheduler = TickScheduler(loop, should_act=elector.is_leader)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    if threading.current_thread() is threading.main_thread():  # signals can only be handled there
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
     election.start()
     scheduler.start()
     log.info("controller started", identity=identity, specs=str(options.specs), prometheus=options.prometheus)
