@@ -108,7 +108,8 @@ def run_controller(options: ControllerOptions, stop: threading.Event | None = No
         leader = elector.is_leader()
         return True, f"{len(specs.rollouts)} rollouts, {len(specs.problems)} spec problems, leader={leader}"
 
-    server = EndpointServer(metrics.registry, healthy, ready, host=options.listen_host, port=options.listen_port).start()
+    server = EndpointServer(metrics.registry, healthy, ready, host=options.listen_host, port=options.listen_port)
+    server.start()
     scheduler = TickScheduler(loop, should_act=elector.is_leader)
     if threading.current_thread() is threading.main_thread():  # signals can only be handled there
         for sig in (signal.SIGTERM, signal.SIGINT):
