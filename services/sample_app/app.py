@@ -2,7 +2,8 @@
 
 Environment:
   VERSION      version label served back to clients (required)
-  PORT         listen port on 127.0.0.1 (default 8080)
+  PORT         listen port (default 8080)
+  HOST         listen address (default 127.0.0.1; the Helm chart sets 0.0.0.0 in pods)
   ERROR_RATE   fraction 0..1 of /api/* requests answered with 500 (default 0)
   LATENCY_MS   extra delay added to /api/* requests, in milliseconds (default 0)
   SEED         seed of the error RNG (default: unseeded)
@@ -156,8 +157,9 @@ def main() -> None:
     env = dict(os.environ)
     knobs = knobs_from_env(env)
     port = int(env.get("PORT", "8080"))
-    server = make_server(knobs, port)
-    print(f"sample_app {knobs.version} listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
+    host = env.get("HOST", "127.0.0.1")
+    server = make_server(knobs, port, host)
+    print(f"sample_app {knobs.version} listening on {host}:{port}", file=sys.stderr, flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:

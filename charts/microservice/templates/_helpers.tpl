@@ -1,0 +1,90 @@
+{{- define "microservice.namespace" -}}
+{{- .Values.namespace | default .Release.Namespace }}
+{{- end }}
+
+{{/* The Istio host, defaulted exactly as Ramp's spec does: <service>.<namespace>.svc.cluster.local */}}
+{{- define "microservice.host" -}}
+{{- .Values.host | default (printf "%s.%s.svc.cluster.local" .Values.service (include "microservice.namespace" .)) }}
+{{- end }}
+
+{{- define "microservice.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "microservice.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/* Standard labels (not on the Istio objects: those carry exactly the labels Ramp renders). */}}
+{{- define "microservice.labels" -}}
+helm.sh/chart: {{ include "microservice.chart" . }}
+app.kubernetes.io/name: {{ .Values.service }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+Checks what the schema cannot express: unique version names, a positive weight sum, and a header
+route to a known version. Rendered (empty) by every template that depends on them.
+*/}}
+{{- define "microservice.validate" -}}
+{{- $names := list }}
+{{- $total := 0 }}
+{{- range .Values.versions }}
+{{- if has .name $names }}
+{{- fail (printf "versions: %q is listed twice" .name) }}
+{{- end }}
+{{- $names = append $names .name }}
+{{- $total = add $total (int64 .weight) }}
+{{- end }}
+{{- if le (int64 $total) 0 }}
+{{- fail "versions: the weights must have a positive sum (every version has weight 0)" }}
+{{- end }}
+{{- with .Values.headerRoute }}
+{{- if not (has .version $names) }}
+{{- fail (printf "headerRoute.version: %q is not one of the versions (%s)" .version (join ", " $names)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Relative weights -> integer percentages summing to exactly 100, by largest remainder, the same
+apportionment as Ramp's controller.weights.integer_percentages: every version gets
+floor(weight * 100 / total); the leftover units go to the largest remainders (weight * 100 mod total),
+ties to the version listed first. Integer arithmetic only. Output: a JSON list of
+{"name": <version>, "percent": <int>} in the order of .Values.versions.
+*/}}
+{{- define "microservice.percentages" -}}
+{{- $total := 0 }}
+{{- range .Values.versions }}
+{{- $total = add $total (int64 .weight) }}
+{{- end }}
+{{- $floors := list }}
+{{- $remainders := list }}
+{{- $assigned := 0 }}
+{{- range .Values.versions }}
+{{- $units := mul (int64 .weight) 100 }}
+{{- $floors = append $floors (div $units $total) }}
+{{- $remainders = append $remainders (mod $units $total) }}
+{{- $assigned = add $assigned (div $units $total) }}
+{{- end }}
+{{- $leftover := sub 100 $assigned }}
+{{- $result := list }}
+{{- range $i, $version := .Values.versions }}
+{{- $mine := index $remainders $i }}
+{{- /* rank = how many versions come before this one in (remainder desc, position asc) order */}}
+{{- $rank := 0 }}
+{{- range $j, $other := $remainders }}
+{{- if or (gt $other $mine) (and (eq $other $mine) (lt $j $i)) }}
+{{- $rank = add1 $rank }}
+{{- end }}
+{{- end }}
+{{- $percent := index $floors $i }}
+{{- if lt $rank $leftover }}
+{{- $percent = add1 $percent }}
+{{- end }}
+{{- $result = append $result (dict "name" $version.name "percent" $percent) }}
+{{- end }}
+{{- toJson $result }}
+{{- end }}
