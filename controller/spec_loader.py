@@ -7,6 +7,7 @@ returned for a file with any problem, so nothing half-valid can be applied.
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,14 +238,22 @@ def parse_spec_text(text: str, file: str, extra_check: ExtraCheck | None = None)
 
 
 def load_spec(path: Path, extra_check: ExtraCheck | None = None) -> RolloutSpec:
+    def problem(reason: str) -> SpecError:
+        return SpecError([SpecProblem(str(path), 1, "", reason)])
+
     try:
-        if path.stat().st_size > MAX_SPEC_BYTES:
-            raise SpecError([SpecProblem(str(path), 1, "", f"file larger than {MAX_SPEC_BYTES} bytes")])
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SpecError([SpecProblem(str(path), 1, "", "file is not UTF-8 text")]) from None
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise problem("not a regular file")  # a FIFO or device could block or never end
+        with path.open("rb") as handle:
+            data = handle.read(MAX_SPEC_BYTES + 1)  # never trust st_size alone
     except OSError as exc:
-        raise SpecError([SpecProblem(str(path), 1, "", f"cannot read: {exc.strerror or exc}")]) from None
+        raise problem(f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise problem(f"file larger than {MAX_SPEC_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise problem("file is not UTF-8 text") from None
     return parse_spec_text(text, str(path), extra_check)
 
 
