@@ -3,6 +3,10 @@
 healthy: v2 goes through the header step, 10%, 50% and 100%, and is promoted.
 faulty:  v2 answers 20% of requests with 500; the error-rate gate rolls it back and
          traffic returns to v1. Every process started here is stopped on exit.
+
+The controller's own metrics (ControllerMetrics) are served on 127.0.0.1 by an EndpointServer
+that the stack's Prometheus scrapes (job `ramp-controller`), so the Grafana dashboards in
+`dashboards/` have both the Istio metrics and the controller's metrics to show.
 """
 
 from __future__ import annotations
@@ -11,14 +15,22 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from prometheus_client import CollectorRegistry
+
 from controller.analysis.prometheus import PrometheusSource
+from controller.controller_metrics import ControllerMetrics
 from controller.demo_report import DemoRecorder, build_summary, print_summary
 from controller.engine.runner import ManagedRollout, RolloutRunner
 from controller.engine.scheduler import TickScheduler
+from controller.http_endpoints import EndpointServer
 from controller.local.loadgen import LoadGenerator, send_requests
+from controller.local.ports import free_port
 from controller.local.stack import LocalStack, VersionKnobs
 from controller.plan import build_plan
 from controller.spec import RolloutSpec
@@ -40,17 +52,65 @@ def _header(spec: RolloutSpec) -> tuple[str, str]:
     return "x-version", spec.target
 
 
+@dataclass(frozen=True)
+class DemoRun:
+    """What `run_demo`'s `on_finished` hook sees: the finished rollout on the still running stack."""
+
+    spec: RolloutSpec
+    stack: LocalStack
+    recorder: DemoRecorder
+    metrics_target: str  # host:port of the controller's /metrics, scraped by the stack's Prometheus
+    summary: dict[str, Any]
+
+
+class _TimedTicks:
+    """The runner as the scheduler ticks it, with each tick's duration recorded in the metrics."""
+
+    def __init__(self, runner: RolloutRunner, metrics: ControllerMetrics) -> None:
+        self.runner = runner
+        self.metrics = metrics
+
+    def tick(self) -> object:
+        with self.metrics.tick_seconds.time():
+            return self.runner.tick()
+
+    def base_interval(self) -> float:
+        return self.runner.base_interval()
+
+
+@contextmanager
+def _metrics_endpoint(registry: CollectorRegistry) -> Iterator[EndpointServer]:
+    """The controller's /metrics on a free loopback port, bound before the stack starts so that the
+    stack's Prometheus can be told the target up front; stopped on exit."""
+
+    def alive() -> tuple[bool, str]:
+        return True, "demo running"
+
+    server = EndpointServer(registry, alive, alive, host="127.0.0.1", port=free_port()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def run_demo(
-    scenario: str, spec_path: Path | None = None, out: TextIO = sys.stdout, timeout: float = 300.0
+    scenario: str,
+    spec_path: Path | None = None,
+    out: TextIO = sys.stdout,
+    timeout: float = 300.0,
+    on_finished: Callable[[DemoRun], None] | None = None,
 ) -> dict[str, Any]:
+    """Run the demo rollout; `on_finished` (if given) runs after the rollout ends, before the stack stops."""
     spec = load_spec(spec_path or DEMO_SPEC)
     rollout = ManagedRollout.from_spec(spec)
     knobs = {v.name: VersionKnobs() for v in spec.versions}
     knobs[spec.target] = VersionKnobs(error_rate=SCENARIOS[scenario])
     print(f"Ramp demo ({scenario}): rolling out {spec.service} {spec.target} "
           f"({', '.join(s.label for s in rollout.plan.steps)}), tick {spec.schedule.interval:g}s", file=out)
-    with tempfile.TemporaryDirectory(prefix="ramp-demo-") as tmp:
+    registry = CollectorRegistry()
+    with _metrics_endpoint(registry) as server, tempfile.TemporaryDirectory(prefix="ramp-demo-") as tmp:
         work = Path(tmp)
+        metrics_target = f"127.0.0.1:{server.port}"
         print("starting sample app versions, Envoy and Prometheus on 127.0.0.1 ...", file=out, flush=True)
         with LocalStack(
             service=spec.service,
@@ -58,6 +118,7 @@ def run_demo(
             versions=knobs,
             work_dir=work,
             initial_routing=rollout.plan.baseline,
+            extra_scrape_targets=[metrics_target],
         ) as stack:
             print(f"  envoy {stack.envoy_url}  prometheus {stack.prometheus_url}", file=out, flush=True)
             load = LoadGenerator(
@@ -71,14 +132,18 @@ def run_demo(
                 seed=2026,
             )
             recorder = DemoRecorder(out=out, started_at=time.time())
+            source = PrometheusSource(stack.prometheus_url)
+            metrics = ControllerMetrics(
+                registry=registry, backends={"prometheus": lambda: (source.queries_sent, source.query_errors)}
+            )
             runner = RolloutRunner(
                 router=stack.router,
-                metrics=PrometheusSource(stack.prometheus_url),
+                metrics=source,
                 store=FileStateStore(work / "state"),
-                observers=[recorder],
+                observers=[recorder, metrics],
             )
             runner.set_rollouts([rollout])
-            scheduler = TickScheduler(runner)
+            scheduler = TickScheduler(_TimedTicks(runner, metrics))
             with load:
                 scheduler.start()
                 try:
@@ -99,6 +164,8 @@ def run_demo(
                 final_split=final_split,
                 finished_at=time.time(),
             )
+            if on_finished is not None:
+                on_finished(DemoRun(spec, stack, recorder, metrics_target, summary))
     summary["expected_outcome"] = EXPECTED_OUTCOME[scenario]
     print_summary(summary, out)
     return summary

@@ -9,6 +9,9 @@ Envoy exports, per cluster `<namespace>--<service>--<version>`:
 `istio_request_duration_milliseconds_{bucket,sum,count}` with Istio's destination
 labels, so the analysis PromQL is identical locally and in a real mesh. Every other
 Envoy series is dropped at scrape time.
+
+Optional extra targets (`host:port`, e.g. the controller's own EndpointServer) are scraped
+at `/metrics` by a second job, `ramp-controller`, unchanged.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ import yaml
 from controller.local.processes import ManagedProcess, ProcessError, ProcessGroup, http_get
 
 PROMETHEUS_FALLBACK = "/usr/bin/prometheus"
+CONTROLLER_JOB = "ramp-controller"
 _CLUSTER_RE = "(.+?)--(.+?)--(.+)"  # namespace--service--version (parts never contain "--")
 _KEPT_SERIES = "envoy_cluster_upstream_rq|envoy_cluster_upstream_rq_time_(?:bucket|sum|count)"
 
@@ -105,23 +110,39 @@ def render_prometheus_config(
     scrape_interval: str = "1s",
     evaluation_interval: str = "1s",
     job_name: str = "ramp-envoy",
+    extra_scrape_targets: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """prometheus.yml as a dict; targets are `host:port` of Envoy admin endpoints."""
+    """prometheus.yml as a dict; targets are `host:port` of Envoy admin endpoints.
+
+    `extra_scrape_targets` (`host:port`) are scraped at /metrics every second by the
+    `ramp-controller` job, with their series kept as they are.
+    """
+    scrape_configs: list[dict[str, Any]] = [
+        {
+            "job_name": job_name,
+            "metrics_path": "/stats/prometheus",
+            "params": {"usedonly": [""]},  # only stats that were ever written
+            "static_configs": [{"targets": list(envoy_admin_targets)}],
+            "metric_relabel_configs": istio_metric_relabel_configs(),
+        }
+    ]
+    if extra_scrape_targets:
+        scrape_configs.append(
+            {
+                "job_name": CONTROLLER_JOB,
+                "metrics_path": "/metrics",
+                "scrape_interval": "1s",
+                "scrape_timeout": "1s",
+                "static_configs": [{"targets": list(extra_scrape_targets)}],
+            }
+        )
     return {
         "global": {
             "scrape_interval": scrape_interval,
             "scrape_timeout": scrape_interval,
             "evaluation_interval": evaluation_interval,
         },
-        "scrape_configs": [
-            {
-                "job_name": job_name,
-                "metrics_path": "/stats/prometheus",
-                "params": {"usedonly": [""]},  # only stats that were ever written
-                "static_configs": [{"targets": list(envoy_admin_targets)}],
-                "metric_relabel_configs": istio_metric_relabel_configs(),
-            }
-        ],
+        "scrape_configs": scrape_configs,
     }
 
 
@@ -161,11 +182,13 @@ def start_prometheus(
     port: int,
     envoy_admin_targets: list[str],
     name: str = "prometheus",
+    extra_scrape_targets: Sequence[str] = (),
 ) -> ManagedProcess:
     """Write prometheus.yml and start Prometheus (not waiting; call `wait_prometheus_ready`)."""
     work_dir = Path(work_dir)
     config_path = write_prometheus_config(
-        work_dir / "prometheus.yml", render_prometheus_config(envoy_admin_targets)
+        work_dir / "prometheus.yml",
+        render_prometheus_config(envoy_admin_targets, extra_scrape_targets=extra_scrape_targets),
     )
     data_dir = work_dir / "prometheus-data"
     data_dir.mkdir(parents=True, exist_ok=True)

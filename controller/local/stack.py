@@ -20,6 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -67,13 +68,17 @@ class LocalStack:
         initial_routing: DesiredRouting | None = None,
         with_prometheus: bool = True,
         ready_timeout: float = 20.0,
+        extra_scrape_targets: Sequence[str] = (),
     ) -> None:
+        """`extra_scrape_targets`: `host:port` endpoints Prometheus also scrapes at /metrics
+        (job `ramp-controller`, every second), e.g. the controller's own EndpointServer."""
         if not versions:
             raise ValueError("LocalStack needs at least one version")
         self.service = service
         self.namespace = namespace
         self.versions = dict(versions)
         self.with_prometheus = with_prometheus
+        self.extra_scrape_targets = list(extra_scrape_targets)
         self.ready_timeout = ready_timeout
         self._own_work_dir = work_dir is None
         if work_dir is None:
@@ -142,7 +147,11 @@ class LocalStack:
             prometheus = None
             if self.with_prometheus:
                 prometheus = start_prometheus(
-                    self._group, self.work_dir, self.prometheus_port, [f"127.0.0.1:{self.envoy_admin_port}"]
+                    self._group,
+                    self.work_dir,
+                    self.prometheus_port,
+                    [f"127.0.0.1:{self.envoy_admin_port}"],
+                    extra_scrape_targets=self.extra_scrape_targets,
                 )
             for version, proc in apps.items():
                 proc.wait_http_ready(f"{self.app_url(version)}/health", self.ready_timeout)
