@@ -54,6 +54,7 @@ class ControllerMetrics:
         backends: Mapping[str, Callable[[], tuple[int, int]]] | None = None,
     ) -> None:
         self.registry = registry or CollectorRegistry()
+        self._seen: set[tuple[str, str]] = set()
         labels = ["rollout", "namespace"]
         self.weight = Gauge(
             "ramp_rollout_weight_percent",
@@ -84,6 +85,11 @@ class ControllerMetrics:
     def observe(self, event: TickEvent) -> None:
         spec = event.rollout.spec
         key = {"rollout": event.rollout.name, "namespace": spec.namespace}
+        if (event.rollout.name, spec.namespace) not in self._seen:
+            # Start every cause at 0, so increase() also sees a rollout's first rollback.
+            self._seen.add((event.rollout.name, spec.namespace))
+            for cause in ("missing_data", "aborted", "other", *(f"gate:{g.display_name}" for g in spec.gates)):
+                self.rollbacks.labels(**key, cause=cause)
         state = event.decision.state
         for version, weight in event.decision.routing.weights:
             self.weight.labels(**key, version=version).set(weight)

@@ -32,6 +32,7 @@ def test_metrics_follow_the_rollout_and_count_rollbacks_by_cause(tmp_path: Path)
     assert 'ramp_gate_verdict{gate="error_rate",namespace="prod",rollout="shop"} 1.0' in text
     assert 'ramp_backend_requests_total{backend="prometheus"} 7.0' in text
     assert 'ramp_backend_errors_total{backend="prometheus"} 1.0' in text
+    assert 'ramp_rollbacks_total{cause="gate:error_rate",namespace="prod",rollout="shop"} 0.0' in text  # pre-created
     source.by_version["v2"] = VersionMetrics(100, 30)
     runner.tick()
     text = generate_latest(metrics.registry).decode()
