@@ -54,6 +54,15 @@ def rollout_identity(spec: RolloutSpec) -> str:
     return hashlib.sha256(repr(sorted(what.items())).encode()).hexdigest()[:16]
 
 
+def metrics_request(spec: RolloutSpec) -> MetricsRequest:
+    """What a rollout needs fetched: its window, plus raw counters for statistical gates."""
+    statistical = {gate.metric for gate in spec.gates if gate.statistical}
+    return MetricsRequest(
+        spec.namespace, spec.service, spec.analysis.window, spec.analysis.reporter,
+        cumulative_requests="error_rate" in statistical, cumulative_latency="latency" in statistical,
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ManagedRollout:
     spec: RolloutSpec
@@ -142,6 +151,11 @@ class RolloutRunner:
         now = self.clock()
         states: dict[str, RolloutState] = {}
         candidates = self._due(now)
+        if candidates:
+            try:
+                self.store.begin_tick()
+            except Exception as exc:  # bulk read failed: each load below reads on its own
+                log.warning("bulk state read failed", error=f"{type(exc).__name__}: {exc}"[:300])
         for rollout in candidates:
             try:
                 states[rollout.name] = self.load_state(rollout, now)
@@ -157,7 +171,8 @@ class RolloutRunner:
             snapshot = snapshots.get(rollout.name)
             report = None
             if snapshot is not None:
-                report = evaluate_gates(rollout.spec, rollout.plan.stable_versions, snapshot)
+                state = states[rollout.name]
+                report = evaluate_gates(rollout.spec, rollout.plan.stable_versions, snapshot, state.sequential)
             missing = unavailable.get(rollout.name, frozenset())
             events.append(self._tick_one(rollout, states[rollout.name], report, now, missing))
         for event in events:
@@ -168,10 +183,7 @@ class RolloutRunner:
     def _fetch(self, active: list[ManagedRollout]) -> dict[str, MetricsSnapshot]:
         if not active:
             return {}
-        requests = {
-            r.name: MetricsRequest(r.spec.namespace, r.spec.service, r.spec.analysis.window, r.spec.analysis.reporter)
-            for r in active
-        }
+        requests = {r.name: metrics_request(r.spec) for r in active}
         fetched = self.metrics.fetch(list(requests.values()))
         return {name: fetched[request] for name, request in requests.items()}
 

@@ -19,6 +19,7 @@ the object, and the annotation otherwise.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -40,6 +41,7 @@ from controller.routing.istio_merge import (
     merge_virtual_service,
     object_ref,
     parse_routing,
+    persisted_view,
     resource_version,
     same_durable_state,
     state_of,
@@ -67,6 +69,7 @@ class _Entry:
     base_rv: str | None = None  # the resourceVersion `state` builds on
     state: RolloutState | None = None
     consumed_command: str | None = None  # the raw annotation value to remove in the next write
+    confirmed: tuple[object, ...] | None = None  # (routing, resourceVersion, durable view) last in place
 
 
 class IstioBackend:
@@ -84,6 +87,11 @@ class IstioBackend:
         self.schemas = schemas  # when given, every object is validated before it is written
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._keys: dict[str, tuple[str, str]] = {}
+        # One LIST per namespace per tick instead of a GET per rollout (see begin_tick); consumed by load.
+        self._prefetched: dict[tuple[str, str], Obj | None] = {}
+        # DestinationRules known to hold the subsets a routing needs: (versions, host) -> when verified.
+        self._rules_verified: dict[tuple[str, str], tuple[tuple[str, ...], str, float]] = {}
+        self.rule_recheck_seconds = 60.0
 
     # --- StateStore ---------------------------------------------------------------------------
 
@@ -103,15 +111,38 @@ class IstioBackend:
             raise StateStoreError(f"rollout {rollout!r} is not tracked (call track() first)")
         return self._entries[key]
 
+    def begin_tick(self) -> None:
+        """Read every tracked VirtualService with one LIST per namespace; each `load` then uses it once."""
+        self._prefetched = {}
+        namespaces = sorted({namespace for namespace, _ in self._entries})
+        for namespace in namespaces:
+            listed = self.api.retrying(
+                "list", _resource(VIRTUAL_SERVICES), namespace, None,
+                self.api.custom_objects.list_namespaced_custom_object, GROUP, VERSION, namespace, VIRTUAL_SERVICES,
+            )  # fmt: skip
+            items = listed.get("items", []) if isinstance(listed, dict) else []
+            by_name = {item.get("metadata", {}).get("name"): item for item in items if isinstance(item, dict)}
+            for key in self._entries:
+                if key[0] == namespace:
+                    self._prefetched[key] = by_name.get(key[1])
+
     def load(self, rollout: str) -> RolloutState | None:
         entry = self._entry(rollout)
-        obj = self._get(VIRTUAL_SERVICES, entry.namespace, entry.service)
+        key = (entry.namespace, entry.service)
+        if key in self._prefetched:
+            obj = self._prefetched.pop(key)
+        else:
+            obj = self._get(VIRTUAL_SERVICES, entry.namespace, entry.service)
         entry.obj, entry.known = obj, True
         rv = resource_version(obj)
         if entry.state is not None and entry.base_rv == rv:
             return entry.state  # nobody wrote since: our latest state, including unwritten progress
         entry.base_rv, entry.consumed_command = rv, None
-        entry.state = state_of(obj)
+        ours, entry.state = entry.state, state_of(obj)
+        if ours is not None and entry.state is not None and entry.state.spec_digest == ours.spec_digest:
+            # Someone else wrote (a command, an edit): the statistical gates' e-processes, which live only
+            # in memory, go on rather than restart; a restart per foreign write would add false rollbacks.
+            entry.state = entry.state.model_copy(update={"sequential": ours.sequential})
         return entry.state
 
     def save(self, state: RolloutState) -> None:
@@ -144,8 +175,13 @@ class IstioBackend:
         key = (routing.namespace, routing.service)
         entry = self._entries.setdefault(key, _Entry(*key))
         current = entry.obj if entry.known else self._get(VIRTUAL_SERVICES, *key)
+        view = None if entry.state is None else persisted_view(entry.state)
+        confirmed = (routing, resource_version(current), view)
+        if entry.confirmed == confirmed and entry.consumed_command is None:
+            # Nobody changed the VirtualService since we last confirmed it and we have nothing new for it.
+            return self._ensure_destination_rule_if_needed(routing)
         self._desired_virtual_service(entry, routing, current)  # refuse (shadowing...) before writing anything
-        dr_written = self._ensure_destination_rule(routing)
+        dr_written = self._ensure_destination_rule_if_needed(routing)
         stored, vs_written = self._converge(
             VIRTUAL_SERVICES, routing.namespace, routing.service, current,
             lambda obj: self._desired_virtual_service(entry, routing, obj),
@@ -153,6 +189,7 @@ class IstioBackend:
         entry.obj, entry.known, entry.consumed_command = stored, True, None
         if entry.state is not None:
             entry.base_rv = resource_version(stored)  # the stored annotation now holds entry.state
+        entry.confirmed = (routing, resource_version(stored), view)
         return dr_written or vs_written
 
     def _desired_virtual_service(self, entry: _Entry, routing: DesiredRouting, current: Obj | None) -> Obj:
@@ -165,6 +202,18 @@ class IstioBackend:
         if desired != current and entry.state is not None:  # written anyway: bring the reason up to date too
             desired["metadata"].setdefault("annotations", {})[STATE_ANNOTATION] = encode_state(entry.state)
         return desired
+
+    def _ensure_destination_rule_if_needed(self, routing: DesiredRouting) -> bool:
+        """Verify the subsets when the versions change, and every rule_recheck_seconds (repairs deletions)."""
+        key = (routing.namespace, routing.service)
+        verified = self._rules_verified.get(key)
+        now = time.monotonic()
+        fresh = verified is not None and now - verified[2] < self.rule_recheck_seconds
+        if fresh and verified is not None and verified[:2] == (routing.versions, routing.host):
+            return False
+        written = self._ensure_destination_rule(routing)
+        self._rules_verified[key] = (routing.versions, routing.host, now)
+        return written
 
     def _ensure_destination_rule(self, routing: DesiredRouting) -> bool:
         current = self._get(DESTINATION_RULES, routing.namespace, routing.service)

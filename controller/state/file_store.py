@@ -28,6 +28,10 @@ class StateStore(Protocol):
         """Where each rollout lives: name -> (namespace, service). Called when the rollout set changes."""
         ...
 
+    def begin_tick(self) -> None:
+        """Called once at the start of each tick, before any load (a chance to read in bulk)."""
+        ...
+
     def load(self, rollout: str) -> RolloutState | None: ...
     def save(self, state: RolloutState) -> None: ...
     def pending_command(self, rollout: str) -> Command | None: ...
@@ -40,6 +44,9 @@ class FileStateStore:
 
     def track(self, rollouts: Mapping[str, tuple[str, str]]) -> None:
         """Files are keyed by rollout name alone; nothing to remember."""
+
+    def begin_tick(self) -> None:
+        """Files are read one by one; nothing to prepare."""
 
     def _state_path(self, rollout: str) -> Path:
         return self.directory / f"{rollout}.state.json"

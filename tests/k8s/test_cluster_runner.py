@@ -128,3 +128,19 @@ def test_a_version_without_ready_pods_never_gets_traffic(kube: KubeHarness) -> N
     events = runner.tick()
     assert events[0].decision.phase == Phase.HEADER_TEST
     assert routing_in_cluster(kube) == expected(1)
+
+
+def test_a_steady_tick_reads_each_namespace_once_and_writes_nothing(kube: KubeHarness) -> None:
+    clock = FakeClock()
+    backend = IstioBackend(kube_api(kube))
+    runner = RolloutRunner(router=backend, metrics=FixedMetrics(dict(HEALTHY)), store=backend, clock=clock)
+    runner.set_rollouts([ManagedRollout.from_spec(spec(SPEC.replace("service: shop", f"service: s{i}")))
+                         for i in range(5)])
+    runner.tick()  # creates 5 DestinationRules and 5 VirtualServices
+    clock.advance(5)
+    before = {m: len(kube.requests(m)) for m in ("get", "put", "post")}
+    runner.tick()  # header step still running: nothing changes
+    after = {m: len(kube.requests(m)) for m in ("get", "put", "post")}
+    calls = {m: after[m] - before[m] for m in after}
+    listed = [r for r in kube.requests("get")[before["get"]:] if str(r.url.path).endswith("/virtualservices")]
+    assert calls == {"get": 1, "put": 0, "post": 0} and len(listed) == 1  # one LIST, no GET per rollout

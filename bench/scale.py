@@ -1,0 +1,134 @@
+"""One controller process, N concurrent rollouts: an in-memory Kubernetes API (own process, see
+bench/fast_apiserver.py) + real Prometheus scraping a synthetic mesh (bench/fake_mesh.py).
+
+Per tick (5 s interval): Prometheus queries, Kubernetes writes, CPU seconds of the controller
+process, wall time; and the process' peak RSS. Rollouts step every 10 s, so writes happen only
+when a step changes.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from kubernetes import client as k8s_client
+
+from controller.analysis.prometheus import PrometheusSource
+from controller.engine.runner import ManagedRollout, RolloutRunner
+from controller.k8s.client import KubeApi
+from controller.local.ports import free_port
+from controller.local.processes import ProcessGroup, wait_http_ready
+from controller.local.prometheus_process import start_prometheus, wait_prometheus_ready
+from controller.routing.istio import IstioBackend
+from controller.spec_loader import parse_spec_text
+
+REPO = Path(__file__).resolve().parent.parent
+NAMESPACE = "scale"
+SPEC = """
+service: {name}
+namespace: scale
+versions: [{{name: v1, weight: 100}}, {{name: v2, weight: 0}}]
+target: v2
+steps:
+  - {{header: {{value: v2}}, duration: 10s}}
+  - {{weight: 10, duration: 10s}}
+  - {{weight: 50, duration: 10s}}
+  - {{weight: 100, duration: 10s}}
+gates:
+  - {{metric: error_rate, max: 1}}
+  - {{metric: latency, quantile: p99, max: 500}}
+schedule: {{interval: 5s}}
+analysis: {{window: 30s, min_requests: 20}}
+"""
+
+
+def run(rollouts: int = 1000, ticks: int = 14) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="ramp-scale-") as tmp, ProcessGroup(Path(tmp) / "logs") as group:
+        api_port = free_port()
+        emulator = subprocess.Popen(
+            [sys.executable, "-m", "bench.fast_apiserver", str(api_port)], cwd=REPO, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert emulator.stdout is not None and emulator.stdout.readline().strip() == "ready"
+            url = f"http://127.0.0.1:{api_port}"
+            mesh_port, prom_port = free_port(), free_port()
+            group.start(
+                "fake-mesh",
+                [sys.executable, "-m", "bench.fake_mesh", str(mesh_port), str(rollouts), NAMESPACE],
+                cwd=REPO,
+            )
+            print(f"scale: {rollouts} rollouts; waiting for Prometheus to fill its window", file=sys.stderr)
+            wait_http_ready(f"http://127.0.0.1:{mesh_port}/metrics", 20)
+            prometheus = start_prometheus(
+                group, Path(tmp), prom_port, [], extra_scrape_targets=[f"127.0.0.1:{mesh_port}"]
+            )
+            wait_prometheus_ready(prometheus, prom_port, 30)
+            time.sleep(35)  # let the 30 s window fill with samples
+            config = k8s_client.Configuration()
+            config.host = url
+            api = KubeApi(k8s_client.ApiClient(config), request_timeout=30)
+            backend = IstioBackend(api)
+            source = PrometheusSource(f"http://127.0.0.1:{prom_port}", timeout_seconds=30)
+            runner = RolloutRunner(router=backend, metrics=source, store=backend)
+            runner.set_rollouts(
+                [
+                    ManagedRollout.from_spec(parse_spec_text(SPEC.format(name=f"svc{i}"), "scale.yaml"))
+                    for i in range(rollouts)
+                ]
+            )
+            rows = []
+            for _ in range(ticks):
+                started_wall, started_cpu = time.monotonic(), time.process_time()
+                queries_before = source.queries_sent
+                writes_before = sum(api.stats.requests.get(v, 0) for v in ("create", "update"))
+                events = runner.tick()
+                wall = time.monotonic() - started_wall
+                rows.append(
+                    {
+                        "rollouts_ticked": len(events),
+                        "queries": source.queries_sent - queries_before,
+                        "writes": sum(api.stats.requests.get(v, 0) for v in ("create", "update")) - writes_before,
+                        "cpu_s": time.process_time() - started_cpu,
+                        "wall_s": wall,
+                    }
+                )
+                print(f"scale: tick {len(rows)}: {rows[-1]}", file=sys.stderr, flush=True)
+                time.sleep(max(0.0, 5.0 - wall))
+            phases: dict[str, int] = {}
+            for rollout in runner.rollouts.values():
+                state = backend.load(rollout.name)
+                phase = state.phase.value if state else "none"
+                phases[phase] = phases.get(phase, 0) + 1
+        finally:
+            emulator.kill()
+            emulator.wait()
+    steady = rows[1:]  # the first tick creates every VirtualService and DestinationRule
+    return {
+        "rollouts": rollouts,
+        "ticks": ticks,
+        "queries_per_tick_max": max(r["queries"] for r in rows),
+        "writes_first_tick": rows[0]["writes"],
+        "writes_per_tick_median_after_first": statistics.median(r["writes"] for r in steady),
+        "writes_per_tick_max_after_first": max(r["writes"] for r in steady),
+        "cpu_s_per_tick_median": round(statistics.median(r["cpu_s"] for r in steady), 3),
+        "cpu_s_per_tick_max": round(max(r["cpu_s"] for r in steady), 3),
+        "cpu_cores_at_5s_ticks": round(statistics.median(r["cpu_s"] for r in steady) / 5.0, 3),
+        "wall_s_per_tick_median": round(statistics.median(r["wall_s"] for r in steady), 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "final_phases": phases,
+        "per_tick": rows,
+    }
+
+
+if __name__ == "__main__":
+    import json
+
+    from controller.observability import configure_logging
+
+    configure_logging(level="warning")
+    print(json.dumps(run(int(sys.argv[1]) if len(sys.argv) > 1 else 1000), indent=2, default=str))
