@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from controller.engine.phases import Command
+from controller.engine.phases import Command, RolloutState
 from controller.weights import display_percentages, integer_percentages
 
 if TYPE_CHECKING:
@@ -169,11 +169,22 @@ def _status(args: argparse.Namespace) -> int:
     print(render_table(rows))
     if state is not None:
         print(f"\nrollout {state.rollout}: {state.phase.value}, step {state.step + 1}: {state.reason}")
+        for line in e_value_lines(state, "as of the last state write "):
+            print(line)
     if routing.state_error:
         print(f"\nrollout state unreadable: {routing.state_error}", file=sys.stderr)
     if routing.command:
         print(f"pending command: {routing.command}")
     return 0
+
+
+def e_value_lines(state: RolloutState, note: str = "") -> list[str]:
+    """One line per statistical gate: its e-value, the e-value that rolls back (K/alpha) and when."""
+    lines = []
+    for gate, e in state.e_values.items():
+        at = time.strftime("%H:%M:%S", time.localtime(e.at))
+        lines.append(f"e-value {gate}: {e.value:.3g} (rolls back at {e.limit:g}; {note}{at})")
+    return lines
 
 
 def parse_weights(items: list[str]) -> dict[str, int]:
@@ -278,5 +289,7 @@ def _local_status(args: argparse.Namespace) -> int:
         print(f"{s.rollout:<20} {s.phase.value:<12} {s.step + 1:>4}  {s.reason}")
         for gate in s.last_gates:
             value = "n/a" if gate.value is None else f"{gate.value:.2f}"
-            print(f"{'':20}   gate {gate.gate:<16} {gate.verdict:<8} value={value}")
+            e = s.e_values.get(gate.gate)
+            evidence = "" if e is None else f" e-value={e.value:.3g} (rolls back at {e.limit:g})"
+            print(f"{'':20}   gate {gate.gate:<16} {gate.verdict:<8} value={value}{evidence}")
     return 0

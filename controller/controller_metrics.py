@@ -1,6 +1,6 @@
 """The controller's own Prometheus metrics, fed by the runner (an observer of every tick).
 
-Per rollout and version: weight; per rollout: phase, step, gate values and verdicts;
+Per rollout and version: weight; per rollout: phase, step, gate values, verdicts and e-values;
 rollbacks by reason; tick duration; requests/errors towards Prometheus and Kubernetes.
 """
 
@@ -16,7 +16,7 @@ from controller.analysis.gates import Verdict
 from controller.engine.phases import Phase
 from controller.engine.runner import TickEvent
 
-VERDICT_VALUE = {Verdict.PASS: 1.0, Verdict.NO_DATA: 0.0, Verdict.FAIL: -1.0}
+VERDICT_VALUE = {Verdict.PASS: 1.0, Verdict.HOLD: 0.5, Verdict.NO_DATA: 0.0, Verdict.FAIL: -1.0}
 
 
 def rollback_cause(reason: str) -> str:
@@ -72,7 +72,16 @@ class ControllerMetrics:
             "ramp_gate_value", "Last value of a gate (percent or ms)", [*labels, "gate"], registry=self.registry
         )
         self.gate_verdict = Gauge(
-            "ramp_gate_verdict", "Last verdict: 1 pass, 0 no data, -1 fail", [*labels, "gate"], registry=self.registry
+            "ramp_gate_verdict",
+            "Last verdict: 1 pass, 0.5 hold, 0 no data, -1 fail",
+            [*labels, "gate"],
+            registry=self.registry,
+        )
+        self.gate_evalue = Gauge(
+            "ramp_gate_evalue",
+            "Statistical gates: the e-value against stable (rolls back at K/alpha)",
+            [*labels, "gate"],
+            registry=self.registry,
         )
         self.rollbacks = Counter("ramp_rollbacks", "Rollbacks by cause", [*labels, "cause"], registry=self.registry)
         self.tick_seconds = Histogram(
@@ -101,6 +110,8 @@ class ControllerMetrics:
                 if result.value is not None:
                     self.gate_value.labels(**key, gate=result.gate).set(result.value)
                 self.gate_verdict.labels(**key, gate=result.gate).set(VERDICT_VALUE[result.verdict])
+                if result.e_value is not None:
+                    self.gate_evalue.labels(**key, gate=result.gate).set(result.e_value)
         if event.phase_changed and state.phase == Phase.ROLLED_BACK:
             self.rollbacks.labels(**key, cause=rollback_cause(state.reason)).inc()
 

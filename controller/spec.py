@@ -117,12 +117,51 @@ class Gate(StrictModel):
         description="New version may be at most this much worse than stable (gate units)",
     )
     min_requests: Int | None = Field(default=None, ge=1)
+    mode: Literal["threshold", "statistical", "both"] = Field(
+        default="threshold",
+        description=(
+            "threshold: max/stable_margin; statistical: an anytime-valid sequential test of the new version "
+            "against stable (no fixed threshold); both: the two together, where a max breached by stable too "
+            "holds instead of rolling back"
+        ),
+    )
+    tolerance: Number = Field(
+        default=1.2,
+        ge=1,
+        allow_inf_nan=False,
+        description="Statistical: ratio (new/stable) of error or slow-request rates that is still acceptable",
+    )
+    alpha: Number = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+        description=(
+            "Statistical: false-rollback bound; the gate rolls back when its e-value reaches K/alpha "
+            "(K = the spec's statistical gates)"
+        ),
+    )
+    slow_ms: Number | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Statistical latency: a request slower than this is 'slow' (default: max, else stable's quantile "
+            "at the start of the rollout); snapped up to a histogram bucket boundary"
+        ),
+    )
 
     @property
     def display_name(self) -> str:
         if self.name:
             return self.name
-        return self.metric if self.metric == "error_rate" else f"latency-{self.quantile}"
+        if self.metric == "error_rate":
+            return self.metric
+        return f"latency-{self.quantile}" if self.quantile else "latency"
+
+    @property
+    def statistical(self) -> bool:
+        return self.mode != "threshold"
 
 
 class Schedule(StrictModel):
@@ -216,8 +255,13 @@ def semantic_problems(spec: RolloutSpec) -> list[tuple[Path, str]]:
         )
     if spec.steps is not None:
         problems.extend(_step_problems(spec, seen))
+    names = [gate.display_name for gate in spec.gates]
     for i, gate in enumerate(spec.gates):
         problems.extend(_gate_problems(gate, i))
+        if gate.statistical and names.count(gate.display_name) > 1:
+            problems.append(
+                (("gates", i), f"gate name {gate.display_name!r} is used twice: a statistical gate needs its own name")
+            )
     return problems
 
 
@@ -274,12 +318,36 @@ def _step_problems(spec: RolloutSpec, known: set[str]) -> list[tuple[Path, str]]
 
 def _gate_problems(gate: Gate, i: int) -> list[tuple[Path, str]]:
     problems: list[tuple[Path, str]] = []
-    if gate.max is None and gate.stable_margin is None:
+    if gate.mode == "threshold" and gate.max is None and gate.stable_margin is None:
         problems.append((("gates", i), "gate without threshold: set max and/or stable_margin"))
-    if gate.metric == "latency" and gate.quantile is None:
+    if gate.mode == "both" and gate.max is None and gate.stable_margin is None:
+        problems.append(
+            (("gates", i), "mode both without threshold: set max and/or stable_margin, or use mode statistical")
+        )
+    if gate.metric == "latency" and gate.quantile is None and gate.mode != "statistical":
         problems.append((("gates", i, "quantile"), "latency gate needs a quantile (p50, p90 or p99)"))
+    problems.extend(_statistical_problems(gate, i))
     if gate.metric == "error_rate" and gate.quantile is not None:
         problems.append((("gates", i, "quantile"), "quantile applies only to latency gates"))
     if gate.metric == "error_rate" and gate.max is not None and gate.max > 100:
         problems.append((("gates", i, "max"), "error_rate max is a percentage (0-100)"))
+    return problems
+
+
+def _statistical_problems(gate: Gate, i: int) -> list[tuple[Path, str]]:
+    problems: list[tuple[Path, str]] = []
+    if not gate.statistical:
+        for field in ("tolerance", "alpha", "slow_ms"):
+            if field in gate.model_fields_set:
+                problems.append((("gates", i, field), f"{field} applies only to mode statistical or both"))
+        return problems
+    if gate.metric == "error_rate" and gate.slow_ms is not None:
+        problems.append((("gates", i, "slow_ms"), "slow_ms applies only to latency gates"))
+    if gate.mode == "statistical":
+        if gate.stable_margin is not None:
+            problems.append(
+                (("gates", i, "stable_margin"), "stable_margin is a threshold: use mode both to combine it")
+            )
+        if gate.metric == "error_rate" and gate.max is not None:
+            problems.append((("gates", i, "max"), "max is a threshold: use mode both to combine it"))
     return problems

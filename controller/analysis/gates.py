@@ -1,24 +1,28 @@
-"""Gates: turn a metrics snapshot into typed verdicts (pass / fail / no-data), each with a reason.
+"""Gates: turn a metrics snapshot into typed verdicts (pass / fail / no-data / hold), each with a reason.
 
 Missing data is never a pass: too few requests, no histogram, or an unreachable
 Prometheus all give NO_DATA, and the engine never advances on NO_DATA.
+Statistical gates (mode statistical/both) also run their e-process (`statistical_gate`); in
+those modes a `max` breached by the stable versions too gives HOLD (a shared dependency is
+down): never a promotion, never a rollback by itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from controller.analysis.metrics import MetricsSnapshot, VersionMetrics
+from controller.analysis.metrics import QUANTILES, MetricsSnapshot, VersionMetrics
+from controller.analysis.statistical_gate import GateEvidence, statistical_gate_count, statistical_outcome
 from controller.spec import Gate, RolloutSpec
-
-QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 
 
 class Verdict(StrEnum):
     PASS = "pass"
     FAIL = "fail"
     NO_DATA = "no-data"
+    HOLD = "hold"
 
 
 @dataclass(frozen=True)
@@ -28,19 +32,22 @@ class GateResult:
     value: float | None
     stable_value: float | None
     reason: str
+    e_value: float | None = None  # statistical gates: the e-value now
+    e_limit: float | None = None  # ... and the e-value that rolls back (K / alpha)
 
 
 @dataclass(frozen=True)
 class GateReport:
     results: tuple[GateResult, ...]
+    evidence: Mapping[str, GateEvidence] = field(default_factory=dict)  # the e-processes after this tick
 
     @property
     def verdict(self) -> Verdict:
+        """FAIL, else NO_DATA (its clock runs even while another gate holds), else HOLD, else PASS."""
         verdicts = {r.verdict for r in self.results}
-        if Verdict.FAIL in verdicts:
-            return Verdict.FAIL
-        if Verdict.NO_DATA in verdicts:
-            return Verdict.NO_DATA
+        for verdict in (Verdict.FAIL, Verdict.NO_DATA, Verdict.HOLD):
+            if verdict in verdicts:
+                return verdict
         return Verdict.PASS
 
     def reasons(self, verdict: Verdict) -> str:
@@ -83,6 +90,9 @@ def evaluate_gate(
         stable_value = _value(gate, stable)
     if gate.max is not None and value > gate.max:
         reason = f"{name} of {spec.target} is {_fmt(value, gate)} > max {_fmt(gate.max, gate)}"
+        if gate.statistical and stable_value is not None and stable_value > gate.max:
+            reason += f", but stable ({stable_names}) is {_fmt(stable_value, gate)} too (a shared dependency?)"
+            return GateResult(name, Verdict.HOLD, value, stable_value, reason)
         return GateResult(name, Verdict.FAIL, value, stable_value, reason)
     if gate.stable_margin is not None:
         if stable_value is None:
@@ -100,17 +110,58 @@ def evaluate_gate(
     return GateResult(name, Verdict.PASS, value, stable_value, f"{name} {_fmt(value, gate)} ok")
 
 
+def _statistical_gate(
+    gate: Gate,
+    spec: RolloutSpec,
+    snapshot: MetricsSnapshot,
+    stable_versions: tuple[str, ...],
+    previous: GateEvidence | None,
+) -> tuple[GateResult, GateEvidence]:
+    target = snapshot.version(spec.namespace, spec.service, spec.target)
+    stable = snapshot.versions_combined(spec.namespace, spec.service, stable_versions)
+    outcome = statistical_outcome(gate, spec, snapshot, stable_versions, stable, previous)
+    # mode statistical has no threshold (a latency max there only sets the slow threshold)
+    judged = gate if gate.mode == "both" else gate.model_copy(update={"max": None, "stable_margin": None})
+    threshold = evaluate_gate(judged, spec, target, stable, ",".join(stable_versions) or "none")
+    verdict, reason = threshold.verdict, threshold.reason
+    if outcome.rejected:
+        verdict, reason = Verdict.FAIL, outcome.reason
+    elif verdict == Verdict.PASS and outcome.missing is not None:  # never promote without the test's data
+        verdict, reason = Verdict.NO_DATA, f"{gate.display_name}: {outcome.missing}"
+    elif verdict == Verdict.PASS:
+        reason = f"{reason}; {outcome.reason}"
+    # otherwise the threshold part's FAIL/HOLD (mode both) or NO_DATA (too few requests in the window) stands
+    result = replace(threshold, verdict=verdict, reason=reason, e_value=outcome.e_value, e_limit=outcome.limit)
+    return result, outcome.evidence
+
+
 def evaluate_gates(
-    spec: RolloutSpec, stable_versions: tuple[str, ...], snapshot: MetricsSnapshot
+    spec: RolloutSpec,
+    stable_versions: tuple[str, ...],
+    snapshot: MetricsSnapshot,
+    evidence: Mapping[str, GateEvidence] | None = None,
 ) -> GateReport:
+    """`evidence`: the statistical gates' e-processes from the last tick (by gate name); the report
+    carries them forward (unchanged when Prometheus gave no data)."""
+    carried = dict(evidence or {})
     if snapshot.error is not None:
-        return GateReport(
-            tuple(
-                GateResult(g.display_name, Verdict.NO_DATA, None, None, f"{g.display_name}: {snapshot.error}")
-                for g in spec.gates
-            )
-        )
+        results = []
+        for g in spec.gates:
+            name = g.display_name
+            kept, limit = carried.get(name), (statistical_gate_count(spec) / g.alpha if g.statistical else None)
+            e_value = None if limit is None else (1.0 if kept is None else kept.e_value)
+            results.append(GateResult(name, Verdict.NO_DATA, None, None, f"{name}: {snapshot.error}", e_value, limit))
+        return GateReport(tuple(results), carried)
     target = snapshot.version(spec.namespace, spec.service, spec.target)
     stable = snapshot.versions_combined(spec.namespace, spec.service, stable_versions)
     stable_names = ",".join(stable_versions) or "none"
-    return GateReport(tuple(evaluate_gate(g, spec, target, stable, stable_names) for g in spec.gates))
+    results = []
+    for gate in spec.gates:
+        if gate.statistical:
+            result, carried[gate.display_name] = _statistical_gate(
+                gate, spec, snapshot, stable_versions, carried.get(gate.display_name)
+            )
+        else:
+            result = evaluate_gate(gate, spec, target, stable, stable_names)
+        results.append(result)
+    return GateReport(tuple(results), carried)

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 WorkloadKey = tuple[str, str, str]  # (namespace, service, version)
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 
 
 @dataclass
@@ -67,6 +68,8 @@ class MetricsSnapshot:
     window_seconds: float
     by_workload: dict[WorkloadKey, VersionMetrics] = field(default_factory=dict)
     error: str | None = None
+    # Raw cumulative counters (no range function), fetched only for statistical gates.
+    cumulative: dict[WorkloadKey, VersionMetrics] = field(default_factory=dict)
 
     def version(self, namespace: str, service: str, version: str) -> VersionMetrics | None:
         return self.by_workload.get((namespace, service, version))

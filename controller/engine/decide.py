@@ -2,6 +2,8 @@
 
 No I/O and no clock of its own. Rules:
 - a FAIL from any gate in an active phase rolls back at once (traffic = baseline);
+- HOLD (a statistical gate's max breached by stable too) holds the step with its reason: it
+  never promotes, never rolls back by itself and is not missing data;
 - a step completes only when its duration has elapsed AND the gates pass now;
   NO_DATA holds the step (never promotes), and after `missing_data_timeout` of
   continuous missing data the rollout rolls back (policy `rollback`) or keeps
@@ -17,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from controller.analysis.gates import GateReport, Verdict
-from controller.engine.phases import ACTIVE_PHASES, Command, GateSnapshot, Phase, RolloutState
+from controller.engine.phases import ACTIVE_PHASES, Command, EValue, GateSnapshot, Phase, RolloutState
 from controller.plan import Plan
 from controller.routing.model import DesiredRouting
 from controller.spec import RolloutSpec
@@ -100,14 +102,21 @@ def _apply_command(
     return state
 
 
-def _with_gates(state: RolloutState, report: GateReport | None) -> RolloutState:
+def _with_gates(state: RolloutState, report: GateReport | None, now: float) -> RolloutState:
     if report is None:
         return state
     snapshots = [
         GateSnapshot(gate=r.gate, verdict=r.verdict.value, value=r.value, stable_value=r.stable_value, reason=r.reason)
         for r in report.results
     ]
-    return state.model_copy(update={"last_gates": snapshots})
+    e_values = {
+        r.gate: EValue(value=r.e_value, limit=r.e_limit, at=now)
+        for r in report.results
+        if r.e_value is not None and r.e_limit is not None
+    }
+    return state.model_copy(
+        update={"last_gates": snapshots, "sequential": dict(report.evidence), "e_values": e_values}
+    )
 
 
 def decide(
@@ -124,7 +133,7 @@ def decide(
     `report` None = gates not evaluated; `unavailable` = versions with no ready pods (they never get
     traffic: a step that would route to one is not entered, the rollout holds with the reason).
     """
-    state = _with_gates(state.model_copy(update={"ticks": state.ticks + 1}), report)
+    state = _with_gates(state.model_copy(update={"ticks": state.ticks + 1}), report, now)
     if command is not None:
         state = _apply_command(plan, state, command, now, unavailable)
     if state.phase == Phase.PENDING:
@@ -174,6 +183,10 @@ def _judge(
         )
     state = state.model_copy(update={"missing_data_since": None})
     step = plan.steps[state.step]
+    if verdict == Verdict.HOLD:  # e.g. a shared dependency is down: neither promote nor roll back
+        why = "" if report is None else report.reasons(Verdict.HOLD)
+        reason = f"step {state.step + 1}/{len(plan.steps)}: {step.label}; holding: {why}"
+        return state.model_copy(update={"reason": reason})
     started = state.step_started_at if state.step_started_at is not None else now
     if now - started >= step.duration:
         return _enter_step(plan, state, state.step + 1, now, unavailable)

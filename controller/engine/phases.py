@@ -6,6 +6,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
+from controller.analysis.statistical_gate import GateEvidence
+
 
 class Phase(StrEnum):
     PENDING = "Pending"
@@ -47,6 +49,14 @@ class GateSnapshot(BaseModel):
     reason: str = ""
 
 
+class EValue(BaseModel):
+    """A statistical gate's e-value at a tick, and the e-value at which it rolls back (K / alpha)."""
+
+    value: float
+    limit: float
+    at: float
+
+
 class RolloutState(BaseModel):
     rollout: str
     spec_digest: str
@@ -62,13 +72,23 @@ class RolloutState(BaseModel):
     ticks: int = 0
     apply_failures: int = Field(default=0, description="Consecutive ticks whose routing could not be applied")
     last_apply_error: str | None = None
+    sequential: dict[str, GateEvidence] = Field(
+        default_factory=dict,
+        description="Statistical gates' e-processes by gate name; never in the cluster annotation",
+    )
+    e_values: dict[str, EValue] = Field(
+        default_factory=dict,
+        description="Statistical gates' last e-values; in cluster mode written with the reason (as of that write)",
+    )
 
     def durable(self) -> dict[str, object]:
-        """What must survive a restart; per-tick details (gate values, tick count, hold text) excluded.
+        """What must survive a restart; per-tick details (gate values and e-processes, tick count, hold text)
+        excluded.
 
         Stores compare this to decide whether a write is needed, so a steady rollout causes no writes.
+        A restarted cluster controller therefore starts the statistical gates' e-processes afresh.
         """
-        return self.model_dump(mode="json", exclude={"ticks", "last_gates", "reason"})
+        return self.model_dump(mode="json", exclude={"ticks", "last_gates", "reason", "sequential", "e_values"})
 
     @property
     def terminal(self) -> bool:

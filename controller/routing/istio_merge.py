@@ -77,7 +77,8 @@ def persisted_view(state: RolloutState) -> dict[str, object]:
 
 
 def encode_state(state: RolloutState) -> str:
-    payload = {**persisted_view(state), "reason": state.reason}
+    """The persisted view, plus the reason and the statistical gates' e-values as of this write (for status)."""
+    payload = {**persisted_view(state), **state.model_dump(mode="json", include={"reason", "e_values"})}
     return json.dumps(payload, sort_keys=True, separators=(",", ":"))
 
 

@@ -74,6 +74,12 @@ def test_kill_9_mid_rollout_then_restart_resumes_without_replay_or_skip(tmp_path
         first = start_controller(stack, specs, store.directory, log)
         try:
             at_ten = wait_for(store, lambda s: s.step == 1, timeout=45)
+            # State is saved before routing is applied: kill only once Envoy serves the 10% step
+            # (route versions: initial, header step, 10%), so the "during" sample below sees it.
+            deadline = time.monotonic() + 10
+            while stack.router.envoy_route_version() != str(int(initial_version or 0) + 2):
+                assert time.monotonic() < deadline, "the 10% routing was never applied"
+                time.sleep(0.05)
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
         finally:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from controller.cli import main
-from controller.engine.phases import Phase, RolloutState
+from controller.engine.phases import EValue, Phase, RolloutState
 from controller.routing.istio_merge import STATE_ANNOTATION, encode_state
 from tests.k8s.emulator import KubeHarness
 from tests.k8s.helpers import DR, VS, assert_valid, create_deployment, create_pod, custom_objects, fail_next, stored
@@ -103,3 +104,27 @@ def test_ping_reports_per_version_pod_health(kubeconfig: str, capsys: pytest.Cap
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     assert lines[0].endswith("reviews: v1: 1/1 ready; v2: 1/1 ready; v3: 1/1 ready; v4: 0/1 ready DOWN")
+
+
+def test_status_shows_the_statistical_gates_e_values_as_of_the_last_state_write(
+    kube: KubeHarness, kubeconfig: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert ramp(kubeconfig, "set-weights", "reviews", "v1=90", "v2=10") == 0
+    vs = stored(kube, VS, NS, "reviews")
+    assert vs is not None
+    at = 1_700_000_000.0
+    state = RolloutState(rollout="reviews", spec_digest="d", phase=Phase.PROGRESSING, step=1,
+                         reason="step 2/4: weight 10%", e_values={"errors": EValue(value=3.25, limit=200.0, at=at)})
+    vs["metadata"]["annotations"][STATE_ANNOTATION] = encode_state(state)
+    custom_objects(kube).replace_namespaced_custom_object("networking.istio.io", "v1", NS, VS, "reviews", vs)
+    capsys.readouterr()
+    assert ramp(kubeconfig, "status", "reviews") == 0
+    out = capsys.readouterr().out.splitlines()
+    when = time.strftime("%H:%M:%S", time.localtime(at))
+    assert out[-2:] == [
+        "rollout reviews: Progressing, step 2: step 2/4: weight 10%",
+        f"e-value errors: 3.25 (rolls back at 200; as of the last state write {when})",
+    ]
+    assert ramp(kubeconfig, "status", "reviews", "-o", "json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["rollout"]["e_values"] == {"errors": {"value": 3.25, "limit": 200.0, "at": at}}

@@ -61,6 +61,7 @@ def test_validate_examples_ok(capsys: pytest.CaptureFixture[str], in_repo: None)
         [
             "ok  rollout-specs/defaults.yaml (rollout checkout: 4 steps)",
             "ok  rollout-specs/demo.yaml (rollout demo: 4 steps)",
+            "ok  rollout-specs/statistical.yaml (rollout payments: 4 steps)",
             "ok  rollout-specs/three-versions.yaml (rollout reviews: 5 steps)",
         ],
         [],
@@ -109,6 +110,13 @@ def test_schema(capsys: pytest.CaptureFixture[str]) -> None:
     assert schema["properties"]["service"]["type"] == "string"
     assert "apiVersion" in schema["properties"] and "api_version" not in schema["properties"]
     assert {"service", "versions", "target"} <= set(schema["required"])
+    gate = schema["$defs"]["Gate"]["properties"]
+    assert gate["mode"]["enum"] == ["threshold", "statistical", "both"] and gate["mode"]["default"] == "threshold"
+    assert (gate["tolerance"]["default"], gate["tolerance"]["minimum"]) == (1.2, 1)
+    assert (gate["alpha"]["default"], gate["alpha"]["exclusiveMinimum"], gate["alpha"]["exclusiveMaximum"]) == (
+        0.01, 0, 1
+    )
+    assert "slow_ms" in gate
     assert out[1].startswith("  "), "indented JSON"
 
 

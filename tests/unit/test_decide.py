@@ -136,3 +136,21 @@ def test_durable_state_ignores_per_tick_details() -> None:
     later = decide(PLAN, SPEC, s, report(Verdict.PASS), now=3).state
     assert later.ticks != s.ticks and later.reason != s.reason
     assert later.durable() == s.durable()
+
+
+def test_hold_neither_promotes_nor_rolls_back_and_is_not_missing_data() -> None:
+    why = "error_rate of v2 is 30.00% > max 2.00%, but stable (v1) is 25.00% too (a shared dependency?)"
+    s = decide(PLAN, SPEC, fresh(), None, now=0).state
+    s = decide(PLAN, SPEC, s, report(Verdict.NO_DATA), now=1).state
+    assert s.missing_data_since == 1
+    held = decide(PLAN, SPEC, s, report(Verdict.HOLD, why), now=10)
+    assert (held.phase, held.state.step) == (Phase.HEADER_TEST, 0)  # the step's 10 s are over, yet no promotion
+    assert held.state.reason == f"step 1/4: header x-version: v2; holding: {why}"
+    assert held.state.missing_data_since is None
+    assert held.routing == routing_for(PLAN, s)
+    s = held.state
+    for now in (100, 1_000, 100_000):  # far beyond missing_data_timeout: still holding, never rolled back
+        s = decide(PLAN, SPEC, s, report(Verdict.HOLD, why), now=now).state
+        assert (s.phase, s.step) == (Phase.HEADER_TEST, 0)
+    assert decide(PLAN, SPEC, s, report(Verdict.PASS), now=100_001).state.step == 1  # cleared: the step completes
+    assert decide(PLAN, SPEC, s, report(Verdict.FAIL), now=100_001).phase == Phase.ROLLED_BACK

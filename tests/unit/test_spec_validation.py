@@ -308,7 +308,7 @@ def test_every_example_spec_is_valid(path: Path) -> None:
 
 def test_examples_exist_and_spec_files_finds_them() -> None:
     names = [p.name for p in spec_files([REPO_ROOT / "rollout-specs"])]
-    assert {"defaults.yaml", "demo.yaml", "three-versions.yaml"} <= set(names)
+    assert {"defaults.yaml", "demo.yaml", "statistical.yaml", "three-versions.yaml"} <= set(names)
     assert names == sorted(names)
 
 
@@ -345,3 +345,64 @@ def test_default_steps_follow_the_target_name() -> None:
     )  # fmt: skip
     header = spec.effective_steps[0].header
     assert header is not None and header.value == "green"
+
+
+def test_statistical_gates_need_no_threshold_and_have_documented_defaults() -> None:
+    text = BASE + "gates:\n  - {metric: error_rate, mode: statistical}\n  - {metric: latency, mode: statistical}\n"
+    spec = parse_spec_text(text, "spec.yaml")
+    errors, latency = spec.gates
+    assert (errors.mode, errors.tolerance, errors.alpha, errors.slow_ms) == ("statistical", 1.2, 0.01, None)
+    assert (latency.quantile, latency.max) == (None, None)  # optional in statistical mode
+    assert [g.display_name for g in spec.gates] == ["error_rate", "latency"]
+    assert [g.statistical for g in spec.gates] == [True, True]
+    assert parse_spec_text(BASE, "spec.yaml").gates[0].mode == "threshold"
+
+
+def test_statistical_field_ranges() -> None:
+    text = BASE + (
+        "gates:\n"
+        "  - {metric: error_rate, mode: statistical, tolerance: 0.9}\n"
+        "  - {metric: error_rate, name: b, mode: statistical, alpha: 0}\n"
+        "  - {metric: error_rate, name: c, mode: statistical, alpha: 1}\n"
+        "  - {metric: latency, mode: statistical, slow_ms: -5}\n"
+        "  - {metric: latency, name: e, mode: sequential}\n"
+    )
+    assert problems(text) == [
+        "spec.yaml:9: gates.0.tolerance: Input should be greater than or equal to 1",
+        "spec.yaml:10: gates.1.alpha: Input should be greater than 0",
+        "spec.yaml:11: gates.2.alpha: Input should be less than 1",
+        "spec.yaml:12: gates.3.slow_ms: Input should be greater than 0",
+        "spec.yaml:13: gates.4.mode: Input should be 'threshold', 'statistical' or 'both'",
+    ]
+
+
+def test_statistical_fields_only_where_they_mean_something() -> None:
+    text = BASE + (
+        "gates:\n"
+        "  - {metric: error_rate, max: 1, tolerance: 2}\n"
+        "  - {metric: error_rate, name: e2, mode: statistical, slow_ms: 100}\n"
+        "  - {metric: error_rate, name: e3, mode: statistical, max: 2}\n"
+        "  - {metric: latency, mode: statistical, stable_margin: 20}\n"
+        "  - {metric: latency, name: l2, mode: both}\n"
+        "  - {metric: latency, name: l3, mode: both, max: 300}\n"
+    )
+    assert problems(text) == [
+        "spec.yaml:9: gates.0.tolerance: tolerance applies only to mode statistical or both",
+        "spec.yaml:10: gates.1.slow_ms: slow_ms applies only to latency gates",
+        "spec.yaml:11: gates.2.max: max is a threshold: use mode both to combine it",
+        "spec.yaml:12: gates.3.stable_margin: stable_margin is a threshold: use mode both to combine it",
+        "spec.yaml:13: gates.4: mode both without threshold: set max and/or stable_margin, or use mode statistical",
+        "spec.yaml:13: gates.4.quantile: latency gate needs a quantile (p50, p90 or p99)",
+        "spec.yaml:14: gates.5.quantile: latency gate needs a quantile (p50, p90 or p99)",
+    ]
+
+
+def test_threshold_mode_still_needs_a_threshold_and_statistical_gates_need_their_own_names() -> None:
+    text = BASE + "gates:\n  - {metric: error_rate, mode: threshold}\n"
+    assert problems(text) == ["spec.yaml:9: gates.0: gate without threshold: set max and/or stable_margin"]
+    text = BASE + "gates:\n  - {metric: error_rate, max: 1}\n  - {metric: error_rate, mode: statistical}\n"
+    assert problems(text) == [
+        "spec.yaml:10: gates.1: gate name 'error_rate' is used twice: a statistical gate needs its own name"
+    ]
+    named = text.replace("mode: statistical}", "mode: statistical, name: errors-vs-stable}")
+    assert [g.display_name for g in parse_spec_text(named, "spec.yaml").gates] == ["error_rate", "errors-vs-stable"]
