@@ -183,6 +183,12 @@ class RollbackPolicy(StrictModel):
         ),
     )
     missing_data_timeout: Duration = Field(default=120.0, description="See on_missing_data")
+    failed_checks: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Failed gate checks (ticks) before rolling back; 1 = at the first (Flagger calls this threshold)",
+    )
 
 
 DEFAULT_STEP_DURATION = 60.0

@@ -163,7 +163,12 @@ def _judge(
 ) -> RolloutState:
     verdict = Verdict.NO_DATA if report is None else report.verdict
     if report is not None and verdict == Verdict.FAIL:
-        return state.moved(Phase.ROLLED_BACK, state.step, now, f"gate failed: {report.reasons(Verdict.FAIL)}")
+        failed = state.failed_checks + 1
+        why = report.reasons(Verdict.FAIL)
+        if failed >= spec.rollback.failed_checks:
+            return state.moved(Phase.ROLLED_BACK, state.step, now, f"gate failed: {why}")
+        limit = spec.rollback.failed_checks
+        return state.model_copy(update={"failed_checks": failed, "reason": f"failed check {failed} of {limit}: {why}"})
     if state.phase == Phase.PAUSED:
         return state  # a paused rollout keeps its traffic; only a gate failure moves it
     if verdict == Verdict.NO_DATA:

@@ -70,6 +70,7 @@ class RolloutState(BaseModel):
     history: list[PhaseChange] = Field(default_factory=list)
     last_gates: list[GateSnapshot] = Field(default_factory=list)
     ticks: int = 0
+    failed_checks: int = Field(default=0, description="Failed gate checks so far (see rollback.failed_checks)")
     apply_failures: int = Field(default=0, description="Consecutive ticks whose routing could not be applied")
     last_apply_error: str | None = None
     sequential: dict[str, GateEvidence] = Field(

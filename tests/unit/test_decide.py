@@ -154,3 +154,19 @@ def test_hold_neither_promotes_nor_rolls_back_and_is_not_missing_data() -> None:
         assert (s.phase, s.step) == (Phase.HEADER_TEST, 0)
     assert decide(PLAN, SPEC, s, report(Verdict.PASS), now=100_001).state.step == 1  # cleared: the step completes
     assert decide(PLAN, SPEC, s, report(Verdict.FAIL), now=100_001).phase == Phase.ROLLED_BACK
+
+
+def test_failed_checks_limit_rolls_back_only_at_the_nth_failure_and_never_advances_on_one() -> None:
+    tolerant = spec(SPEC_YAML.replace("rollback: {missing_data_timeout: 30s}",
+                                      "rollback: {missing_data_timeout: 30s, failed_checks: 3}"))
+    plan = build_plan(tolerant)
+    s = decide(plan, tolerant, fresh(), None, now=0).state
+    s = decide(plan, tolerant, s, report(Verdict.FAIL, "error_rate of v2 is 5.00% > max 2.00%"), now=20).state
+    assert (s.phase, s.step, s.failed_checks) == (Phase.HEADER_TEST, 0, 1)  # duration is over, but it failed
+    assert s.reason == "failed check 1 of 3: error_rate of v2 is 5.00% > max 2.00%"
+    s = decide(plan, tolerant, s, report(Verdict.PASS), now=21).state
+    assert (s.step, s.failed_checks) == (1, 1)  # Flagger-like: the count is per rollout, not consecutive
+    s = decide(plan, tolerant, s, report(Verdict.FAIL), now=22).state
+    assert s.phase == Phase.PROGRESSING and s.failed_checks == 2
+    rolled = decide(plan, tolerant, s, report(Verdict.FAIL, "again"), now=23)
+    assert rolled.phase == Phase.ROLLED_BACK and rolled.state.reason == "gate failed: again"
