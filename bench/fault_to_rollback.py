@@ -23,7 +23,7 @@ from controller.state.file_store import FileStateStore
 
 RAMP_GATES = """
 gates:
-  - {metric: error_rate, max: 3}
+  - {name: errors, metric: error_rate, mode: both, max: 10, tolerance: 1.2, alpha: 0.01}
 schedule: {interval: 5s}
 analysis: {window: 10s, min_requests: 20}
 """

@@ -72,7 +72,8 @@ def render(info: dict[str, str], figures: dict[str, Any]) -> str:
             )
         lines += [
             "",
-            "Ramp: error-rate gate (max 3 %), 5 s tick, 10 s window, 20 requests minimum.",
+            "Ramp: error gate in mode both (anytime-valid e-process vs stable, alpha 0.01, tolerance 1.2;",
+            "guardrail max 10 %), 5 s tick, 10 s window.",
             "Flagger-equivalent, driven by Ramp: 60 s interval and window, success rate >= 99 % (error max 1 %),",
             "rollback after 5 failed checks (Flagger's `threshold: 5`).",
             "",
