@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .ci/bootstrap.sh
-.venv/bin/ruff check controller services tests
+.venv/bin/ruff check controller services tests bench
 .venv/bin/mypy
 exec .venv/bin/python -m pytest -q "$@"
