@@ -119,7 +119,9 @@ class RolloutRunner:
         return min((r.spec.schedule.interval for r in self.rollouts.values()), default=5.0)
 
     def _due(self, now: float) -> list[ManagedRollout]:
-        slack = 0.25 * self.base_interval()  # tolerate scheduler jitter without skipping a tick
+        # Tolerate scheduler jitter (milliseconds) without skipping a tick, but never tick early:
+        # callers that poll faster than the interval must still get the configured interval.
+        slack = min(0.25 * self.base_interval(), 0.2)
         return [
             r
             for r in self.rollouts.values()

@@ -184,3 +184,15 @@ def test_one_unreadable_state_does_not_stop_the_other_rollouts(tmp_path: Path) -
     events = runner.tick()
     assert [e.rollout.name for e in events] == ["s1"]
     assert (tmp_path / "s0.state.json").read_text() == "{not json"  # left alone, never overwritten
+
+
+def test_polling_faster_than_the_interval_still_ticks_at_the_interval(tmp_path: Path) -> None:
+    clock, router = FakeClock(), RecordingRouter()
+    runner = make_runner(tmp_path, clock, router, FixedMetrics(dict(HEALTHY)))
+    ticked_at = []
+    for _ in range(200):  # poll every 0.1 s for 20 s
+        if runner.tick():
+            ticked_at.append(clock.now)
+        clock.advance(0.1)
+    gaps = [round(b - a, 1) for a, b in zip(ticked_at, ticked_at[1:], strict=False)]
+    assert gaps and all(4.8 <= gap <= 5.0 for gap in gaps), gaps
