@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from controller.analysis.metrics import VersionMetrics
@@ -194,5 +195,5 @@ def test_polling_faster_than_the_interval_still_ticks_at_the_interval(tmp_path: 
         if runner.tick():
             ticked_at.append(clock.now)
         clock.advance(0.1)
-    gaps = [round(b - a, 1) for a, b in zip(ticked_at, ticked_at[1:], strict=False)]
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(ticked_at)]
     assert gaps and all(4.8 <= gap <= 5.0 for gap in gaps), gaps
