@@ -74,6 +74,8 @@ def render(info: dict[str, str], figures: dict[str, Any]) -> str:
             "",
             "Ramp: error gate in mode both (anytime-valid e-process vs stable, alpha 0.01, tolerance 1.2;",
             "guardrail max 10 %), 5 s tick, 10 s window.",
+            "The fault is switched on at the same point of the tick cycle in every run (warm-up = whole",
+            "intervals), so the spread is small; a fault landing just after a tick can add up to one interval.",
             "Flagger-equivalent, driven by Ramp: 60 s interval and window, success rate >= 99 % (error max 1 %),",
             "rollback after 5 failed checks (Flagger's `threshold: 5`).",
             "",
