@@ -1,0 +1,114 @@
+"""Every values file under `charts/*/ci/` renders, lints clean, and every manifest validates: Kubernetes
+kinds with kubernetes-validate (strict, its default Kubernetes version), Istio kinds against Istio's
+CRDs (controller.routing.crd_schema, strict). Under CI a missing CRD file is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+
+from controller.routing.crd_schema import CRD_ENV_VAR, IstioSchemas, find_crd_file
+from tests.charts.checks import service_monitor_problems
+from tests.charts.rendering import (
+    ALL_CI,
+    ISTIO_KINDS,
+    K8S_VERSION,
+    MICRO_CI,
+    RAMP_CHART,
+    RAMP_CI,
+    _ids,
+    ci_values,
+    render_ci,
+)
+
+
+def test_ci_values_files_cover_the_required_cases() -> None:
+    assert {p.stem for p in RAMP_CI} >= {
+        "defaults-values", "single-namespace-values", "multi-namespace-values", "servicemonitor-values",
+    }  # fmt: skip
+    assert {p.stem for p in MICRO_CI} >= {
+        "two-versions-values", "seed-three-versions-values", "retire-v2-values", "single-version-values",
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+@pytest.fixture(scope="module")
+def istio_schemas() -> IstioSchemas:
+    path = find_crd_file()
+    if path is None:
+        message = f"Istio CRD file not found: <repo>/../shared/reference/istio-networking-crds.yaml or ${CRD_ENV_VAR}"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must validate Istio manifests against the CRDs, but: {message}", pytrace=False)
+        pytest.skip(message)
+    return IstioSchemas.load(path)
+
+
+def _k8s_problem(manifest: dict[str, Any]) -> str | None:
+    try:
+        kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.path)
+        return f"{manifest['kind']}/{manifest['metadata']['name']}: {where}: {exc.message}"
+    except kubernetes_validate.SchemaNotFoundError as exc:
+        return f"{manifest['kind']}: {exc.message}"
+    return None
+
+
+@pytest.mark.parametrize(("chart", "path"), ALL_CI, ids=[f"{c.name}-{p.stem}" for c, p in ALL_CI])
+def test_every_manifest_is_valid_kubernetes(chart: Path, path: Path) -> None:
+    rendered = render_ci(path)
+    assert rendered.manifests, "nothing rendered"
+    problems: list[str] = []
+    for manifest in rendered.manifests:
+        if manifest["kind"] in ISTIO_KINDS:
+            continue  # test_istio_manifests_match_the_crds
+        if manifest["kind"] == "ServiceMonitor":
+            problems += service_monitor_problems(manifest)
+            continue
+        problem = _k8s_problem(manifest)
+        if problem:
+            problems.append(problem)
+    assert problems == []
+    names = [(m["kind"], m["metadata"].get("namespace"), m["metadata"]["name"]) for m in rendered.manifests]
+    assert len(names) == len(set(names)), f"duplicate objects: {names}"
+
+
+def test_kubernetes_validation_is_strict() -> None:
+    """The validator used above rejects a misspelt field (it would otherwise be silently pruned)."""
+    deployment = render_ci(RAMP_CHART / "ci" / "defaults-values.yaml").one("Deployment")
+    assert _k8s_problem(deployment) is None
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["securityContext"]["readOnlyRootFilesytem"] = True
+    try:
+        assert "readOnlyRootFilesytem" in (_k8s_problem(deployment) or "")
+    finally:
+        del container["securityContext"]["readOnlyRootFilesytem"]
+
+
+@pytest.mark.parametrize("path", MICRO_CI, ids=_ids(MICRO_CI))
+def test_istio_manifests_match_the_crds(path: Path, istio_schemas: IstioSchemas) -> None:
+    rendered = render_ci(path)
+    istio = [m for m in rendered.manifests if m["kind"] in ISTIO_KINDS]
+    assert sorted(m["kind"] for m in istio) == ["DestinationRule", "VirtualService"]
+    for manifest in istio:
+        assert istio_schemas.validate(manifest) == [], manifest["kind"]
+
+
+def test_ramp_chart_renders_no_istio_objects() -> None:
+    for path in RAMP_CI:
+        assert not [m for m in render_ci(path).manifests if m["kind"] in ISTIO_KINDS]
+
+
+@pytest.mark.parametrize(("chart", "path"), ALL_CI, ids=[f"{c.name}-{p.stem}" for c, p in ALL_CI])
+def test_lint_is_clean(chart: Path, path: Path) -> None:
+    report = helm.lint(chart, ci_values(path), strict=True, namespace="lint")
+    serious = [m for m in report["messages"] if m["severity"] >= 2]  # 2 warning, 3 error
+    assert serious == [] and report["errors"] == []

@@ -1,0 +1,218 @@
+"""charts/microservice: the VirtualService and DestinationRule equal what the controller renders
+(controller.routing.istio_render) for the same versions, weights and header route; one Deployment per
+version; values.schema.json and template checks reject bad values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from controller.routing.istio_render import destination_rule, virtual_service
+from controller.routing.model import DesiredRouting, HeaderRoute
+from controller.weights import integer_percentages
+from tests.charts.checks import assert_hardened, probe_port
+from tests.charts.rendering import (
+    MICRO_CHART,
+    MICRO_CI,
+    MICRO_NAMESPACE,
+    Rendered,
+    _ids,
+    render,
+    render_ci,
+    render_error,
+)
+
+
+def desired_routing(values: dict[str, Any], release_namespace: str) -> DesiredRouting:
+    """The controller's model of the routing a chart's values describe."""
+    namespace = values.get("namespace") or release_namespace
+    service = values["service"]
+    names = [v["name"] for v in values["versions"]]
+    percentages = integer_percentages({v["name"]: v["weight"] for v in values["versions"]})
+    header = values.get("headerRoute")
+    header_routes = (
+        (
+            HeaderRoute(
+                header=header.get("name", "x-version"),
+                value=header["value"],
+                match=header.get("match", "exact"),
+                version=header["version"],
+            ),
+        )
+        if header
+        else ()
+    )
+    return DesiredRouting(
+        service=service,
+        namespace=namespace,
+        host=values.get("host") or f"{service}.{namespace}.svc.cluster.local",
+        versions=tuple(names),
+        header_routes=header_routes,
+        weights=tuple((n, percentages[n]) for n in names),
+    )
+
+
+def primary_weights(vs: dict[str, Any]) -> list[tuple[str, int]]:
+    primary = next(r for r in vs["spec"]["http"] if r["name"] == "ramp-primary")
+    return [(d["destination"]["subset"], d["weight"]) for d in primary["route"]]
+
+
+MICRO_CASES = [MICRO_CHART / "values.yaml", *MICRO_CI]
+
+
+@pytest.mark.parametrize("path", MICRO_CASES, ids=["chart-defaults", *_ids(MICRO_CI)])
+def test_istio_objects_equal_the_controllers_rendering(path: Path) -> None:
+    rendered = render_ci(path) if path.parent.name == "ci" else render(MICRO_CHART, {}, MICRO_NAMESPACE)
+    routing = desired_routing(rendered.values, MICRO_NAMESPACE)
+    assert rendered.one("VirtualService") == virtual_service(routing)
+    assert rendered.one("DestinationRule") == destination_rule(routing)
+
+
+@pytest.mark.parametrize(
+    ("name", "weights", "header"),
+    [
+        ("two-versions-values", [("v1", 90), ("v2", 10)], None),
+        ("seed-three-versions-values", [("v1", 34), ("v2", 33), ("v3", 33)], "v3"),
+        ("retire-v2-values", [("v1", 50), ("v3", 50)], "v3"),
+        ("single-version-values", [("v1", 100)], None),
+        ("rounding-values", [("stable", 100)], "beta"),
+    ],
+)
+def test_weights_as_literal_percentages(name: str, weights: list[tuple[str, int]], header: str | None) -> None:
+    """Independent of the controller: the numbers themselves (50/50/50 -> 34/33/33)."""
+    rendered = render_ci(MICRO_CHART / "ci" / f"{name}.yaml")
+    vs = rendered.one("VirtualService")
+    assert primary_weights(vs) == weights
+    routes = [r["name"] for r in vs["spec"]["http"]]
+    assert routes == ([f"ramp-header-{header}"] if header else []) + ["ramp-primary"]
+    if header:
+        assert vs["spec"]["http"][0]["route"] == [
+            {"destination": {"host": vs["spec"]["hosts"][0], "subset": header}, "weight": 100}
+        ]
+    subsets = rendered.one("DestinationRule")["spec"]["subsets"]
+    assert subsets == [{"name": v["name"], "labels": {"version": v["name"]}} for v in rendered.values["versions"]]
+
+
+def test_retired_version_keeps_its_subset() -> None:
+    rendered = render_ci(MICRO_CHART / "ci" / "retire-v2-values.yaml")
+    assert [s["name"] for s in rendered.one("DestinationRule")["spec"]["subsets"]] == ["v1", "v2", "v3"]
+    assert "v2" not in dict(primary_weights(rendered.one("VirtualService")))
+
+
+# Weights drawn from a small pool as well, so equal remainders (the tie-break) come up often.
+_weight = st.one_of(st.integers(0, 1_000_000), st.sampled_from([0, 1, 2, 3, 7, 50, 100, 333]))
+
+
+@st.composite
+def _versions(draw: st.DrawFn) -> list[dict[str, Any]]:
+    weights = draw(st.lists(_weight, min_size=1, max_size=7).filter(lambda ws: sum(ws) > 0))
+    return [{"name": f"v{i + 1}", "weight": w} for i, w in enumerate(weights)]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(versions=_versions(), header_index=st.one_of(st.none(), st.integers(0, 6)))
+def test_chart_apportionment_equals_the_controllers(versions: list[dict[str, Any]], header_index: int | None) -> None:
+    values: dict[str, Any] = {"service": "svc", "namespace": "ns", "versions": versions}
+    if header_index is not None:
+        target = versions[header_index % len(versions)]["name"]
+        values["headerRoute"] = {"value": target, "version": target}
+    rendered = render(MICRO_CHART, values, MICRO_NAMESPACE)
+    routing = desired_routing(rendered.values, MICRO_NAMESPACE)
+    assert rendered.one("VirtualService") == virtual_service(routing)
+    assert rendered.one("DestinationRule") == destination_rule(routing)
+    assert sum(w for _, w in primary_weights(rendered.one("VirtualService"))) == 100
+
+
+def _deployments(rendered: Rendered) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    deployments = {d["metadata"]["name"]: d for d in rendered.of_kind("Deployment")}
+    assert len(deployments) == len(rendered.values["versions"])
+    for version in rendered.values["versions"]:
+        yield version, deployments[f"{rendered.values['service']}-{version['name']}"]
+
+
+@pytest.mark.parametrize("path", MICRO_CI, ids=_ids(MICRO_CI))
+def test_one_deployment_per_version(path: Path) -> None:
+    rendered = render_ci(path)
+    service = rendered.values["service"]
+    namespace = rendered.values.get("namespace") or MICRO_NAMESPACE
+    for version, deployment in _deployments(rendered):
+        labels = {"app": service, "version": version["name"]}
+        assert deployment["metadata"]["namespace"] == namespace
+        assert labels.items() <= deployment["metadata"]["labels"].items()
+        assert deployment["spec"]["selector"]["matchLabels"] == labels
+        assert labels.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        assert deployment["spec"]["replicas"] == version.get("replicas", 1)
+        pod = deployment["spec"]["template"]["spec"]
+        assert_hardened(pod)
+        (container,) = pod["containers"]
+        assert container["command"] == ["python", "-m", "services.sample_app"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert len(env) == len(container["env"]), "no variable set twice"
+        assert env == {"VERSION": version["name"], "PORT": "8080", "HOST": "0.0.0.0", **version.get("env", {})}
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert container[probe]["httpGet"]["path"] == "/health"
+            assert probe_port(container, container[probe]) == 8080
+
+
+@pytest.mark.parametrize("path", MICRO_CI, ids=_ids(MICRO_CI))
+def test_service_selects_every_version(path: Path) -> None:
+    rendered = render_ci(path)
+    service = rendered.one("Service")
+    assert service["metadata"]["name"] == rendered.values["service"]
+    assert service["spec"]["selector"] == {"app": rendered.values["service"]}
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+
+
+def test_replicas_zero_is_kept() -> None:
+    replicas = {
+        d["metadata"]["labels"]["version"]: d["spec"]["replicas"]
+        for d in render_ci(MICRO_CHART / "ci" / "retire-v2-values.yaml").of_kind("Deployment")
+    }
+    assert replicas == {"v1": 1, "v2": 0, "v3": 1}
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"versions": [{"name": "v1", "weight": 1}, {"name": "v1", "weight": 1}]}, '"v1" is listed twice'),
+        ({"versions": [{"name": "v1", "weight": 0}, {"name": "v2", "weight": 0}]}, "positive sum"),
+        (
+            {"versions": [{"name": "v1", "weight": 1}], "headerRoute": {"value": "v9", "version": "v9"}},
+            'headerRoute.version: "v9" is not one of the versions (v1)',
+        ),
+    ],
+    ids=["duplicate-version", "zero-weights", "header-to-unknown-version"],
+)
+def test_microservice_template_checks(values: dict[str, Any], complaint: str) -> None:
+    assert complaint in render_error(MICRO_CHART, values)
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"versions": [{"name": "v1", "weight": "50"}]}, "/versions/0/weight"),
+        ({"versions": [{"name": "v1", "weight": -1}]}, "/versions/0/weight"),
+        ({"versions": [{"name": "v1", "weight": 1.5}]}, "/versions/0/weight"),
+        ({"versions": []}, "/versions"),
+        ({"versions": [{"name": "V1", "weight": 1}]}, "/versions/0/name"),
+        ({"versions": [{"name": "v1", "weight": 1, "env": {"VERSION": "v2"}}]}, "invalid propertyName 'VERSION'"),
+        ({"versions": [{"name": "v1", "weight": 1, "env": {"N": 1}}]}, "/versions/0/env/N"),
+        ({"headerRoute": {"version": "v1"}}, "/headerRoute"),
+        ({"headerRoute": {"value": "v1", "version": "v1", "match": "glob"}}, "/headerRoute/match"),
+        ({"weights": {"v1": 100}}, "weights"),
+    ],
+    ids=[
+        "weight-string", "weight-negative", "weight-fraction", "no-versions", "name-uppercase",
+        "env-overrides-version", "env-number", "header-without-value", "header-bad-match", "unknown-top-level-key",
+    ],
+)  # fmt: skip
+def test_microservice_schema_rejects_bad_values(values: dict[str, Any], complaint: str) -> None:
+    message = render_error(MICRO_CHART, values)
+    assert "values don't meet the specifications of the schema" in message
+    assert complaint in message
