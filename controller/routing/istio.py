@@ -180,11 +180,13 @@ class IstioBackend:
         if entry.confirmed == confirmed and entry.consumed_command is None:
             # Nobody changed the VirtualService since we last confirmed it and we have nothing new for it.
             return self._ensure_destination_rule_if_needed(routing)
-        self._desired_virtual_service(entry, routing, current)  # refuse (shadowing...) before writing anything
+        # Built first so that a refusal (shadowing...) happens before anything is written; rebuilt only
+        # when a conflict brings a newer VirtualService.
+        first = self._desired_virtual_service(entry, routing, current)
         dr_written = self._ensure_destination_rule_if_needed(routing)
         stored, vs_written = self._converge(
             VIRTUAL_SERVICES, routing.namespace, routing.service, current,
-            lambda obj: self._desired_virtual_service(entry, routing, obj),
+            lambda obj: first if obj is current else self._desired_virtual_service(entry, routing, obj),
         )  # fmt: skip
         entry.obj, entry.known, entry.consumed_command = stored, True, None
         if entry.state is not None:
