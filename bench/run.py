@@ -3,6 +3,9 @@
     .venv/bin/python -m bench.run                 # everything (~30 min)
     .venv/bin/python -m bench.run --runs 3 --only fault   # a quicker subset
 
+With --only, the other sections are kept from the existing BENCHMARKS.md (its raw results) and
+each section states when it was measured.
+
 Ramp's fault-to-rollback runs go one at a time; the Flagger-equivalent runs (each lasts minutes
 by construction: 60 s interval x 5 failed checks) go in parallel stacks.
 """
@@ -53,18 +56,34 @@ def scale_verdict(s: dict[str, Any]) -> list[str]:
     return [
         f"CPU target (< 0.2 core): judging ticks {'meet' if quiet_ok else 'MISS'} it "
         f"({s['cpu_cores_quiet']} core); the run average {'meets' if average_ok else 'MISSES'} it "
-        f"({s['cpu_cores_time_averaged']} core). The average includes the first tick (all VirtualServices and "
-        f"DestinationRules created) and {stepping} ticks on which every rollout steps at once, a worst case: "
-        "the rollouts start together, so each of those ticks writes all of them; a real fleet spreads its steps.",
+        f"({s['cpu_cores_time_averaged']} core). The average leaves out the first tick (every VirtualService and "
+        f"DestinationRule created) and includes {stepping} ticks on which every rollout steps at once, a worst "
+        "case: the rollouts start together, so each of those ticks writes all of them; a real fleet spreads "
+        "its steps.",
         "",
     ]
+
+
+def measured(section: dict[str, Any]) -> list[str]:
+    return ["", f"Measured {section['measured']}."] if "measured" in section else []
+
+
+def previous_figures(path: Path) -> dict[str, Any]:
+    """The raw results embedded in an earlier BENCHMARKS.md, so a partial re-run keeps the rest."""
+    if not path.exists():
+        return {}
+    text = path.read_text(encoding="utf-8")
+    if "```json\n" not in text:
+        return {}
+    figures: dict[str, Any] = json.loads(text.split("```json\n", 1)[1].split("\n```", 1)[0])
+    return figures
 
 
 def render(info: dict[str, str], figures: dict[str, Any]) -> str:
     lines = [
         "# Ramp benchmarks",
         "",
-        f"Measured {info['date']} on: {info['cpu']}, {info['memory']}, {info['os']}, "
+        f"Written {info['date']} on: {info['cpu']}, {info['memory']}, {info['os']}, "
         f"Python {info['python']}, Envoy {info['envoy']}, {info['prometheus']}.",
         "",
         "Reproduce: `.ci/bootstrap.sh && .venv/bin/python -m bench.run` (writes this file).",
@@ -73,6 +92,7 @@ def render(info: dict[str, str], figures: dict[str, Any]) -> str:
     if "fault" in figures:
         lines += [
             "## Fault-to-rollback (local stack: real Envoy + Prometheus, 1 s scrape)",
+            *measured(figures["fault"]),
             "",
             "100 rps, v2 held at 10%. After a healthy warm-up the fault is switched on inside v2; the time runs",
             "until Envoy confirms the rollback routing. Failed requests = 5xx answers users got in that window.",
@@ -81,6 +101,8 @@ def render(info: dict[str, str], figures: dict[str, Any]) -> str:
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, row in figures["fault"].items():
+            if not isinstance(row, dict):
+                continue  # "measured"
             lines.append(
                 f"| {name} | {row['runs']} | {row['rolled_back']} | {row['median_s']} | {row['max_s']} | "
                 f"{row['median_failed_requests']} | {row['max_failed_requests']} |"
@@ -99,6 +121,7 @@ def render(info: dict[str, str], figures: dict[str, Any]) -> str:
         h = figures["healthy"]
         lines += [
             "## Healthy rollout with defaults",
+            *measured(figures["healthy"]),
             "",
             f"Outcome {h['outcome']} after {h['total_s']} s (the plan's step durations add up to "
             f"{h['planned_minimum_s']:.0f} s; the rest is tick granularity and waiting for the window).",
@@ -112,6 +135,7 @@ def render(info: dict[str, str], figures: dict[str, Any]) -> str:
         s = figures["scale"]
         lines += [
             "## Scale: one controller process, concurrent rollouts",
+            *measured(s),
             "",
             f"{s['rollouts']} rollouts, {s['ticks']} ticks at 5 s; in-memory Kubernetes API in its own process "
             "(bench/fast_apiserver.py: kmock's emulator is O(N) per request), real Prometheus scraping a "
@@ -155,13 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(level="warning")
     wanted = set(args.only or ("fault", "healthy", "scale"))
-    figures: dict[str, Any] = {}
+    figures = previous_figures(args.output) if args.only else {}
+    now = machine.describe()["date"]
     if "scale" in wanted:
-        figures["scale"] = scale.run(args.rollouts)
+        figures["scale"] = {**scale.run(args.rollouts), "measured": now}
     if "healthy" in wanted:
-        figures["healthy"] = healthy_rollout.run()
+        figures["healthy"] = {**healthy_rollout.run(), "measured": now}
     if "fault" in wanted:
-        figures["fault"] = fault_section(args.runs, args.flagger_runs)
+        figures["fault"] = {**fault_section(args.runs, args.flagger_runs), "measured": now}
     args.output.write_text(render(machine.describe(), figures))
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
