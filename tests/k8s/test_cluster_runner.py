@@ -12,22 +12,10 @@ from controller.k8s.availability import DeploymentAvailability
 from controller.routing.istio import IstioBackend
 from tests.k8s.emulator import KubeHarness
 from tests.k8s.helpers import DR, VS, assert_valid, count, create_deployment, kube_api, set_available, stored
-from tests.unit.engine_fixtures import FakeClock, FixedMetrics, spec
+from tests.unit.engine_fixtures import NO_APPROVAL_YAML, FakeClock, FixedMetrics, spec
 
-SPEC = """
-service: shop
-namespace: prod
-versions: [{name: v1, weight: 100}, {name: v2, weight: 0}]
-target: v2
-steps:
-  - {header: {value: v2}, duration: 10s}
-  - {weight: 10, duration: 10s}
-  - {weight: 50, duration: 10s}
-gates: [{metric: error_rate, max: 2}]
-schedule: {interval: 5s}
-"""
 HEALTHY = {"v1": VersionMetrics(200, 0, {}), "v2": VersionMetrics(100, 0, {})}
-ROLLOUT = ManagedRollout.from_spec(spec(SPEC))
+ROLLOUT = ManagedRollout.from_spec(spec(NO_APPROVAL_YAML))
 
 
 def make_runner(kube: KubeHarness, clock: FakeClock) -> RolloutRunner:
@@ -134,13 +122,14 @@ def test_a_steady_tick_reads_each_namespace_once_and_writes_nothing(kube: KubeHa
     clock = FakeClock()
     backend = IstioBackend(kube_api(kube))
     runner = RolloutRunner(router=backend, metrics=FixedMetrics(dict(HEALTHY)), store=backend, clock=clock)
-    runner.set_rollouts([ManagedRollout.from_spec(spec(SPEC.replace("service: shop", f"service: s{i}")))
-                         for i in range(5)])
+    runner.set_rollouts(
+        [ManagedRollout.from_spec(spec(NO_APPROVAL_YAML.replace("service: shop", f"service: s{i}"))) for i in range(5)]
+    )
     runner.tick()  # creates 5 DestinationRules and 5 VirtualServices
     clock.advance(5)
     before = {m: len(kube.requests(m)) for m in ("get", "put", "post")}
     runner.tick()  # header step still running: nothing changes
     after = {m: len(kube.requests(m)) for m in ("get", "put", "post")}
     calls = {m: after[m] - before[m] for m in after}
-    listed = [r for r in kube.requests("get")[before["get"]:] if str(r.url.path).endswith("/virtualservices")]
+    listed = [r for r in kube.requests("get")[before["get"] :] if str(r.url.path).endswith("/virtualservices")]
     assert calls == {"get": 1, "put": 0, "post": 0} and len(listed) == 1  # one LIST, no GET per rollout

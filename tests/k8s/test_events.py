@@ -17,28 +17,16 @@ from controller.engine.runner import ManagedRollout, RolloutRunner, TickEvent
 from controller.k8s.events import PHASE_EVENTS, EventRecorder, ObjectRef, RolloutEventObserver
 from controller.state.file_store import FileStateStore
 from tests.k8s.emulator import KubeHarness
-from tests.unit.engine_fixtures import SPEC_YAML, FakeClock, FixedMetrics, RecordingRouter, spec
+from tests.unit.engine_fixtures import NO_APPROVAL_YAML, SPEC_YAML, FakeClock, FixedMetrics, RecordingRouter, spec
 
 HEALTHY = {"v1": VersionMetrics(200, 0, {}), "v2": VersionMetrics(100, 0, {})}
 FAILING = {"v1": VersionMetrics(200, 0, {}), "v2": VersionMetrics(100, 10, {})}  # v2: 10% errors
-NO_APPROVAL = """
-service: shop
-namespace: prod
-versions: [{name: v1, weight: 100}, {name: v2, weight: 0}]
-target: v2
-steps:
-  - {header: {value: v2}, duration: 10s}
-  - {weight: 10, duration: 10s}
-  - {weight: 50, duration: 10s}
-gates: [{metric: error_rate, max: 2}]
-schedule: {interval: 5s}
-"""
 VS_API = "networking.istio.io/v1"
 VIRTUAL_SERVICE = {"apiVersion": VS_API, "kind": "VirtualService", "name": "shop", "namespace": "prod"}
 
 
 class Rig:
-    def __init__(self, kube: KubeHarness, tmp_path: Path, text: str = NO_APPROVAL) -> None:
+    def __init__(self, kube: KubeHarness, tmp_path: Path, text: str = NO_APPROVAL_YAML) -> None:
         self.kube = kube
         self.clock = FakeClock()
         self.router = RecordingRouter()
@@ -156,7 +144,7 @@ def test_an_unreachable_apiserver_costs_one_bounded_request_per_event(tmp_path: 
     recorder = EventRecorder(client.ApiClient(config), clock=clock)
     runner = RolloutRunner(RecordingRouter(), FixedMetrics(dict(HEALTHY)), FileStateStore(tmp_path), clock,
                            observers=[RolloutEventObserver(recorder)])  # fmt: skip
-    runner.set_rollouts([ManagedRollout.from_spec(spec(NO_APPROVAL))])
+    runner.set_rollouts([ManagedRollout.from_spec(spec(NO_APPROVAL_YAML))])
     (event,) = runner.tick()
     assert event.decision.phase == Phase.HEADER_TEST and recorder.failures == 1
 

@@ -33,6 +33,20 @@ schedule: {interval: 5s}
 rollback: {missing_data_timeout: 30s}
 """
 
+# Header step then 10 % and 50 %, one error gate, no approval pause.
+NO_APPROVAL_YAML = """
+service: shop
+namespace: prod
+versions: [{name: v1, weight: 100}, {name: v2, weight: 0}]
+target: v2
+steps:
+  - {header: {value: v2}, duration: 10s}
+  - {weight: 10, duration: 10s}
+  - {weight: 50, duration: 10s}
+gates: [{metric: error_rate, max: 2}]
+schedule: {interval: 5s}
+"""
+
 
 def spec(text: str = SPEC_YAML):  # type: ignore[no-untyped-def]
     return parse_spec_text(text, "test.yaml")

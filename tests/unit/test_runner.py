@@ -7,26 +7,14 @@ from controller.analysis.metrics import VersionMetrics
 from controller.engine.phases import Command, Phase
 from controller.engine.runner import ManagedRollout, RolloutRunner
 from controller.state.file_store import FileStateStore
-from tests.unit.engine_fixtures import FakeClock, FixedMetrics, RecordingRouter, spec
+from tests.unit.engine_fixtures import NO_APPROVAL_YAML, FakeClock, FixedMetrics, RecordingRouter, spec
 
 HEALTHY = {"v1": VersionMetrics(200, 0, {}), "v2": VersionMetrics(100, 0, {})}
-ERROR_ONLY = """
-service: shop
-namespace: prod
-versions: [{name: v1, weight: 100}, {name: v2, weight: 0}]
-target: v2
-steps:
-  - {header: {value: v2}, duration: 10s}
-  - {weight: 10, duration: 10s}
-  - {weight: 50, duration: 10s}
-gates: [{metric: error_rate, max: 2}]
-schedule: {interval: 5s}
-"""
 
 
 def make_runner(tmp_path: Path, clock: FakeClock, router: RecordingRouter, metrics: FixedMetrics) -> RolloutRunner:
     runner = RolloutRunner(router=router, metrics=metrics, store=FileStateStore(tmp_path), clock=clock)
-    runner.set_rollouts([ManagedRollout.from_spec(spec(ERROR_ONLY))])
+    runner.set_rollouts([ManagedRollout.from_spec(spec(NO_APPROVAL_YAML))])
     return runner
 
 
@@ -82,7 +70,7 @@ def test_one_metrics_batch_per_tick_for_many_rollouts(tmp_path: Path) -> None:
     metrics = FixedMetrics(dict(HEALTHY))
     runner = RolloutRunner(router=router, metrics=metrics, store=FileStateStore(tmp_path), clock=clock)
     runner.set_rollouts(
-        [ManagedRollout.from_spec(spec(ERROR_ONLY.replace("service: shop", f"service: s{i}"))) for i in range(30)]
+        [ManagedRollout.from_spec(spec(NO_APPROVAL_YAML.replace("service: shop", f"service: s{i}"))) for i in range(30)]
     )
     runner.tick()  # Pending -> first step: no metrics needed
     clock.advance(5)
@@ -97,7 +85,7 @@ def test_spec_change_starts_the_rollout_over(tmp_path: Path) -> None:
     for _ in range(3):
         runner.tick()
         clock.advance(5)
-    runner.set_rollouts([ManagedRollout.from_spec(spec(ERROR_ONLY.replace("weight: 50", "weight: 60")))])
+    runner.set_rollouts([ManagedRollout.from_spec(spec(NO_APPROVAL_YAML.replace("weight: 50", "weight: 60")))])
     runner.tick()
     state = FileStateStore(tmp_path).load("shop")
     assert state is not None and state.step == 0 and state.phase == Phase.HEADER_TEST
@@ -141,7 +129,7 @@ def test_finished_rollout_keeps_its_outcome_when_only_gates_change(tmp_path: Pat
     runner = make_runner(tmp_path, clock, router, FixedMetrics(dict(HEALTHY)))
     run_until_terminal(runner, clock)
     writes = len(router.applied)
-    runner.set_rollouts([ManagedRollout.from_spec(spec(ERROR_ONLY.replace("max: 2", "max: 3")))])
+    runner.set_rollouts([ManagedRollout.from_spec(spec(NO_APPROVAL_YAML.replace("max: 2", "max: 3")))])
     clock.advance(5)
     runner.tick()
     state = FileStateStore(tmp_path).load("shop")
@@ -153,7 +141,7 @@ def test_new_target_after_promotion_is_a_new_rollout(tmp_path: Path) -> None:
     clock, router = FakeClock(), RecordingRouter()
     runner = make_runner(tmp_path, clock, router, FixedMetrics(dict(HEALTHY)))
     run_until_terminal(runner, clock)
-    next_release = ERROR_ONLY.replace(
+    next_release = NO_APPROVAL_YAML.replace(
         "versions: [{name: v1, weight: 100}, {name: v2, weight: 0}]\ntarget: v2",
         "versions: [{name: v2, weight: 100}, {name: v3, weight: 0}]\ntarget: v3",
     ).replace("{header: {value: v2}", "{header: {value: v3}")
@@ -177,10 +165,12 @@ def test_no_write_once_leadership_is_lost_mid_tick(tmp_path: Path) -> None:
 
 def test_one_unreadable_state_does_not_stop_the_other_rollouts(tmp_path: Path) -> None:
     clock, router = FakeClock(), RecordingRouter()
-    runner = RolloutRunner(router=router, metrics=FixedMetrics(dict(HEALTHY)), store=FileStateStore(tmp_path),
-                           clock=clock)
-    runner.set_rollouts([ManagedRollout.from_spec(spec(ERROR_ONLY.replace("service: shop", f"service: s{i}")))
-                         for i in range(2)])
+    runner = RolloutRunner(
+        router=router, metrics=FixedMetrics(dict(HEALTHY)), store=FileStateStore(tmp_path), clock=clock
+    )
+    runner.set_rollouts(
+        [ManagedRollout.from_spec(spec(NO_APPROVAL_YAML.replace("service: shop", f"service: s{i}"))) for i in range(2)]
+    )
     (tmp_path / "s0.state.json").write_text("{not json")
     events = runner.tick()
     assert [e.rollout.name for e in events] == ["s1"]
