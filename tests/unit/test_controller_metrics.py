@@ -11,8 +11,7 @@ from controller.controller_metrics import ControllerMetrics, rollback_cause
 from controller.engine.runner import ManagedRollout, RolloutRunner
 from controller.http_endpoints import EndpointServer
 from controller.state.file_store import FileStateStore
-from tests.unit.engine_fixtures import FakeClock, FixedMetrics, RecordingRouter, spec
-from tests.unit.test_runner import ERROR_ONLY
+from tests.unit.engine_fixtures import NO_APPROVAL_YAML, FakeClock, FixedMetrics, RecordingRouter, spec
 
 
 def test_metrics_follow_the_rollout_and_count_rollbacks_by_cause(tmp_path: Path) -> None:
@@ -20,7 +19,7 @@ def test_metrics_follow_the_rollout_and_count_rollbacks_by_cause(tmp_path: Path)
     clock = FakeClock()
     source = FixedMetrics({"v1": VersionMetrics(200, 0), "v2": VersionMetrics(100, 0)})
     runner = RolloutRunner(RecordingRouter(), source, FileStateStore(tmp_path), clock=clock, observers=[metrics])
-    runner.set_rollouts([ManagedRollout.from_spec(spec(ERROR_ONLY))])
+    runner.set_rollouts([ManagedRollout.from_spec(spec(NO_APPROVAL_YAML))])
     for _ in range(4):
         runner.tick()
         clock.advance(5)
