@@ -22,6 +22,7 @@ import structlog
 from controller.analysis.gates import GateReport, evaluate_gates
 from controller.analysis.metrics import MetricsSnapshot
 from controller.analysis.prometheus import MetricSource, MetricsRequest
+from controller.deadline import Deadline
 from controller.engine.decide import Decision, decide
 from controller.engine.phases import ACTIVE_PHASES, Command, Phase, PhaseChange, RolloutState
 from controller.plan import Plan, build_plan
@@ -149,7 +150,7 @@ class RolloutRunner:
             rollout=rollout.name, spec_digest=rollout.digest, identity=identity, history=[*state.history, note]
         )
 
-    def tick(self) -> list[TickEvent]:
+    def tick(self, deadline: Deadline | None = None) -> list[TickEvent]:
         now = self.clock()
         states: dict[str, RolloutState] = {}
         candidates = self._due(now)
