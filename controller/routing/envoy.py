@@ -1,13 +1,9 @@
-"""DesiredRouting -> Envoy v3 RouteConfiguration, and a file-based RDS router.
+"""The file-based RDS router for the local data plane (rendering lives in `envoy_render`).
 
-The local data plane runs exactly the routing Ramp would send to Istio: the same
-`DesiredRouting` is rendered here into an Envoy RouteConfiguration (header routes
-first, in the model's order, then the weighted default route), delivered to Envoy
-through a watched RDS file, and confirmed through Envoy's admin `/config_dump`.
-
-Cluster names are `<namespace>--<service>--<version>`: no dots, so Envoy's stats
-tag extraction keeps `envoy_cluster_name` intact, and the Prometheus relabelling
-in `controller.local.prometheus_process` can split them back into Istio labels.
+The local data plane runs exactly the routing Ramp would send to Istio: the same `DesiredRouting`
+is rendered into an Envoy RouteConfiguration (`controller.routing.envoy_render`), delivered to Envoy
+through a watched RDS file, confirmed through Envoy's admin `/config_dump` and read back from it
+(`controller.routing.envoy_readback`) over deadline-bounded admin calls (`controller.routing.envoy_admin`).
 """
 
 from __future__ import annotations
@@ -16,182 +12,104 @@ import contextlib
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from controller.atomic_file import atomic_write
-from controller.routing.model import PRIMARY_ROUTE_NAME, DesiredRouting, HeaderRoute
+from controller.deadline import Deadline, DeadlineExceeded
+from controller.routing.envoy_admin import DEFAULT_MAX_BYTES, EnvoyAdminError, admin_get_json
+from controller.routing.envoy_readback import CLUSTER_SEPARATOR, UnrepresentableRoutes, read_back
+from controller.routing.envoy_render import (
+    RANDOM_VALUE_HEADER,
+    ROUTE_CONFIG_NAME,
+    ROUTE_CONFIG_TYPE,
+    cluster_name,
+    discovery_response,
+    rds_config_source,
+    render_route_configuration,
+    render_virtual_host,
+    virtual_host_name,
+)
+from controller.routing.model import DesiredRouting
 
-ROUTE_CONFIG_NAME = "ramp-routes"
-ROUTE_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+__all__ = [
+    "CLUSTER_SEPARATOR",
+    "DESIRED_FILE_NAME",
+    "RANDOM_VALUE_HEADER",
+    "ROUTES_FILE_NAME",
+    "ROUTE_CONFIG_NAME",
+    "ROUTE_CONFIG_TYPE",
+    "EnvoyFileRouter",
+    "EnvoyRejectedError",
+    "EnvoyRoutingError",
+    "cluster_name",
+    "discovery_response",
+    "rds_config_source",
+    "render_route_configuration",
+    "render_virtual_host",
+    "virtual_host_name",
+]
+
 ROUTES_FILE_NAME = "routes.json"
 DESIRED_FILE_NAME = "desired-routings.json"
-# Requests may carry a uint64 here to pin the weighted-cluster draw (reproducible splits in
-# tests); requests without it use Envoy's own randomness, exactly as in production.
-RANDOM_VALUE_HEADER = "x-ramp-random"
-CLUSTER_SEPARATOR = "--"
+MAX_STATE_FILE_BYTES = 16 * 1024 * 1024
 
 
 class EnvoyRoutingError(RuntimeError):
-    """Envoy did not accept (or did not confirm in time) a route configuration."""
+    """Envoy did not accept (or did not confirm in time) a route configuration, or its routes are unreadable."""
 
 
-def cluster_name(namespace: str, service: str, version: str) -> str:
-    """`<namespace>--<service>--<version>`; parts must be non-empty, dot-free and '--'-free."""
-    for part in (namespace, service, version):
-        if not part or "." in part or CLUSTER_SEPARATOR in part:
-            raise ValueError(
-                f"cannot build an Envoy cluster name from {part!r}: "
-                "parts must be non-empty and contain neither '.' nor '--'"
-            )
-    return CLUSTER_SEPARATOR.join((namespace, service, version))
+class EnvoyRejectedError(EnvoyRoutingError):
+    """Envoy rejected the route configuration (it keeps serving the previous one)."""
 
 
-def virtual_host_name(routing: DesiredRouting) -> str:
-    return f"{routing.namespace}{CLUSTER_SEPARATOR}{routing.service}"
-
-
-def _string_match(route: HeaderRoute) -> dict[str, Any]:
-    if route.match == "exact":
-        return {"exact": route.value}
-    if route.match == "prefix":
-        return {"prefix": route.value}
-    if route.match == "regex":
-        return {"safe_regex": {"regex": route.value}}
-    raise ValueError(f"unsupported header match {route.match!r} (use exact, prefix or regex)")
-
-
-def _header_route(routing: DesiredRouting, route: HeaderRoute) -> dict[str, Any]:
-    if route.version not in routing.versions:
-        raise ValueError(f"header route targets unknown version {route.version!r} of {routing.service}")
-    return {
-        "name": route.route_name,
-        "match": {
-            "prefix": "/",
-            "headers": [{"name": route.header.lower(), "string_match": _string_match(route)}],
-        },
-        "route": {"cluster": cluster_name(routing.namespace, routing.service, route.version)},
-    }
-
-
-def _default_route(routing: DesiredRouting) -> dict[str, Any]:
-    live = routing.live_weights()
-    unknown = [v for v, _ in live if v not in routing.versions]
-    if unknown:
-        raise ValueError(f"weights name unknown versions {unknown} of {routing.service}")
-    return {
-        "name": PRIMARY_ROUTE_NAME,
-        "match": {"prefix": "/"},
-        "route": {
-            "weighted_clusters": {
-                "clusters": [
-                    {"name": cluster_name(routing.namespace, routing.service, v), "weight": w}
-                    for v, w in live
-                ],
-                "header_name": RANDOM_VALUE_HEADER,
-            }
-        },
-    }
-
-
-def _domains(routing: DesiredRouting, short_name_ok: bool) -> list[str]:
-    candidates = [routing.host, f"{routing.service}.{routing.namespace}"]
-    if short_name_ok:
-        candidates.append(routing.service)
-    domains: list[str] = []
-    for domain in candidates:
-        if domain not in domains:
-            domains.append(domain)
-    return domains
-
-
-def render_virtual_host(routing: DesiredRouting, short_name_ok: bool = True) -> dict[str, Any]:
-    """One virtual host: header routes in the model's order, then the weighted default."""
-    routes = [_header_route(routing, r) for r in routing.header_routes]
-    routes.append(_default_route(routing))
-    return {
-        "name": virtual_host_name(routing),
-        "domains": _domains(routing, short_name_ok),
-        "routes": routes,
-    }
-
-
-def render_route_configuration(
-    routings: Sequence[DesiredRouting], name: str = ROUTE_CONFIG_NAME
-) -> dict[str, Any]:
-    """An Envoy v3 RouteConfiguration with one virtual host per routing.
-
-    The bare `service` domain is only added when no other routing shares that service
-    name (in another namespace); Envoy rejects duplicate domains.
-    """
-    keys = [(r.namespace, r.service) for r in routings]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"duplicate (namespace, service) in routings: {keys}")
-    service_counts: dict[str, int] = {}
-    for routing in routings:
-        service_counts[routing.service] = service_counts.get(routing.service, 0) + 1
-    return {
-        "name": name,
-        "virtual_hosts": [render_virtual_host(r, service_counts[r.service] == 1) for r in routings],
-    }
-
-
-def discovery_response(
-    routings: Sequence[DesiredRouting], version_info: str, name: str = ROUTE_CONFIG_NAME
-) -> dict[str, Any]:
-    """The DiscoveryResponse document Envoy reads from an RDS `path_config_source`."""
-    config = render_route_configuration(routings, name)
-    return {"version_info": version_info, "resources": [{"@type": ROUTE_CONFIG_TYPE, **config}]}
-
-
-def rds_config_source(routes_file: Path, name: str = ROUTE_CONFIG_NAME) -> dict[str, Any]:
-    """The http_connection_manager `rds` block that watches `routes_file`."""
-    routes_file = Path(routes_file).resolve()
-    return {
-        "route_config_name": name,
-        "config_source": {
-            "resource_api_version": "V3",
-            "path_config_source": {
-                "path": str(routes_file),
-                "watched_directory": {"path": str(routes_file.parent)},
-            },
-        },
-    }
-
-
-def _admin_get_json(url: str, timeout: float) -> Any:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url, timeout=timeout) as resp:
-        return json.loads(resp.read())
+def _read_capped(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        raw = handle.read(MAX_STATE_FILE_BYTES + 1)
+    if len(raw) > MAX_STATE_FILE_BYTES:
+        raise ValueError(f"larger than {MAX_STATE_FILE_BYTES} bytes")
+    return raw
 
 
 def _read_desired(path: Path) -> dict[tuple[str, str], DesiredRouting]:
     try:
-        items = json.loads(path.read_text(encoding="utf-8"))
+        items = json.loads(_read_capped(path))
+        if not isinstance(items, list):
+            raise ValueError(f"expected a list, got {type(items).__name__}")
         routings = [DesiredRouting.model_validate(item) for item in items]
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
-        raise EnvoyRoutingError(f"{path}: unreadable desired routings ({exc}); remove it to start afresh") from exc
+    except (OSError, ValueError, TypeError, RecursionError) as exc:  # pydantic's ValidationError is a ValueError
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise EnvoyRoutingError(f"{path}: unreadable desired routings ({reason}); remove it to start afresh") from None
     return {(r.namespace, r.service): r for r in routings}
 
 
 def _read_version(path: Path) -> int:
+    """The version_info in the routes file (0 when absent or unreadable: the next write starts a new one)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return int(data.get("version_info", 0))
-    except (OSError, ValueError, TypeError, AttributeError):
+        data = json.loads(_read_capped(path))
+        return max(0, int(data.get("version_info", 0)))
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError, OverflowError):
         return 0
+
+
+Key = tuple[str, str]
 
 
 class EnvoyFileRouter:
     """Keeps the desired routing per (namespace, service) and pushes it to Envoy via a watched RDS file.
 
     `apply` writes the whole RouteConfiguration (every known service) with a new, monotonically
-    increasing `version_info`, then polls the admin `/config_dump` until Envoy reports that version.
+    increasing `version_info`, then polls the admin `/config_dump` until Envoy reports that version AND
+    serves the routing (read back). Only then is the routing *confirmed*. Confirmation is tracked apart
+    from the desired routings: after a restart (desired routings read from disk) nothing is confirmed
+    until Envoy is seen serving it, and `observed` forgets a confirmation as soon as Envoy serves
+    something else (drift), so the next `apply` rewrites it.
+
+    Every admin call is bounded by a TOTAL deadline: `min(confirm_timeout, deadline)` for `apply`,
+    `min(admin_timeout, deadline)` for `observed`.
     """
 
     def __init__(
@@ -200,26 +118,36 @@ class EnvoyFileRouter:
         admin_url: str,
         confirm_timeout: float = 5.0,
         route_config_name: str = ROUTE_CONFIG_NAME,
+        admin_timeout: float = 2.0,
+        max_answer_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.routes_dir = Path(routes_dir)
         self.routes_file = self.routes_dir / ROUTES_FILE_NAME
         self.admin_url = admin_url.rstrip("/")
         self.confirm_timeout = confirm_timeout
+        self.admin_timeout = admin_timeout
+        self.max_answer_bytes = max_answer_bytes
         self.route_config_name = route_config_name
         # The desired routings behind the routes file, so a restarted controller knows every service's
-        # routes (its first write must not drop other services) and skips writes that change nothing.
+        # routes (its first write must not drop other services).
         self.desired_file = self.routes_dir / DESIRED_FILE_NAME
-        self._routings: dict[tuple[str, str], DesiredRouting] = _read_desired(self.desired_file)
+        self._routings: dict[Key, DesiredRouting] = _read_desired(self.desired_file)
+        self._confirmed: dict[Key, DesiredRouting] = {}
         # Continue after any version already on disk, so a restarted controller never reuses one.
         self._version = _read_version(self.routes_file)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     @property
     def version(self) -> int:
         return self._version
 
     def current(self, namespace: str, service: str) -> DesiredRouting | None:
+        """The desired routing (what the routes file holds for the service), confirmed or not."""
         return self._routings.get((namespace, service))
+
+    def confirmed(self, namespace: str, service: str) -> DesiredRouting | None:
+        """The routing Envoy was last seen serving for the service (None: not confirmed)."""
+        return self._confirmed.get((namespace, service))
 
     def routings(self) -> list[DesiredRouting]:
         return list(self._routings.values())
@@ -228,41 +156,86 @@ class EnvoyFileRouter:
         return rds_config_source(self.routes_file, self.route_config_name)
 
     def initial_file(self, routings: Iterable[DesiredRouting]) -> Path:
-        """Write the routes file before Envoy starts (no confirmation); returns its path."""
+        """Write the routes file before Envoy starts (nothing is confirmed); returns its path."""
         with self._lock:
             for routing in routings:
                 self._routings[(routing.namespace, routing.service)] = routing
+                self._confirmed.pop((routing.namespace, routing.service), None)
             self._write(self._next_version())
         return self.routes_file
 
-    def apply(self, routing: DesiredRouting) -> bool:
-        """Make Envoy route `routing`; False (nothing written) if it is already in place.
+    def _total(self, cap: float, deadline: Deadline | None, what: str) -> Deadline:
+        if deadline is None:
+            return Deadline(cap)
+        try:
+            return Deadline(deadline.timeout(cap))
+        except DeadlineExceeded as exc:
+            raise EnvoyRoutingError(f"{what}: no time left ({exc}); nothing done") from None
 
-        Raises EnvoyRoutingError if Envoy rejects the config or does not confirm it in time;
-        the in-memory state and the file are then put back to the last confirmed routing.
+    def apply(self, routing: DesiredRouting, deadline: Deadline | None = None) -> bool:
+        """Make Envoy serve `routing`; returns only once Envoy CONFIRMED it.
+
+        True: written and confirmed. False: nothing written, because Envoy was already confirmed (or is
+        now read back) serving exactly `routing`. Raises EnvoyRoutingError, with the reason, when it is
+        not confirmed within min(confirm_timeout, deadline): a rejected configuration puts the file back
+        to the previous routing (Envoy keeps serving that one); an unconfirmed one stays in the file as
+        the latest intent, unconfirmed, so the next apply writes and waits again.
         """
         key = (routing.namespace, routing.service)
+        what = f"routing {routing.namespace}/{routing.service}"
+        render_route_configuration([routing])  # validate before touching anything
         with self._lock:
+            total = self._total(self.confirm_timeout, deadline, what)
             previous = self._routings.get(key)
             if previous == routing:
-                return False
-            render_route_configuration([routing])  # validate before touching anything
+                if self._confirmed.get(key) == routing:
+                    return False
+                with contextlib.suppress(EnvoyRoutingError):
+                    if self._served(key, routing, total)[1] == routing:
+                        self._confirmed[key] = routing
+                        return False
+            if total.expired:
+                raise EnvoyRoutingError(f"{what}: deadline reached before writing; nothing written")
             self._routings[key] = routing
+            self._confirmed.pop(key, None)
+            rejected_before = self._rejected_count(total)
             version = self._next_version()
-            rejected_before = self._rejected_count()
             try:
                 self._write(version)
-                self._confirm(version, rejected_before)
-            except BaseException:
-                if previous is None:
-                    del self._routings[key]
-                else:
-                    self._routings[key] = previous
-                with contextlib.suppress(OSError):
-                    self._write(self._next_version())
+                self._confirm(version, routing, rejected_before, total)
+            except EnvoyRejectedError:
+                self._restore(key, previous)
                 raise
+            except OSError as exc:
+                self._restore(key, previous)
+                raise EnvoyRoutingError(f"{what}: cannot write {self.routes_file}: {exc}") from exc
+            self._confirmed[key] = routing
             return True
 
+    def observed(self, namespace: str, service: str, deadline: Deadline | None = None) -> DesiredRouting | None:
+        """What Envoy serves for the service right now, read back from `/config_dump` (None: no virtual
+        host for it). Raises EnvoyRoutingError when the admin API is unreadable or Envoy serves routes
+        Ramp cannot express. Anything but the confirmed routing clears the confirmation."""
+        key = (namespace, service)
+        with self._lock:
+            total = self._total(self.admin_timeout, deadline, f"reading routes of {namespace}/{service}")
+            desired = self._routings.get(key)
+            try:
+                _, served = self._served(key, desired, total)
+            except EnvoyRoutingError:
+                self._confirmed.pop(key, None)
+                raise
+            if served is not None and served == desired:
+                self._confirmed[key] = served
+            elif served != self._confirmed.get(key):
+                self._confirmed.pop(key, None)
+            return served
+
+    def envoy_route_version(self, timeout: float = 2.0) -> str | None:
+        """The version_info Envoy currently reports for our route configuration (None if none)."""
+        return self._config_dump_version(Deadline(timeout))
+
+    # -- internals -----------------------------------------------------------------------------
     def _next_version(self) -> str:
         self._version += 1
         return str(self._version)
@@ -273,51 +246,81 @@ class EnvoyFileRouter:
         document = discovery_response(list(self._routings.values()), version, self.route_config_name)
         atomic_write(self.routes_file, (json.dumps(document, indent=1, sort_keys=True) + "\n").encode())
 
-    def envoy_route_version(self, timeout: float = 2.0) -> str | None:
-        """The version_info Envoy currently reports for our route configuration (None if none)."""
-        url = f"{self.admin_url}/config_dump?resource=dynamic_route_configs"
-        data = _admin_get_json(url, timeout)
-        for entry in data.get("configs", []):
-            if entry.get("route_config", {}).get("name") == self.route_config_name:
-                version = entry.get("version_info")
-                return str(version) if version is not None else None
-        return None
+    def _restore(self, key: Key, previous: DesiredRouting | None) -> None:
+        if previous is None:
+            self._routings.pop(key, None)
+        else:
+            self._routings[key] = previous
+        with contextlib.suppress(OSError):
+            self._write(self._next_version())
 
-    def _rejected_count(self) -> int | None:
+    def _config_dump(self, total: Deadline) -> dict[str, Any]:
+        url = f"{self.admin_url}/config_dump?resource=dynamic_route_configs"
+        try:
+            return admin_get_json(url, total, self.admin_timeout, self.max_answer_bytes)
+        except EnvoyAdminError as exc:
+            raise EnvoyRoutingError(f"cannot read Envoy's routes: {exc}") from None
+
+    def _config_dump_version(self, total: Deadline) -> str | None:
+        try:
+            return read_back(self._config_dump(total), self.route_config_name, "", "")[0]
+        except UnrepresentableRoutes as exc:
+            raise EnvoyRoutingError(f"Envoy's config_dump is malformed: {exc}") from None
+
+    def _served(
+        self, key: Key, template: DesiredRouting | None, total: Deadline
+    ) -> tuple[str | None, DesiredRouting | None]:
+        """(version_info, routing Envoy serves for `key`), one admin call."""
+        dump = self._config_dump(total)
+        try:
+            return read_back(dump, self.route_config_name, key[0], key[1], template)
+        except UnrepresentableRoutes as exc:
+            where = f"{key[0]}/{key[1]}"
+            raise EnvoyRoutingError(f"Envoy serves routes for {where} that Ramp cannot express: {exc}") from None
+
+    def _rejected_count(self, total: Deadline) -> int | None:
         url = f"{self.admin_url}/stats?format=json&filter=rds\\.{self.route_config_name}\\.update_rejected$"
         try:
-            data = _admin_get_json(url, 2.0)
-        except (OSError, ValueError, urllib.error.URLError):
+            data = admin_get_json(url, total, min(self.admin_timeout, 1.0), self.max_answer_bytes)
+        except EnvoyAdminError:
             return None
-        total = 0
-        for stat in data.get("stats", []):
-            if isinstance(stat, dict) and isinstance(stat.get("value"), int):
-                total += stat["value"]
-        return total
+        stats = data.get("stats")
+        if not isinstance(stats, list):
+            return None
+        total_rejected = 0
+        for stat in stats:
+            value = stat.get("value") if isinstance(stat, dict) else None
+            if isinstance(value, int) and not isinstance(value, bool):
+                total_rejected += value
+        return total_rejected
 
-    def _confirm(self, version: str, rejected_before: int | None) -> None:
-        deadline = time.monotonic() + self.confirm_timeout
-        last: str = "no answer"
+    def _confirm(self, version: str, routing: DesiredRouting, rejected_before: int | None, total: Deadline) -> None:
+        key = (routing.namespace, routing.service)
+        last = "no answer"
         checks = 0
         while True:
             try:
-                seen = self.envoy_route_version()
-                if seen == version:
+                seen, served = self._served(key, routing, total)
+                if seen == version and served == routing:
                     return
-                last = f"Envoy reports version_info {seen!r}"
-            except (OSError, ValueError, urllib.error.URLError) as exc:
-                last = f"admin error: {exc}"
+                if seen == version:
+                    shown = served.describe() if served is not None else "nothing"
+                    last = f"Envoy reports version_info {seen!r} but serves {shown}, not {routing.describe()}"
+                else:
+                    last = f"Envoy reports version_info {seen!r}"
+            except EnvoyRoutingError as exc:
+                last = str(exc)
             checks += 1
-            if rejected_before is not None and checks % 4 == 0:
-                rejected = self._rejected_count()
+            if rejected_before is not None and checks % 4 == 0 and not total.expired:
+                rejected = self._rejected_count(total)
                 if rejected is not None and rejected > rejected_before:
-                    raise EnvoyRoutingError(
-                        f"Envoy rejected route configuration version {version} "
-                        f"({self.routes_file}); see the Envoy log"
+                    raise EnvoyRejectedError(
+                        f"Envoy rejected route configuration version {version} ({self.routes_file}); see the Envoy log"
                     )
-            if time.monotonic() >= deadline:
+            if total.expired:
                 raise EnvoyRoutingError(
                     f"Envoy at {self.admin_url} did not confirm route configuration version {version} "
-                    f"within {self.confirm_timeout:.1f}s ({last}); routes file {self.routes_file}"
+                    f"for {routing.namespace}/{routing.service} within {total.seconds:.2f}s ({last}); "
+                    f"routes file {self.routes_file}"
                 )
-            time.sleep(0.02)
+            time.sleep(min(0.02, total.remaining()))

@@ -185,9 +185,17 @@ def test_rejected_config_raises_and_keeps_previous(stack: LocalStack) -> None:
 def test_unconfirmed_routes_time_out(stack: LocalStack, tmp_path: Path) -> None:
     # Envoy does not watch this directory, so it can never confirm the new version.
     stray = EnvoyFileRouter(tmp_path, stack.envoy_admin_url, confirm_timeout=0.5)
+    wanted = routing({"v2": 100})
     with pytest.raises(EnvoyRoutingError, match="did not confirm"):
-        stray.apply(routing({"v2": 100}))
-    assert stray.current(NAMESPACE, SERVICE) is None
+        stray.apply(wanted)
+    # The unconfirmed routing stays the latest intent in the file (a timed-out rollback must not be
+    # reverted to the routing it replaces), but it is not confirmed: applying it again writes and
+    # waits again instead of reporting "already in place".
+    assert stray.current(NAMESPACE, SERVICE) == wanted
+    assert stray.confirmed(NAMESPACE, SERVICE) is None
+    with pytest.raises(EnvoyRoutingError, match="did not confirm"):
+        stray.apply(wanted)
+    assert stray.confirmed(NAMESPACE, SERVICE) is None
 
 
 def test_two_stacks_run_concurrently(stack: LocalStack, tmp_path: Path) -> None:
