@@ -9,9 +9,13 @@ No I/O and no clock of its own. Rules:
   continuous missing data the rollout rolls back (policy `rollback`) or keeps
   holding (policy `hold`);
 - approval steps pause until a person resumes;
+- a step's time counts only while its routing is confirmed in place (`state.unconfirmed` is None): the
+  runner passes `elapsed`, its own monotonic time since its previous tick of this rollout, so replicas'
+  wall clocks never shorten or stretch a step; without `elapsed` (tests) the wall clock `now` is used;
 - routing that could not be applied MAX_APPLY_FAILURES ticks in a row fails the rollout
-  (traffic: baseline, retried every tick);
-- terminal phases never change (a new spec digest starts a new rollout, see runner).
+  (traffic: baseline, retried every tick); a promotion that is never confirmed fails the same way;
+- every command gets an outcome (`state.last_command`): applied, or refused with the reason (see commands);
+- terminal phases change only by a person's command (a new spec digest starts a new rollout, see runner).
 """
 
 from __future__ import annotations
@@ -19,6 +23,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from controller.analysis.gates import GateReport, Verdict
+from controller.engine.commands import (
+    CommandRequest,
+    as_request,
+    describe_weights,
+    edited_weights,
+    outcome,
+    override_routing,
+    set_weights_refusal,
+)
 from controller.engine.phases import ACTIVE_PHASES, Command, EValue, GateSnapshot, Phase, RolloutState
 from controller.plan import Plan
 from controller.routing.model import DesiredRouting
@@ -39,12 +52,16 @@ class Decision:
 
 
 def routing_for(plan: Plan, state: RolloutState) -> DesiredRouting:
-    """The routing that a state stands for; always one of the plan's routings."""
+    """The routing that a state stands for: one of the plan's routings, or a person's manual override of one."""
     if state.phase == Phase.PROMOTED:
-        return plan.promoted
-    if state.phase in (Phase.PENDING, Phase.ROLLED_BACK, Phase.FAILED) or state.step < 0:
-        return plan.baseline
-    return plan.steps[min(state.step, len(plan.steps) - 1)].routing
+        base = plan.promoted
+    elif state.phase in (Phase.PENDING, Phase.ROLLED_BACK, Phase.FAILED) or state.step < 0:
+        base = plan.baseline
+    else:
+        base = plan.steps[min(state.step, len(plan.steps) - 1)].routing
+    if state.override and sum(state.override.values()) > 0:
+        return override_routing(base, state.override)
+    return base
 
 
 def _phase_for_step(plan: Plan, index: int) -> Phase:
@@ -79,27 +96,87 @@ def _enter_step(
 
 
 def _apply_command(
-    plan: Plan, state: RolloutState, command: Command, now: float, unavailable: frozenset[str]
+    plan: Plan, state: RolloutState, request: CommandRequest, now: float, unavailable: frozenset[str]
 ) -> RolloutState:
-    if state.terminal:
-        return state
+    """The state after `request`, with its outcome recorded in `last_command` (applied or refused, and why)."""
+    result, reason = _command_result(plan, state, request, now, unavailable)
+    applied = result is not None
+    if result is None:
+        result = state
+    return result.model_copy(update={"last_command": outcome(request, applied, reason, now)})
+
+
+def _command_result(
+    plan: Plan, state: RolloutState, request: CommandRequest, now: float, unavailable: frozenset[str]
+) -> tuple[RolloutState | None, str]:
+    """(new state, reason) when applied; (None, why not) when refused."""
+    command, phase = request.command, state.phase
+    if command == Command.SET_WEIGHTS:
+        base = routing_for(plan, state.model_copy(update={"override": None}))
+        refusal = set_weights_refusal(plan, state, base, request, unavailable)
+        if refusal is not None:
+            return None, refusal
+        weights = edited_weights(plan, state, base, request)
+        reason = f"manual weights {describe_weights(weights)} set by user"
+        changed = state.model_copy(update={"override": weights, "reason": reason})
+        if phase in ACTIVE_PHASES and not state.paused_by_user:
+            changed = changed.moved(Phase.PAUSED, state.step, now, reason).model_copy(update={"paused_by_user": True})
+        return changed, reason
+    if phase == Phase.PENDING and command != Command.ABORT:
+        return None, "the rollout has not started yet"
     if command == Command.ABORT:
-        return state.moved(Phase.ROLLED_BACK, state.step, now, "aborted by user")
+        return _abort(plan, state, now)
     if command == Command.PROMOTE:
+        if phase == Phase.PROMOTED:
+            if state.override:
+                return state.model_copy(update={"override": None, "reason": "promoted routing restored by user"}), (
+                    "manual weights dropped: promoted routing restored"
+                )
+            return None, f"already promoted ({plan.target} serves all traffic)"
+        if state.terminal:
+            return None, (
+                f"the rollout is {phase.value} ({state.reason}): promoting would send all traffic to {plan.target}; "
+                "change the spec to start a new rollout"
+            )
         promoted = _enter_step(plan, state, len(plan.steps), now, unavailable)
         if promoted.phase != Phase.PROMOTED:
-            return promoted
-        return promoted.model_copy(update={"reason": "promoted by user"})
-    if command == Command.PAUSE and state.phase != Phase.PAUSED and state.step >= 0:
+            return None, promoted.reason
+        return promoted.model_copy(update={"reason": "promoted by user", "override": None}), "promoted by user"
+    if state.terminal:
+        return None, f"the rollout is {phase.value}: nothing to {command.value}"
+    if command == Command.PAUSE:
+        if phase == Phase.PAUSED:
+            return None, "already paused" if state.paused_by_user else "already waiting for approval (ramp resume)"
         paused = state.moved(Phase.PAUSED, state.step, now, "paused by user")
-        return paused.model_copy(update={"paused_by_user": True})
-    if command == Command.RESUME and state.phase == Phase.PAUSED:
-        if state.paused_by_user:
-            resumed = state.moved(_phase_for_step(plan, state.step), state.step, now, "resumed by user")
-            # Time spent paused does not count: the step is observed for its full duration again.
-            return resumed.model_copy(update={"paused_by_user": False, "step_started_at": now})
-        return _enter_step(plan, state, state.step + 1, now, unavailable)  # approval given
-    return state
+        return paused.model_copy(update={"paused_by_user": True}), "paused by user"
+    if phase != Phase.PAUSED:  # RESUME
+        return None, f"not paused (the rollout is {phase.value})"
+    if state.paused_by_user:
+        resumed = state.moved(_phase_for_step(plan, state.step), state.step, now, "resumed by user")
+        # Time spent paused does not count: the step is observed for its full duration again.
+        update = {"paused_by_user": False, "step_started_at": now, "step_elapsed": 0.0, "override": None}
+        return resumed.model_copy(update=update), "resumed by user" + (
+            "; manual weights dropped" if state.override else ""
+        )
+    entered = _enter_step(plan, state, state.step + 1, now, unavailable)  # approval given
+    if entered.step == state.step:
+        return None, entered.reason
+    return entered, "approved by user"
+
+
+def _abort(plan: Plan, state: RolloutState, now: float) -> tuple[RolloutState | None, str]:
+    baseline = plan.baseline.describe()
+    if state.phase == Phase.PROMOTED:
+        reason = f"aborted after promotion by user: traffic back to the baseline ({baseline})"
+    elif state.terminal:
+        if not state.override:
+            return None, f"already at the baseline ({state.phase.value})"
+        cleared = state.model_copy(update={"override": None, "reason": f"baseline restored by user ({baseline})"})
+        return cleared, "manual weights dropped: baseline restored"
+    else:
+        reason = "aborted by user"
+    moved = state.moved(Phase.ROLLED_BACK, state.step, now, reason)
+    return moved.model_copy(update={"override": None, "paused_by_user": False}), reason
 
 
 def _with_gates(state: RolloutState, report: GateReport | None, now: float) -> RolloutState:
@@ -125,31 +202,42 @@ def decide(
     state: RolloutState,
     report: GateReport | None,
     now: float,
-    command: Command | None = None,
+    command: Command | CommandRequest | None = None,
     unavailable: frozenset[str] = frozenset(),
+    elapsed: float | None = None,
 ) -> Decision:
     """Pure: the next state and the routing it requires.
 
     `report` None = gates not evaluated; `unavailable` = versions with no ready pods (they never get
-    traffic: a step that would route to one is not entered, the rollout holds with the reason).
+    traffic: a step that would route to one is not entered, the rollout holds with the reason);
+    `elapsed` = seconds since the previous tick of this rollout (monotonic; see the module docstring).
     """
-    state = _with_gates(state.model_copy(update={"ticks": state.ticks + 1}), report, now)
+    if elapsed is None:
+        elapsed = 0.0 if state.observed_at is None else now - state.observed_at
+    elapsed = max(0.0, elapsed)
+    observed = 0.0 if state.unconfirmed is not None else elapsed  # time with the routing confirmed in place
+    state = _with_gates(state.model_copy(update={"ticks": state.ticks + 1, "observed_at": now}), report, now)
     if command is not None:
-        state = _apply_command(plan, state, command, now, unavailable)
+        state = _apply_command(plan, state, as_request(command), now, unavailable)
+        if state.phase not in (Phase.PENDING, *ACTIVE_PHASES) or state.paused_by_user:
+            observed = 0.0
     if state.phase == Phase.PENDING:
         state = _enter_step(plan, state, 0, now, unavailable)
         return Decision(state, routing_for(plan, state), state.reason)
+    if state.apply_failures >= MAX_APPLY_FAILURES and state.phase in (*ACTIVE_PHASES, Phase.PROMOTED):
+        reason = (
+            f"routing could not be applied {state.apply_failures} times in a row, traffic sent to the baseline: "
+            f"{state.last_apply_error}"
+        )
+        state = state.moved(Phase.FAILED, state.step, now, reason).model_copy(update={"override": None})
+        return Decision(state, routing_for(plan, state), state.reason)
     if state.phase not in ACTIVE_PHASES:
         return Decision(state, routing_for(plan, state), state.reason)
-    if state.apply_failures >= MAX_APPLY_FAILURES:
-        reason = f"routing could not be applied {state.apply_failures} times in a row: {state.last_apply_error}"
-        state = state.moved(Phase.FAILED, state.step, now, reason)
-        return Decision(state, routing_for(plan, state), state.reason)
-    judged = _judge(plan, spec, state, report, now, unavailable)
-    refused = command is not None and state.reason.startswith("holding before")
-    if refused and (judged.phase, judged.step) == (state.phase, state.step):
-        # The person asked for something the pods do not allow: say so instead of the routine hold text.
-        judged = judged.model_copy(update={"reason": f"{command} refused: {state.reason}"})
+    judged = _judge(plan, spec, state, report, now, unavailable, elapsed, observed)
+    refused = state.last_command if command is not None else None
+    if refused is not None and not refused.applied and (judged.phase, judged.step) == (state.phase, state.step):
+        # Say what became of the person's command rather than the routine text.
+        judged = judged.model_copy(update={"reason": f"{refused.command} refused: {refused.reason}"})
     return Decision(judged, routing_for(plan, judged), judged.reason)
 
 
@@ -160,8 +248,12 @@ def _judge(
     report: GateReport | None,
     now: float,
     unavailable: frozenset[str],
+    elapsed: float,
+    observed: float,
 ) -> RolloutState:
     verdict = Verdict.NO_DATA if report is None else report.verdict
+    if state.phase != Phase.PAUSED:
+        state = state.model_copy(update={"step_elapsed": state.step_elapsed + observed})
     if report is not None and verdict == Verdict.FAIL:
         failed = state.failed_checks + 1
         why = report.reasons(Verdict.FAIL)
@@ -171,31 +263,31 @@ def _judge(
         return state.model_copy(update={"failed_checks": failed, "reason": f"failed check {failed} of {limit}: {why}"})
     if state.phase == Phase.PAUSED:
         return state  # a paused rollout keeps its traffic; only a gate failure moves it
+    step = plan.steps[state.step]
+    where = f"step {state.step + 1}/{len(plan.steps)}: {step.label}"
     if verdict == Verdict.NO_DATA:
         why = "gates not evaluated" if report is None else report.reasons(Verdict.NO_DATA)
-        since = state.missing_data_since if state.missing_data_since is not None else now
-        held = now - since
+        first = state.missing_data_since is None
+        held = 0.0 if first else state.missing_data_for + elapsed
         policy = spec.rollback
         if policy.on_missing_data == "rollback" and held >= policy.missing_data_timeout:
             reason = f"no data for {held:.0f}s (limit {policy.missing_data_timeout:g}s): {why}"
             return state.moved(Phase.ROLLED_BACK, state.step, now, reason)
-        step = plan.steps[state.step]
         return state.model_copy(
             update={
-                "missing_data_since": since,
-                "reason": f"step {state.step + 1}/{len(plan.steps)}: {step.label}; holding, no data: {why}",
+                "missing_data_since": now if first else state.missing_data_since,
+                "missing_data_for": held,
+                "reason": f"{where}; holding, no data: {why}",
             }
         )
-    state = state.model_copy(update={"missing_data_since": None})
-    step = plan.steps[state.step]
+    state = state.model_copy(update={"missing_data_since": None, "missing_data_for": 0.0})
     if verdict == Verdict.HOLD:  # e.g. a shared dependency is down: neither promote nor roll back
         why = "" if report is None else report.reasons(Verdict.HOLD)
-        reason = f"step {state.step + 1}/{len(plan.steps)}: {step.label}; holding: {why}"
+        return state.model_copy(update={"reason": f"{where}; holding: {why}"})
+    if state.unconfirmed is not None:
+        reason = f"{where}; holding: routing not confirmed by the data plane: {state.unconfirmed}"
         return state.model_copy(update={"reason": reason})
-    started = state.step_started_at if state.step_started_at is not None else now
-    if now - started >= step.duration:
+    if state.step_elapsed + 1e-6 >= step.duration:
         return _enter_step(plan, state, state.step + 1, now, unavailable)
-    remaining = step.duration - (now - started)
-    return state.model_copy(
-        update={"reason": f"step {state.step + 1}/{len(plan.steps)}: {step.label}; gates pass, {remaining:.0f}s left"}
-    )
+    remaining = step.duration - state.step_elapsed
+    return state.model_copy(update={"reason": f"{where}; gates pass, {remaining:.0f}s left"})

@@ -10,93 +10,42 @@ skipped. Routers skip writes when nothing changed.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
 
 import structlog
 
-from controller.analysis.gates import GateReport, evaluate_gates
+from controller.analysis.gates import evaluate_gates
 from controller.analysis.metrics import MetricsSnapshot
-from controller.analysis.prometheus import MetricSource, MetricsRequest
+from controller.analysis.prometheus import MetricSource
 from controller.deadline import Deadline
-from controller.engine.decide import Decision, decide
-from controller.engine.phases import ACTIVE_PHASES, Command, Phase, PhaseChange, RolloutState
-from controller.plan import Plan, build_plan
-from controller.routing.model import DesiredRouting
-from controller.spec import RolloutSpec
+from controller.engine.phases import ACTIVE_PHASES, MAX_HISTORY, Phase, PhaseChange, RolloutState
+from controller.engine.ports import (
+    ManagedRollout,
+    Observer,
+    RoutingReadBack,
+    TickEvent,
+    TrafficRouter,
+    VersionAvailability,
+    metrics_request,
+    rollout_identity,
+    spec_digest,
+)
+from controller.engine.state_check import StateDamaged, state_problem
+from controller.engine.tick_step import TickStep
 from controller.state.file_store import StateStore
+
+__all__ = [
+    "ManagedRollout", "Observer", "RolloutRunner", "RoutingReadBack", "TickEvent", "TrafficRouter",
+    "VersionAvailability", "metrics_request", "rollout_identity", "spec_digest",
+]  # fmt: skip
 
 log = structlog.get_logger("ramp.runner")
 
 
-class TrafficRouter(Protocol):
-    def apply(self, routing: DesiredRouting) -> bool:
-        """Make the data plane match `routing`; False when it already did (no write)."""
-        ...
-
-
-class VersionAvailability(Protocol):
-    def unavailable_versions(self, rollouts: Sequence[ManagedRollout]) -> dict[str, frozenset[str]]:
-        """Per rollout name, the versions with no ready pods (batched: one call per tick)."""
-        ...
-
-
-def spec_digest(spec: RolloutSpec) -> str:
-    return hashlib.sha256(spec.model_dump_json(by_alias=True).encode()).hexdigest()[:16]
-
-
-def rollout_identity(spec: RolloutSpec) -> str:
-    """What is being rolled out: the baseline versions/weights and the target. Gates or timings are not."""
-    what = {"versions": spec.baseline, "target": spec.target, "service": spec.service}
-    return hashlib.sha256(repr(sorted(what.items())).encode()).hexdigest()[:16]
-
-
-def metrics_request(spec: RolloutSpec) -> MetricsRequest:
-    """What a rollout needs fetched: its window, plus raw counters for statistical gates."""
-    statistical = {gate.metric for gate in spec.gates if gate.statistical}
-    return MetricsRequest(
-        spec.namespace, spec.service, spec.analysis.window, spec.analysis.reporter,
-        cumulative_requests="error_rate" in statistical, cumulative_latency="latency" in statistical,
-    )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ManagedRollout:
-    spec: RolloutSpec
-    plan: Plan
-    digest: str
-    source: Path | None = None
-
-    @classmethod
-    def from_spec(cls, spec: RolloutSpec, source: Path | None = None) -> ManagedRollout:
-        return cls(spec, build_plan(spec), spec_digest(spec), source)
-
-    @property
-    def name(self) -> str:
-        return self.spec.rollout_name
-
-
-@dataclass(frozen=True)
-class TickEvent:
-    rollout: ManagedRollout
-    at: float
-    previous_phase: Phase
-    decision: Decision
-    report: GateReport | None
-    command: Command | None
-    routing_written: bool
-    apply_error: str | None = None
-
-    @property
-    def phase_changed(self) -> bool:
-        return self.previous_phase != self.decision.phase
-
-
-Observer = Callable[[TickEvent], None]
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 @dataclass
@@ -108,13 +57,22 @@ class RolloutRunner:
     observers: list[Observer] = field(default_factory=list)
     availability: VersionAvailability | None = None
     may_write: Callable[[], bool] | None = None  # leadership check right before each write
+    # Step time and missing-data time are measured with this clock (default: time.monotonic, or `clock` when a
+    # test injects one), so a replica's wall clock never shortens or stretches a step.
+    monotonic: Callable[[], float] | None = None
     rollouts: dict[str, ManagedRollout] = field(default_factory=dict)
     _last_tick: dict[str, float] = field(default_factory=dict)
+    _last_seen: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.monotonic is None:
+            self.monotonic = time.monotonic if self.clock is time.time else self.clock
 
     def set_rollouts(self, rollouts: Sequence[ManagedRollout]) -> None:
         self.rollouts = {r.name: r for r in rollouts}
         self.store.track({r.name: (r.spec.namespace, r.spec.service) for r in rollouts})
         self._last_tick = {k: v for k, v in self._last_tick.items() if k in self.rollouts}
+        self._last_seen = {k: v for k, v in self._last_seen.items() if k in self.rollouts}
 
     def base_interval(self) -> float:
         return min((r.spec.schedule.interval for r in self.rollouts.values()), default=5.0)
@@ -134,61 +92,106 @@ class RolloutRunner:
 
         - same versions + target, rollout finished: the outcome stands (no traffic moves);
         - same versions + target, rollout running: it starts over from its first step;
-        - other versions or target: a new rollout from the new baseline.
+        - other versions or target: a new rollout from the new baseline (manual weights end with the old one).
+
+        Raises StateDamaged when the stored state cannot be read or does not fit the plan.
         """
         identity = rollout_identity(rollout.spec)
         state = self.store.load(rollout.name)
         if state is None:
             return RolloutState(rollout=rollout.name, spec_digest=rollout.digest, identity=identity)
-        if state.spec_digest == rollout.digest:
-            return state
-        if state.identity == identity and state.terminal:
-            return state.model_copy(update={"spec_digest": rollout.digest})
+        if state.spec_digest == rollout.digest or (state.identity == identity and state.terminal):
+            problem = state_problem(rollout.plan, state)
+            if problem is not None:
+                raise StateDamaged(problem)
+            return state if state.spec_digest == rollout.digest else state.model_copy(
+                update={"spec_digest": rollout.digest}
+            )
         reason = "spec changed: rollout starts over" if state.identity == identity else "new rollout: spec changed"
         note = PhaseChange(phase=Phase.PENDING, step=-1, at=now, reason=reason)
-        return RolloutState(
-            rollout=rollout.name, spec_digest=rollout.digest, identity=identity, history=[*state.history, note]
-        )
+        history = [*state.history, note][-MAX_HISTORY:]
+        return RolloutState(rollout=rollout.name, spec_digest=rollout.digest, identity=identity, history=history)
+
+    def _fail_safe(self, rollout: ManagedRollout, problem: str, now: float) -> RolloutState:
+        """A damaged state: gates are never switched off by it; the rollout fails to its baseline."""
+        kept = None
+        quarantine = getattr(self.store, "quarantine", None)
+        if quarantine is not None:
+            try:
+                kept = quarantine(rollout.name, problem)
+            except Exception as exc:
+                log.error("damaged state could not be kept aside", rollout=rollout.name, error=_short(exc))
+        where = f"; the damaged state was kept at {kept}" if kept else ""
+        reason = f"state damaged ({problem}): traffic sent to the baseline{where}"
+        log.error("rollout state damaged: failing safe to the baseline", rollout=rollout.name, problem=problem)
+        fresh = RolloutState(rollout=rollout.name, spec_digest=rollout.digest, identity=rollout_identity(rollout.spec))
+        return fresh.moved(Phase.FAILED, -1, now, reason)
 
     def tick(self, deadline: Deadline | None = None) -> list[TickEvent]:
+        """One tick for every due rollout. With `deadline`, nothing is written once it has passed (an
+        abandoned tick can never act late) and every external call is bounded by it."""
         now = self.clock()
         states: dict[str, RolloutState] = {}
+        damaged: dict[str, str] = {}
         candidates = self._due(now)
         if candidates:
             try:
                 self.store.begin_tick()
             except Exception as exc:  # bulk read failed: each load below reads on its own
-                log.warning("bulk state read failed", error=f"{type(exc).__name__}: {exc}"[:300])
+                log.warning("bulk state read failed", error=_short(exc)[:300])
         for rollout in candidates:
             try:
                 states[rollout.name] = self.load_state(rollout, now)
-            except Exception as exc:  # this rollout waits for the next tick; the others go on
-                log.warning("state not readable", rollout=rollout.name, error=f"{type(exc).__name__}: {exc}"[:300])
+            except StateDamaged as exc:
+                damaged[rollout.name] = str(exc)[:300]
+                states[rollout.name] = self._fail_safe(rollout, damaged[rollout.name], now)
+            except Exception as exc:  # e.g. the API is unreachable: this rollout waits; the others go on
+                log.warning("state not readable", rollout=rollout.name, error=_short(exc)[:300])
         due = [r for r in candidates if r.name in states]
         active = [r for r in due if states[r.name].phase in ACTIVE_PHASES]
-        snapshots = self._fetch(active)
+        snapshots = self._fetch(active, deadline)
         unavailable = self._unavailable([r for r in due if not states[r.name].terminal])
         events = []
+        mono = self._monotonic()
         for rollout in due:
             self._last_tick[rollout.name] = now
-            snapshot = snapshots.get(rollout.name)
+            last = self._last_seen.get(rollout.name)
+            self._last_seen[rollout.name] = mono
+            cap = 2 * rollout.spec.schedule.interval  # a stalled controller observed nothing meanwhile
+            elapsed = 0.0 if last is None else min(max(0.0, mono - last), cap)
+            state = states[rollout.name]
             report = None
-            if snapshot is not None:
-                state = states[rollout.name]
+            snapshot = snapshots.get(rollout.name)
+            if snapshot is not None and state.phase in ACTIVE_PHASES:
                 report = evaluate_gates(rollout.spec, rollout.plan.stable_versions, snapshot, state.sequential)
             missing = unavailable.get(rollout.name, frozenset())
-            events.append(self._tick_one(rollout, states[rollout.name], report, now, missing))
+            step = TickStep(self, rollout, state, report, now, missing, elapsed, deadline)
+            events.append(step.run(damaged.get(rollout.name)))
         for event in events:
             for observer in self.observers:
-                observer(event)
+                try:
+                    observer(event)
+                except Exception as exc:  # an observer never breaks a tick
+                    log.warning("observer failed", observer=getattr(observer, "__name__", type(observer).__name__),
+                                error=_short(exc))
         return events
 
-    def _fetch(self, active: list[ManagedRollout]) -> dict[str, MetricsSnapshot]:
+    def _monotonic(self) -> float:
+        assert self.monotonic is not None
+        return self.monotonic()
+
+    def _fetch(self, active: list[ManagedRollout], deadline: Deadline | None) -> dict[str, MetricsSnapshot]:
         if not active:
             return {}
         requests = {r.name: metrics_request(r.spec) for r in active}
-        fetched = self.metrics.fetch(list(requests.values()))
-        return {name: fetched[request] for name, request in requests.items()}
+        try:
+            fetched = self.metrics.fetch(list(requests.values()), deadline=deadline)
+        except Exception as exc:  # never a pass: every gate of these rollouts reports no data, with the reason
+            error = f"metrics not fetched: {_short(exc)[:300]}"
+            log.warning("metrics fetch failed", error=error)
+            return {name: MetricsSnapshot(window_seconds=r.window_seconds, error=error) for name, r in requests.items()}
+        missing = MetricsSnapshot(window_seconds=0.0, error="no answer for this rollout")
+        return {name: fetched.get(request, missing) for name, request in requests.items()}
 
     def _unavailable(self, rollouts: list[ManagedRollout]) -> dict[str, frozenset[str]]:
         if self.availability is None or not rollouts:
@@ -196,50 +199,13 @@ class RolloutRunner:
         try:
             return self.availability.unavailable_versions(rollouts)
         except Exception as exc:  # unknown pod health: treat every version of these rollouts as unavailable
-            log.warning("pod availability unknown", error=f"{type(exc).__name__}: {exc}")
+            log.warning("pod availability unknown", error=_short(exc))
             return {r.name: frozenset(v.name for v in r.spec.versions) for r in rollouts}
 
-    def _tick_one(
-        self,
-        rollout: ManagedRollout,
-        state: RolloutState,
-        report: GateReport | None,
-        now: float,
-        unavailable: frozenset[str] = frozenset(),
-    ) -> TickEvent:
-        command = self.store.pending_command(rollout.name)
-        decision = decide(rollout.plan, rollout.spec, state, report, now, command, unavailable)
-        if self.may_write is not None and not self.may_write():
-            # Leadership ended during this tick: another replica may act now; write nothing.
-            log.warning("not leader any more: tick abandoned", rollout=rollout.name)
-            return TickEvent(rollout, now, state.phase, decision, report, command, False, "not leader")
-        if decision.state.phase != state.phase or decision.state.step != state.step:
-            log.info(
-                "phase change",
-                rollout=rollout.name,
-                phase=decision.state.phase.value,
-                step=decision.state.step,
-                reason=decision.state.reason,
-            )
-        self.store.save(decision.state)
-        if command is not None:
-            self.store.clear_command(rollout.name)
-        written, error = False, None
-        try:
-            written = self.router.apply(decision.routing)
-        except Exception as exc:  # the next tick retries: routing follows the saved state
-            error = f"{type(exc).__name__}: {exc}"[:500]
-            log.warning("routing not applied", rollout=rollout.name, error=error)
-        saved = decision.state
-        if error is not None:
-            saved = saved.model_copy(update={"apply_failures": saved.apply_failures + 1, "last_apply_error": error})
-        elif saved.apply_failures:
-            saved = saved.model_copy(update={"apply_failures": 0, "last_apply_error": None})
-        if saved is not decision.state:
-            self.store.save(saved)
-            decision = Decision(saved, decision.routing, decision.message)
-        return TickEvent(rollout, now, state.phase, decision, report, command, written, error)
-
     def all_terminal(self) -> bool:
-        states = [self.store.load(name) for name in self.rollouts]
-        return all(s is not None and s.terminal for s in states)
+        """Every rollout finished and its outcome confirmed by the data plane."""
+        try:
+            states = [self.store.load(name) for name in self.rollouts]
+        except Exception:
+            return False
+        return all(s is not None and s.settled for s in states)

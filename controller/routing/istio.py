@@ -27,6 +27,8 @@ from typing import Any, cast
 import structlog
 from kubernetes.client import ApiClient
 
+from controller.deadline import Deadline
+from controller.engine.commands import CommandError, CommandRequest
 from controller.engine.phases import Command, RolloutState
 from controller.k8s.client import Conflict, KubeApi, KubeError, NotFound
 from controller.routing.crd_schema import IstioSchemas
@@ -149,7 +151,7 @@ class IstioBackend:
         """Staged only: written by the next `apply`, in the same update as the routing."""
         self._entry(state.rollout).state = state
 
-    def pending_command(self, rollout: str) -> Command | None:
+    def pending_command(self, rollout: str) -> CommandRequest | None:
         entry = self._entry(rollout)
         entry.consumed_command = None
         if not entry.known:
@@ -158,11 +160,11 @@ class IstioBackend:
         if raw is None:
             return None
         try:
-            return Command(raw.strip().lower())
-        except ValueError:
-            log.warning("ignoring unknown command", rollout=rollout, command=raw[:100])
+            return CommandRequest.decode(raw)
+        except CommandError:
+            log.warning("refusing unreadable command", rollout=rollout, command=raw[:100])
             entry.consumed_command = raw  # garbage is dropped in the next write, never acted on
-            return None
+            raise
 
     def clear_command(self, rollout: str) -> None:
         entry = self._entry(rollout)
@@ -170,7 +172,7 @@ class IstioBackend:
 
     # --- TrafficRouter ------------------------------------------------------------------------
 
-    def apply(self, routing: DesiredRouting) -> bool:
+    def apply(self, routing: DesiredRouting, deadline: Deadline | None = None) -> bool:
         """DestinationRule subsets first (never route to a missing subset), then one VirtualService write."""
         key = (routing.namespace, routing.service)
         entry = self._entries.setdefault(key, _Entry(*key))
@@ -272,9 +274,10 @@ class IstioBackend:
         """Weights per version, header routes and state as stored in the cluster right now."""
         return parse_routing(namespace, service, self._get(VIRTUAL_SERVICES, namespace, service))
 
-    def request_command(self, namespace: str, service: str, command: Command) -> None:
+    def request_command(self, namespace: str, service: str, command: Command | CommandRequest) -> None:
         """Ask the controller for `command` (it acts on the next tick and clears the annotation)."""
-        self.annotate(namespace, service, {COMMAND_ANNOTATION: command.value})
+        request = command if isinstance(command, CommandRequest) else CommandRequest(command=command)
+        self.annotate(namespace, service, {COMMAND_ANNOTATION: request.encode()})
 
     def annotate(self, namespace: str, service: str, annotations: Mapping[str, str]) -> None:
         """Set annotations on an existing VirtualService (optimistic concurrency, like every write)."""

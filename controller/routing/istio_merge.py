@@ -73,6 +73,7 @@ def persisted_view(state: RolloutState) -> dict[str, object]:
     view = state.durable()
     view["apply_failures"] = 0
     view["last_apply_error"] = None
+    view["unconfirmed"] = None
     return view
 
 

@@ -49,6 +49,16 @@ class DesiredRouting(BaseModel):
             raise ValueError(f"weights of {self.service} must sum to 100, got {self.weights}")
         return live
 
+    def traffic(self) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str, str, str], ...]]:
+        """What requests experience: the versions with weight, and the header routes in order.
+
+        Two routings with the same traffic serve requests identically (e.g. one read back from the data
+        plane and the one Ramp asked for), whatever else differs (listed versions, host spelling).
+        """
+        live = tuple(sorted((v, w) for v, w in self.weights if w > 0))
+        headers = tuple((r.header.lower(), r.value, r.match, r.version) for r in self.header_routes)
+        return live, headers
+
     def describe(self) -> str:
         split = " ".join(f"{v}={w}%" for v, w in self.weights)
         headers = ", ".join(f"{r.header}:{r.value}->{r.version}" for r in self.header_routes)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from controller.analysis.gates import GateReport, GateResult, Verdict
 from controller.analysis.metrics import MetricsSnapshot, VersionMetrics
 from controller.analysis.prometheus import MetricsRequest
+from controller.deadline import Deadline
 from controller.routing.model import DesiredRouting
 from controller.spec_loader import parse_spec_text
 
@@ -62,7 +63,7 @@ class RecordingRouter:
     applied: list[DesiredRouting] = field(default_factory=list)
     fail_next: int = 0
 
-    def apply(self, routing: DesiredRouting) -> bool:
+    def apply(self, routing: DesiredRouting, deadline: Deadline | None = None) -> bool:
         if self.fail_next:
             self.fail_next -= 1
             raise ConnectionError("router down")
@@ -80,7 +81,9 @@ class FixedMetrics:
     error: str | None = None
     batches: list[int] = field(default_factory=list)
 
-    def fetch(self, requests: Sequence[MetricsRequest]) -> dict[MetricsRequest, MetricsSnapshot]:
+    def fetch(
+        self, requests: Sequence[MetricsRequest], deadline: Deadline | None = None
+    ) -> dict[MetricsRequest, MetricsSnapshot]:
         self.batches.append(len(requests))
         out = {}
         for r in requests:

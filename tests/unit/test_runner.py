@@ -4,6 +4,7 @@ import itertools
 from pathlib import Path
 
 from controller.analysis.metrics import VersionMetrics
+from controller.engine.commands import CommandRequest
 from controller.engine.phases import Command, Phase
 from controller.engine.runner import ManagedRollout, RolloutRunner
 from controller.state.file_store import FileStateStore
@@ -97,7 +98,7 @@ def test_command_file_is_applied_once(tmp_path: Path) -> None:
     runner = make_runner(tmp_path, clock, router, FixedMetrics(dict(HEALTHY)))
     store = FileStateStore(tmp_path)
     runner.tick()
-    store.request("shop", Command.ABORT)
+    store.request("shop", CommandRequest(command=Command.ABORT))
     clock.advance(5)
     runner.tick()
     state = store.load("shop")
@@ -114,12 +115,15 @@ def test_routing_that_keeps_failing_fails_the_rollout_then_keeps_restoring_basel
         clock.advance(5)
         runner.tick()
     state = FileStateStore(tmp_path).load("shop")
-    assert state is not None and state.phase == Phase.PROGRESSING and state.apply_failures == 5
+    # Never progress on routing the data plane has not confirmed: the header step's clock stood still.
+    assert state is not None and state.phase == Phase.HEADER_TEST and state.apply_failures == 5
     clock.advance(5)
     runner.tick()
     state = FileStateStore(tmp_path).load("shop")
     assert state is not None and state.phase == Phase.FAILED
-    assert state.reason == "routing could not be applied 5 times in a row: ConnectionError: router down"
+    assert state.reason == (
+        "routing could not be applied 5 times in a row, traffic sent to the baseline: ConnectionError: router down"
+    )
     plan = next(iter(runner.rollouts.values())).plan
     assert router.applied[-1] == plan.baseline and state.apply_failures == 0
 
@@ -163,7 +167,7 @@ def test_no_write_once_leadership_is_lost_mid_tick(tmp_path: Path) -> None:
     assert router.applied == [] and FileStateStore(tmp_path).load("shop") is None
 
 
-def test_one_unreadable_state_does_not_stop_the_other_rollouts(tmp_path: Path) -> None:
+def test_one_damaged_state_fails_safe_to_baseline_and_does_not_stop_the_others(tmp_path: Path) -> None:
     clock, router = FakeClock(), RecordingRouter()
     runner = RolloutRunner(
         router=router, metrics=FixedMetrics(dict(HEALTHY)), store=FileStateStore(tmp_path), clock=clock
@@ -172,9 +176,16 @@ def test_one_unreadable_state_does_not_stop_the_other_rollouts(tmp_path: Path) -
         [ManagedRollout.from_spec(spec(NO_APPROVAL_YAML.replace("service: shop", f"service: s{i}"))) for i in range(2)]
     )
     (tmp_path / "s0.state.json").write_text("{not json")
-    events = runner.tick()
-    assert [e.rollout.name for e in events] == ["s1"]
-    assert (tmp_path / "s0.state.json").read_text() == "{not json"  # left alone, never overwritten
+    events = {e.rollout.name: e for e in runner.tick()}
+    assert set(events) == {"s0", "s1"}
+    damaged = events["s0"]
+    assert damaged.damaged is not None and "s0.state.json" in damaged.damaged
+    assert damaged.decision.phase == Phase.FAILED and damaged.decision.routing.weight_of("v1") == 100
+    reason = damaged.decision.state.reason
+    assert "state damaged" in reason and "traffic sent to the baseline" in reason
+    kept = list(tmp_path.glob("s0.state.json.damaged-*"))
+    assert len(kept) == 1 and kept[0].read_text() == "{not json"  # kept aside for inspection, never lost
+    assert events["s1"].decision.phase == Phase.HEADER_TEST
 
 
 def test_polling_faster_than_the_interval_still_ticks_at_the_interval(tmp_path: Path) -> None:
