@@ -1,7 +1,9 @@
 """Spec commands: `ramp validate`, `ramp schema`, `ramp plan`.
 
 Problems are printed as `file:line: field.path: reason`, one per line, on stderr;
-results go to stdout. Exit code 0 = everything valid, 1 = any problem.
+warnings as `file:line: field.path: warning: reason`; results go to stdout. Exit code
+0 = everything valid (warnings allowed), 1 = any problem, including two specs for one
+service or rollout name.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from controller.routing.crd_schema import CRD_ENV_VAR, IstioSchemas, crd_file_ca
 from controller.routing.istio_render import destination_rule, virtual_service
 from controller.routing.model import DesiredRouting
 from controller.spec import RolloutSpec
-from controller.spec_loader import SpecError, SpecProblem, load_spec, spec_files
+from controller.spec_loader import LocatedSpec, SpecError, SpecProblem, load_spec, load_spec_located, spec_files
+from controller.spec_owners import without_clashes
 
 if TYPE_CHECKING:
     from controller.cli import Subparsers
@@ -84,21 +87,37 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
+def _warning_line(warning: SpecProblem) -> str:
+    return f"{warning.file}:{warning.line}: {warning.path or '(document)'}: warning: {warning.reason}"
+
+
 def run_validate(args: argparse.Namespace) -> int:
+    """Every problem, then the specs that clash over a service, host or rollout name; warnings never fail."""
     failed = False
+    loaded: list[LocatedSpec] = []
+    seen: set[Path] = set()
     for arg in args.paths:
         files, problems = expand_path(arg)
         _print_problems(problems)
         failed = failed or bool(problems)
         for path in files:
+            if path.resolve() in seen:  # the same file named twice is not a clash with itself
+                continue
+            seen.add(path.resolve())
             try:
-                spec = load_spec(path)
+                loaded.append(load_spec_located(path))
             except SpecError as exc:
                 _print_problems(exc.problems)
                 failed = True
-                continue
-            steps = _plural(len(spec.effective_steps), "step")
-            print(f"ok  {path} (rollout {spec.rollout_name}: {steps})")
+    owned, clashes = without_clashes(loaded)
+    _print_problems(clashes)
+    failed = failed or bool(clashes)
+    for located in loaded:
+        for warning in located.warnings:
+            _err(_warning_line(warning))
+    for located in owned:
+        steps = _plural(len(located.spec.effective_steps), "step")
+        print(f"ok  {located.file} (rollout {located.spec.rollout_name}: {steps})")
     return 1 if failed else 0
 
 

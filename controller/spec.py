@@ -8,56 +8,65 @@ can point at the exact YAML line.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
-from controller.weights import integer_percentages
+from controller.spec_rules import (
+    DNS_LABEL_PATTERN,
+    MAX_GATES,
+    MAX_INTERVAL,
+    MAX_MISSING_DATA_TIMEOUT,
+    MAX_STEP_DURATION,
+    MAX_STEPS,
+    MAX_VERSIONS,
+    MAX_WINDOW,
+    MIN_INTERVAL,
+    MIN_WINDOW,
+    check_header_name,
+    check_header_value,
+    check_host,
+    check_version_name,
+    count_between,
+    duration_between,
+    finite_number,
+    format_seconds,
+)
+from controller.spec_rules import parse_duration as parse_duration  # re-exported
+from controller.spec_rules import validate_version_name as validate_version_name  # re-exported for the CLI
+from controller.spec_semantics import semantic_problems as semantic_problems  # re-exported
+from controller.spec_semantics import spec_warnings as spec_warnings  # re-exported
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(value: object) -> float:
-    """'90s', '1m30s', '2h', '500ms' or a number of seconds -> seconds (float)."""
-    if isinstance(value, bool):
-        raise ValueError("duration must be a string like '30s' or a number of seconds")
-    if isinstance(value, int | float):
-        try:
-            seconds = float(value)
-        except OverflowError:
-            raise ValueError("duration must be a finite number of seconds >= 0") from None
-    elif isinstance(value, str):
-        text = value.strip()
-        parts = _DURATION_PART.findall(text)
-        if not text or "".join(n + u for n, u in parts) != text:
-            raise ValueError(f"invalid duration {value!r}: use forms like '30s', '2m', '1h30m', '500ms'")
-        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-    else:
-        raise ValueError("duration must be a string like '30s' or a number of seconds")
-    if seconds < 0 or seconds != seconds or seconds == float("inf"):
-        raise ValueError("duration must be a finite number of seconds >= 0")
-    return seconds
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-
-def _reject_bool(value: object) -> object:
-    # YAML turns `true`/`yes` into booleans, which pydantic's lax mode would read as 1.
-    if isinstance(value, bool):
-        raise ValueError("expected a number, not a boolean")
-    return value
-
-
-Int = Annotated[int, BeforeValidator(_reject_bool)]
-Number = Annotated[float, BeforeValidator(_reject_bool)]
+_DURATION_SCHEMA = WithJsonSchema({"type": ["string", "number"], "description": "e.g. '30s', '2m', '1h30m', '500ms'"})
+StepDuration = Annotated[float, BeforeValidator(duration_between(0.0, MAX_STEP_DURATION)), _DURATION_SCHEMA]
+Interval = Annotated[float, BeforeValidator(duration_between(MIN_INTERVAL, MAX_INTERVAL)), _DURATION_SCHEMA]
+Window = Annotated[float, BeforeValidator(duration_between(MIN_WINDOW, MAX_WINDOW)), _DURATION_SCHEMA]
+Timeout = Annotated[float, BeforeValidator(duration_between(0.0, MAX_MISSING_DATA_TIMEOUT)), _DURATION_SCHEMA]
+Int = Annotated[int, BeforeValidator(finite_number)]
+Number = Annotated[float, BeforeValidator(finite_number)]
 VersionName = Annotated[
-    str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63, description="DNS label")
+    str,
+    AfterValidator(check_version_name),
+    WithJsonSchema({"type": "string", "pattern": DNS_LABEL_PATTERN, "maxLength": 63, "description": "DNS label"}),
 ]
-DnsName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
-HeaderName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$", max_length=128)]
+DnsName = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63)]
+HeaderName = Annotated[
+    str,
+    AfterValidator(check_header_name),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$",
+            "maxLength": 128,
+            "description": "lowercase header token; not a pseudo-header, host, hop-by-hop or Envoy-set header",
+        }
+    ),
+]
+Host = Annotated[
+    str,
+    AfterValidator(check_host),
+    WithJsonSchema({"type": "string", "maxLength": 253, "description": "RFC 1123 DNS name, no wildcard"}),
+]
 
 
 class StrictModel(BaseModel):
@@ -71,12 +80,26 @@ class VersionWeight(StrictModel):
 
 class HeaderMatch(StrictModel):
     name: HeaderName = "x-version"
-    value: str = Field(min_length=1, max_length=256)
+    value: Annotated[str, AfterValidator(check_header_value)] = Field(
+        max_length=256,
+        description=(
+            "Printable ASCII, no leading/trailing space. regex: RE2 (Envoy's engine), full match, program size "
+            "<= 100; a prefix or regex that matches every value is refused"
+        ),
+    )
     match: Literal["exact", "prefix", "regex"] = "exact"
 
 
+def _printable(text: str) -> str:
+    if not text.isprintable():
+        raise ValueError("message has control characters: use one line of printable text")
+    return text
+
+
 class ApprovalPause(StrictModel):
-    message: str = "waiting for manual approval (ramp resume)"
+    message: Annotated[str, AfterValidator(_printable)] = Field(
+        default="waiting for manual approval (ramp resume)", max_length=500
+    )
 
 
 class Step(StrictModel):
@@ -84,11 +107,17 @@ class Step(StrictModel):
 
     header: HeaderMatch | None = None
     weight: Int | None = Field(default=None, ge=0, le=100, description="Target version's percentage")
-    traffic: dict[VersionName, Annotated[Int, Field(ge=0, le=1_000_000)]] | None = Field(
-        default=None, description="Relative weights of every version for this step"
-    )
+    traffic: (
+        Annotated[
+            dict[VersionName, Annotated[Int, Field(ge=0, le=1_000_000)]],
+            AfterValidator(count_between("versions", 1, MAX_VERSIONS)),
+        ]
+        | None
+    ) = Field(default=None, description=f"Relative weights of every version for this step (at most {MAX_VERSIONS})")
     approval: ApprovalPause | None = None
-    duration: Duration | None = Field(default=None, description="How long to observe this step")
+    duration: StepDuration | None = Field(
+        default=None, description=f"How long to observe this step (0 to {format_seconds(MAX_STEP_DURATION)})"
+    )
 
     @property
     def kind(self) -> str:
@@ -116,7 +145,7 @@ class Gate(StrictModel):
         allow_inf_nan=False,
         description="New version may be at most this much worse than stable (gate units)",
     )
-    min_requests: Int | None = Field(default=None, ge=1)
+    min_requests: Int | None = Field(default=None, ge=1, le=1_000_000_000)
     mode: Literal["threshold", "statistical", "both"] = Field(
         default="threshold",
         description=(
@@ -165,12 +194,22 @@ class Gate(StrictModel):
 
 
 class Schedule(StrictModel):
-    interval: Duration = Field(default=5.0, description="Tick interval")
+    interval: Interval = Field(
+        default=5.0,
+        description=f"Tick interval, {format_seconds(MIN_INTERVAL)} to {format_seconds(MAX_INTERVAL)} "
+        "(sub-second ticks are for tests)",
+    )
 
 
 class Analysis(StrictModel):
-    window: Duration = Field(default=30.0, description="PromQL range window")
-    min_requests: Int = Field(default=20, ge=1, description="Requests the new version needs before judging")
+    window: Window = Field(
+        default=30.0,
+        description=f"PromQL range window, {format_seconds(MIN_WINDOW)} to {format_seconds(MAX_WINDOW)} "
+        "and at least the tick interval",
+    )
+    min_requests: Int = Field(
+        default=20, ge=1, le=1_000_000_000, description="Requests the new version needs before judging"
+    )
     reporter: Literal["destination", "source"] = "destination"
 
 
@@ -182,8 +221,10 @@ class RollbackPolicy(StrictModel):
             "missing_data_timeout; hold: hold until data returns or a person acts"
         ),
     )
-    missing_data_timeout: Duration = Field(default=120.0, description="See on_missing_data")
-    failed_checks: int = Field(
+    missing_data_timeout: Timeout = Field(
+        default=120.0, description=f"See on_missing_data (0 to {format_seconds(MAX_MISSING_DATA_TIMEOUT)})"
+    )
+    failed_checks: Int = Field(
         default=1,
         ge=1,
         le=1000,
@@ -192,6 +233,12 @@ class RollbackPolicy(StrictModel):
 
 
 DEFAULT_STEP_DURATION = 60.0
+
+
+_NO_GATES = (
+    ": with no gate nothing is judged and the rollout would be promoted without evidence "
+    "(omit gates for the defaults)"
+)
 
 
 def _default_gates() -> list[Gate]:
@@ -204,11 +251,22 @@ class RolloutSpec(StrictModel):
     name: DnsName | None = Field(default=None, description="Defaults to the service name")
     service: DnsName
     namespace: DnsName = "default"
-    host: str | None = Field(default=None, min_length=1, max_length=253)
-    versions: list[VersionWeight] = Field(min_length=1, description="Current traffic, relative weights")
+    host: Host | None = Field(default=None, description="Default: <service>.<namespace>.svc.cluster.local")
+    versions: Annotated[list[VersionWeight], AfterValidator(count_between("versions", 1, MAX_VERSIONS))] = Field(
+        description=f"Current traffic, relative weights (1 to {MAX_VERSIONS} versions)",
+        json_schema_extra={"minItems": 1, "maxItems": MAX_VERSIONS},
+    )
     target: VersionName = Field(description="The version being rolled out")
-    steps: list[Step] | None = Field(default=None, description="Default: header, 10, 50, 100")
-    gates: list[Gate] = Field(default_factory=_default_gates)
+    steps: Annotated[list[Step], AfterValidator(count_between("steps", 0, MAX_STEPS))] | None = Field(
+        default=None,
+        description=f"Default: header, 10, 50, 100 (at most {MAX_STEPS} steps)",
+        json_schema_extra={"maxItems": MAX_STEPS},
+    )
+    gates: Annotated[list[Gate], AfterValidator(count_between("gates", 1, MAX_GATES, _NO_GATES))] = Field(
+        default_factory=_default_gates,
+        description=f"1 to {MAX_GATES} gates; omit for the defaults (error rate <= 1%, p99 <= 500 ms)",
+        json_schema_extra={"minItems": 1, "maxItems": MAX_GATES},
+    )
     schedule: Schedule = Field(default_factory=Schedule)
     analysis: Analysis = Field(default_factory=Analysis)
     rollback: RollbackPolicy = Field(default_factory=RollbackPolicy)
@@ -237,123 +295,3 @@ class RolloutSpec(StrictModel):
             Step(weight=50, duration=DEFAULT_STEP_DURATION),
             Step(weight=100, duration=DEFAULT_STEP_DURATION),
         ]
-
-
-Path = tuple[str | int, ...]
-
-
-def semantic_problems(spec: RolloutSpec) -> list[tuple[Path, str]]:
-    """Cross-field problems as (field path, reason); empty when the spec is sound."""
-    problems: list[tuple[Path, str]] = []
-    names = [v.name for v in spec.versions]
-    seen: set[str] = set()
-    for i, name in enumerate(names):
-        if name in seen:
-            problems.append((("versions", i, "name"), f"duplicate version {name!r}"))
-        seen.add(name)
-    if sum(v.weight for v in spec.versions) == 0:
-        problems.append((("versions",), "all weights are 0: at least one version must carry traffic"))
-    if spec.target not in seen:
-        problems.append((("target",), f"unknown version {spec.target!r}: not listed in versions"))
-    elif not any(v.weight > 0 for v in spec.versions if v.name != spec.target):
-        problems.append(
-            (("versions",), f"no version other than target {spec.target!r} carries traffic to roll back to")
-        )
-    if spec.steps is not None:
-        problems.extend(_step_problems(spec, seen))
-    names = [gate.display_name for gate in spec.gates]
-    for i, gate in enumerate(spec.gates):
-        problems.extend(_gate_problems(gate, i))
-        if gate.statistical and names.count(gate.display_name) > 1:
-            problems.append(
-                (("gates", i), f"gate name {gate.display_name!r} is used twice: a statistical gate needs its own name")
-            )
-    return problems
-
-
-def _step_problems(spec: RolloutSpec, known: set[str]) -> list[tuple[Path, str]]:
-    problems: list[tuple[Path, str]] = []
-    steps = spec.steps or []
-    if not steps:
-        problems.append((("steps",), "steps is empty: give at least one step or omit steps for the default"))
-    previous: int | None = None
-    previous_index = -1
-    for i, step in enumerate(steps):
-        kinds = [k for k in ("header", "weight", "traffic", "approval") if k in step.model_fields_set]
-        if len(kinds) != 1:
-            what = "none" if not kinds else ", ".join(kinds)
-            problems.append(
-                (("steps", i), f"a step needs exactly one of header, weight, traffic, approval (got {what})")
-            )
-            continue
-        kind = kinds[0]
-        if kind == "header" and step.header is None:
-            problems.append((("steps", i, "header"), "header step without header: give name and value"))
-        if kind == "approval" and step.duration is not None:
-            problems.append((("steps", i, "duration"), "an approval step waits for a person, not a duration"))
-        if kind == "weight" and step.weight is None:
-            problems.append((("steps", i, "weight"), "weight step without a weight (0-100)"))
-        target_pct: int | None = None
-        if kind == "weight" and step.weight is not None:
-            target_pct = step.weight
-        if kind == "traffic":
-            traffic = step.traffic or {}
-            unknown = [name for name in traffic if name not in known]
-            for name in unknown:
-                problems.append((("steps", i, "traffic", name), f"unknown version {name!r}"))
-            if traffic and sum(traffic.values()) == 0:
-                problems.append((("steps", i, "traffic"), "all weights are 0"))
-            elif not traffic:
-                problems.append((("steps", i, "traffic"), "traffic step without weights"))
-            elif not unknown:
-                target_pct = integer_percentages(traffic).get(spec.target, 0)
-        if target_pct is not None:
-            if previous is not None and target_pct <= previous:
-                problems.append(
-                    (
-                        ("steps", i, kind),
-                        f"step weights must increase: target {spec.target!r} gets {target_pct}% here, "
-                        f"not more than {previous}% at step {previous_index}",
-                    )
-                )
-            if target_pct == 0:
-                problems.append((("steps", i, kind), "a weight step must give the target more than 0%"))
-            previous, previous_index = target_pct, i
-    return problems
-
-
-def _gate_problems(gate: Gate, i: int) -> list[tuple[Path, str]]:
-    problems: list[tuple[Path, str]] = []
-    if gate.mode == "threshold" and gate.max is None and gate.stable_margin is None:
-        problems.append((("gates", i), "gate without threshold: set max and/or stable_margin"))
-    if gate.mode == "both" and gate.max is None and gate.stable_margin is None:
-        problems.append(
-            (("gates", i), "mode both without threshold: set max and/or stable_margin, or use mode statistical")
-        )
-    if gate.metric == "latency" and gate.quantile is None and gate.mode != "statistical":
-        problems.append((("gates", i, "quantile"), "latency gate needs a quantile (p50, p90 or p99)"))
-    problems.extend(_statistical_problems(gate, i))
-    if gate.metric == "error_rate" and gate.quantile is not None:
-        problems.append((("gates", i, "quantile"), "quantile applies only to latency gates"))
-    if gate.metric == "error_rate" and gate.max is not None and gate.max > 100:
-        problems.append((("gates", i, "max"), "error_rate max is a percentage (0-100)"))
-    return problems
-
-
-def _statistical_problems(gate: Gate, i: int) -> list[tuple[Path, str]]:
-    problems: list[tuple[Path, str]] = []
-    if not gate.statistical:
-        for field in ("tolerance", "alpha", "slow_ms"):
-            if field in gate.model_fields_set:
-                problems.append((("gates", i, field), f"{field} applies only to mode statistical or both"))
-        return problems
-    if gate.metric == "error_rate" and gate.slow_ms is not None:
-        problems.append((("gates", i, "slow_ms"), "slow_ms applies only to latency gates"))
-    if gate.mode == "statistical":
-        if gate.stable_margin is not None:
-            problems.append(
-                (("gates", i, "stable_margin"), "stable_margin is a threshold: use mode both to combine it")
-            )
-        if gate.metric == "error_rate" and gate.max is not None:
-            problems.append((("gates", i, "max"), "max is a threshold: use mode both to combine it"))
-    return problems

@@ -1,9 +1,11 @@
 """A directory of rollout specs, re-read when files change.
 
 Every valid file becomes a ManagedRollout; an invalid file is reported (once per
-change) and ignored as a whole, never partially applied. If two files name the
-same rollout, the first in sorted order wins and the other is reported. With
-`allowed_namespaces`, a spec for any other namespace is rejected the same way.
+change) and ignored as a whole, never partially applied. Two files for the same
+service (namespace/service), host or rollout name are both refused, each problem
+naming the other file and line (controller.spec_owners): neither runs until the
+clash is resolved. With `allowed_namespaces`, a spec for any other namespace is
+rejected the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 
 from controller.engine.runner import ManagedRollout
 from controller.spec import RolloutSpec
-from controller.spec_loader import FieldPath, SpecError, SpecProblem, load_spec, spec_files
+from controller.spec_loader import FieldPath, LocatedSpec, SpecError, SpecProblem, load_spec_located, spec_files
+from controller.spec_owners import without_clashes
 
 Fingerprint = tuple[tuple[str, int, int], ...]
 
@@ -49,22 +52,16 @@ class SpecDirectory:
         if fingerprint == self._fingerprint:
             return False
         self._fingerprint = fingerprint
-        rollouts: dict[str, ManagedRollout] = {}
+        loaded: list[LocatedSpec] = []
         problems: list[SpecProblem] = []
         if not self.path.is_dir():
             problems.append(SpecProblem(str(self.path), 1, "", "spec directory does not exist"))
         for name, _, _ in fingerprint:
-            file = Path(name)
             try:
-                rollout = ManagedRollout.from_spec(load_spec(file, self._namespace_check), source=file)
+                loaded.append(load_spec_located(Path(name), self._namespace_check))
             except SpecError as exc:
                 problems.extend(exc.problems)
-                continue
-            if rollout.name in rollouts:
-                other = rollouts[rollout.name].source
-                problems.append(SpecProblem(name, 1, "name", f"rollout {rollout.name!r} is already defined in {other}"))
-                continue
-            rollouts[rollout.name] = rollout
-        self.rollouts = list(rollouts.values())
-        self.problems = problems
+        owned, clashes = without_clashes(loaded)
+        self.rollouts = [ManagedRollout.from_spec(located.spec, source=Path(located.file)) for located in owned]
+        self.problems = sorted([*problems, *clashes], key=lambda p: (p.file, p.line))
         return True

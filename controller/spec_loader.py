@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from controller.spec import RolloutSpec, semantic_problems
+from controller.spec import RolloutSpec, semantic_problems, spec_warnings
 
 MAX_SPEC_BYTES = 256 * 1024
 MAX_NESTING = 32
@@ -194,6 +194,21 @@ def _compose(text: str, file: str) -> tuple[_SpecLoader, list[yaml.Node]]:
 
 
 ExtraCheck = Callable[[RolloutSpec], list[tuple[FieldPath, str]]]
+LOCATED_FIELDS = ("name", "service", "namespace", "host")
+
+
+@dataclass(frozen=True)
+class LocatedSpec:
+    """A valid spec with the lines of its identity fields, so clashes between files can name both lines."""
+
+    file: str
+    spec: RolloutSpec
+    lines: dict[str, int]  # top-level fields of LOCATED_FIELDS present in the file -> line
+    warnings: tuple[SpecProblem, ...] = ()
+
+    def line(self, field: str) -> int:
+        """The field's line; for a field left to its default, the line of `service`."""
+        return self.lines.get(field, self.lines.get("service", 1))
 
 
 def parse_spec_text(text: str, file: str, extra_check: ExtraCheck | None = None) -> RolloutSpec:
@@ -202,6 +217,11 @@ def parse_spec_text(text: str, file: str, extra_check: ExtraCheck | None = None)
     `extra_check` adds the caller's own rules (e.g. the controller's allowed namespaces), reported
     with file, line and field like every other problem.
     """
+    return parse_spec_located(text, file, extra_check).spec
+
+
+def parse_spec_located(text: str, file: str, extra_check: ExtraCheck | None = None) -> LocatedSpec:
+    """parse_spec_text, keeping the lines of the identity fields and the spec's warnings."""
     if len(text.encode("utf-8", "replace")) > MAX_SPEC_BYTES:
         raise SpecError([SpecProblem(file, 1, "", f"file larger than {MAX_SPEC_BYTES} bytes")])
     loader, docs = _compose(text, file)
@@ -234,10 +254,16 @@ def parse_spec_text(text: str, file: str, extra_check: ExtraCheck | None = None)
         problems.append(SpecProblem(file, index.line_of(path), _dotted(path), reason))
     if problems:
         raise SpecError(sorted(problems, key=lambda p: p.line))
-    return spec
+    lines = {name: index.line_of((name,)) for name in LOCATED_FIELDS if name in data}
+    warnings = [SpecProblem(file, index.line_of(path), _dotted(path), reason) for path, reason in spec_warnings(spec)]
+    return LocatedSpec(file, spec, lines, tuple(sorted(warnings, key=lambda p: p.line)))
 
 
 def load_spec(path: Path, extra_check: ExtraCheck | None = None) -> RolloutSpec:
+    return load_spec_located(path, extra_check).spec
+
+
+def load_spec_located(path: Path, extra_check: ExtraCheck | None = None) -> LocatedSpec:
     def problem(reason: str) -> SpecError:
         return SpecError([SpecProblem(str(path), 1, "", reason)])
 
@@ -254,7 +280,7 @@ def load_spec(path: Path, extra_check: ExtraCheck | None = None) -> RolloutSpec:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise problem("file is not UTF-8 text") from None
-    return parse_spec_text(text, str(path), extra_check)
+    return parse_spec_located(text, str(path), extra_check)
 
 
 def spec_files(paths: list[Path]) -> list[Path]:

@@ -1,0 +1,179 @@
+"""Cross-field rules of the rollout spec, and warnings.
+
+`semantic_problems` reports what the models cannot see field by field (unknown versions, increasing
+weights, header matches that depend on the match kind, window vs interval); `spec_warnings` reports
+sound but doubtful choices that `ramp validate` prints without failing. Both give a field path per
+finding so the loader can point at the exact YAML line. Both are re-exported by controller.spec.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from controller.spec_rules import format_seconds, header_match_problem
+from controller.weights import integer_percentages
+
+if TYPE_CHECKING:
+    from controller.spec import Gate, RolloutSpec
+
+Path = tuple[str | int, ...]
+
+
+def semantic_problems(spec: RolloutSpec) -> list[tuple[Path, str]]:
+    """Cross-field problems as (field path, reason); empty when the spec is sound."""
+    problems: list[tuple[Path, str]] = []
+    names = [v.name for v in spec.versions]
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            problems.append((("versions", i, "name"), f"duplicate version {name!r}"))
+        seen.add(name)
+    if sum(v.weight for v in spec.versions) == 0:
+        problems.append((("versions",), "all weights are 0: at least one version must carry traffic"))
+    if spec.target not in seen:
+        problems.append((("target",), f"unknown version {spec.target!r}: not listed in versions"))
+    elif not any(v.weight > 0 for v in spec.versions if v.name != spec.target):
+        problems.append(
+            (("versions",), f"no version other than target {spec.target!r} carries traffic to roll back to")
+        )
+    if spec.steps is not None:
+        problems.extend(_step_problems(spec, seen))
+    if spec.analysis.window < spec.schedule.interval:
+        window, interval = format_seconds(spec.analysis.window), format_seconds(spec.schedule.interval)
+        problems.append(
+            (
+                ("analysis", "window"),
+                f"window {window} is shorter than the tick interval {interval}: requests between two windows "
+                "would never be judged",
+            )
+        )
+    names = [gate.display_name for gate in spec.gates]
+    for i, gate in enumerate(spec.gates):
+        problems.extend(_gate_problems(gate, i))
+        if gate.statistical and names.count(gate.display_name) > 1:
+            problems.append(
+                (("gates", i), f"gate name {gate.display_name!r} is used twice: a statistical gate needs its own name")
+            )
+    return problems
+
+
+def _step_problems(spec: RolloutSpec, known: set[str]) -> list[tuple[Path, str]]:
+    problems: list[tuple[Path, str]] = []
+    steps = spec.steps or []
+    if not steps:
+        problems.append((("steps",), "steps is empty: give at least one step or omit steps for the default"))
+    previous: int | None = None
+    previous_index = -1
+    for i, step in enumerate(steps):
+        kinds = [k for k in ("header", "weight", "traffic", "approval") if k in step.model_fields_set]
+        if len(kinds) != 1:
+            what = "none" if not kinds else ", ".join(kinds)
+            problems.append(
+                (("steps", i), f"a step needs exactly one of header, weight, traffic, approval (got {what})")
+            )
+            continue
+        kind = kinds[0]
+        if kind == "header" and step.header is None:
+            problems.append((("steps", i, "header"), "header step without header: give name and value"))
+        elif kind == "header" and step.header is not None:
+            header = step.header
+            reason = header_match_problem(header.name, header.value, header.match)
+            if reason is not None:
+                problems.append((("steps", i, "header", "value"), reason))
+        if kind == "approval" and step.duration is not None:
+            problems.append((("steps", i, "duration"), "an approval step waits for a person, not a duration"))
+        if kind == "weight" and step.weight is None:
+            problems.append((("steps", i, "weight"), "weight step without a weight (0-100)"))
+        target_pct: int | None = None
+        if kind == "weight" and step.weight is not None:
+            target_pct = step.weight
+        if kind == "traffic":
+            traffic = step.traffic or {}
+            unknown = [name for name in traffic if name not in known]
+            for name in unknown:
+                problems.append((("steps", i, "traffic", name), f"unknown version {name!r}"))
+            if traffic and sum(traffic.values()) == 0:
+                problems.append((("steps", i, "traffic"), "all weights are 0"))
+            elif not traffic:
+                problems.append((("steps", i, "traffic"), "traffic step without weights"))
+            elif not unknown:
+                target_pct = integer_percentages(traffic).get(spec.target, 0)
+        if target_pct is not None:
+            if previous is not None and target_pct <= previous:
+                problems.append(
+                    (
+                        ("steps", i, kind),
+                        f"step weights must increase: target {spec.target!r} gets {target_pct}% here, "
+                        f"not more than {previous}% at step {previous_index}",
+                    )
+                )
+            if target_pct == 0:
+                problems.append((("steps", i, kind), "a weight step must give the target more than 0%"))
+            previous, previous_index = target_pct, i
+    return problems
+
+
+def _gate_problems(gate: Gate, i: int) -> list[tuple[Path, str]]:
+    problems: list[tuple[Path, str]] = []
+    if gate.mode == "threshold" and gate.max is None and gate.stable_margin is None:
+        problems.append((("gates", i), "gate without threshold: set max and/or stable_margin"))
+    if gate.mode == "both" and gate.max is None and gate.stable_margin is None:
+        problems.append(
+            (("gates", i), "mode both without threshold: set max and/or stable_margin, or use mode statistical")
+        )
+    if gate.metric == "latency" and gate.quantile is None and gate.mode != "statistical":
+        problems.append((("gates", i, "quantile"), "latency gate needs a quantile (p50, p90 or p99)"))
+    problems.extend(_statistical_problems(gate, i))
+    if gate.metric == "error_rate" and gate.quantile is not None:
+        problems.append((("gates", i, "quantile"), "quantile applies only to latency gates"))
+    if gate.metric == "error_rate" and gate.max is not None and gate.max > 100:
+        problems.append((("gates", i, "max"), "error_rate max is a percentage (0-100)"))
+    return problems
+
+
+def _statistical_problems(gate: Gate, i: int) -> list[tuple[Path, str]]:
+    problems: list[tuple[Path, str]] = []
+    if not gate.statistical:
+        for field in ("tolerance", "alpha", "slow_ms"):
+            if field in gate.model_fields_set:
+                problems.append((("gates", i, field), f"{field} applies only to mode statistical or both"))
+        return problems
+    if gate.metric == "error_rate" and gate.slow_ms is not None:
+        problems.append((("gates", i, "slow_ms"), "slow_ms applies only to latency gates"))
+    if gate.mode == "statistical":
+        if gate.stable_margin is not None:
+            problems.append(
+                (("gates", i, "stable_margin"), "stable_margin is a threshold: use mode both to combine it")
+            )
+        if gate.metric == "error_rate" and gate.max is not None:
+            problems.append((("gates", i, "max"), "max is a threshold: use mode both to combine it"))
+    return problems
+
+
+def _absolute_limit(gate: Gate) -> bool:
+    """True when the gate can judge the target alone (a max it applies), without stable traffic."""
+    return gate.mode != "statistical" and gate.max is not None
+
+
+def spec_warnings(spec: RolloutSpec) -> list[tuple[Path, str]]:
+    """Sound but doubtful choices as (field path, reason); `ramp validate` prints them without failing."""
+    warnings: list[tuple[Path, str]] = []
+    if any(_absolute_limit(gate) for gate in spec.gates):
+        return warnings
+    for i, step in enumerate(spec.steps or []):
+        if step.kind == "weight" and step.weight is not None:
+            share = step.weight
+        elif step.kind == "traffic" and step.traffic and sum(step.traffic.values()) > 0:
+            share = integer_percentages(step.traffic).get(spec.target, 0)
+        else:
+            continue
+        if share == 100:
+            warnings.append(
+                (
+                    ("steps", i, step.kind),
+                    f"{spec.target!r} gets 100% here but every gate compares it with the stable versions "
+                    "(statistical, or stable_margin without max): with no stable traffic they give no data, so "
+                    "this step holds (and rolls back after missing_data_timeout); give a gate a max",
+                )
+            )
+    return warnings
