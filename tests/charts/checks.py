@@ -1,8 +1,11 @@
-"""Checks shared by the chart tests: pod hardening, probe ports, ServiceMonitor shape."""
+"""Checks shared by the chart tests: pod hardening, probe ports, ServiceMonitor shape, the controller's
+container, flags and watched namespaces."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from tests.charts.rendering import RAMP_NAMESPACE, Rendered
 
 _MONITOR_SPEC_FIELDS = frozenset({"namespaceSelector", "selector", "endpoints", "jobLabel"})
 _MONITOR_ENDPOINT_FIELDS = frozenset({"port", "path", "interval", "scrapeTimeout", "scheme"})
@@ -53,4 +56,41 @@ def probe_port(container: dict[str, Any], probe: dict[str, Any]) -> int:
     port = probe["httpGet"]["port"]
     if isinstance(port, int):
         return port
-    return next(p["containerPort"] for p in container["ports"] if p["name"] == port)
+    return int(next(p["containerPort"] for p in container["ports"] if p["name"] == port))
+
+
+def controller_pod(rendered: Rendered) -> dict[str, Any]:
+    template: dict[str, Any] = rendered.one("Deployment")["spec"]["template"]
+    return template
+
+
+def controller_container(rendered: Rendered) -> dict[str, Any]:
+    containers = controller_pod(rendered)["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["controller"]
+    container: dict[str, Any] = containers[0]
+    return container
+
+
+def flags(container: dict[str, Any]) -> dict[str, str]:
+    """`--name=value` arguments as a dict; every argument must have that form."""
+    assert "command" not in container, "the image's ENTRYPOINT (ramp controller) must be kept"
+    parsed: dict[str, str] = {}
+    for arg in container["args"]:
+        name, sep, value = arg.partition("=")
+        assert arg.startswith("--") and sep, arg
+        assert name not in parsed, f"{name} given twice"
+        parsed[name] = value
+    return parsed
+
+
+def service_account_name(rendered: Rendered) -> str:
+    return str(rendered.one("ServiceAccount")["metadata"]["name"])
+
+
+def watched_namespaces(rendered: Rendered) -> list[str] | None:
+    """The namespaces the chart's values ask to manage: None for all (watchAllNamespaces), else the list, which
+    defaults to the release namespace."""
+    values = rendered.values
+    if values["watchAllNamespaces"]:
+        return None
+    return list(values["watchNamespaces"]) or [RAMP_NAMESPACE]

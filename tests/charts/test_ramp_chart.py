@@ -1,6 +1,6 @@
-"""charts/ramp: hardened pods, probes, leader-election flags, 2 replicas + PDB, RBAC that grants exactly the
-least-privilege rule set (resolved through the bindings), metrics Service/ServiceMonitor, and a
-values.schema.json that rejects bad values at render and lint time.
+"""charts/ramp: hardened pods, probes, leader-election and namespace flags, 2 replicas + PDB, metrics
+Service/ServiceMonitor, and a values.schema.json that rejects bad values at render and lint time.
+RBAC: test_ramp_rbac.py (and test_ramp_rbac_live.py); the NetworkPolicy: test_ramp_network_policy.py.
 """
 
 from __future__ import annotations
@@ -13,42 +13,27 @@ import pytest
 import yaml
 
 from controller.spec_directory import SpecDirectory
-from tests.charts.checks import assert_hardened, probe_port, service_monitor_problems
+from tests.charts.checks import (
+    assert_hardened,
+    controller_container,
+    controller_pod,
+    flags,
+    probe_port,
+    service_account_name,
+    service_monitor_problems,
+    watched_namespaces,
+)
 from tests.charts.rendering import (
     ALL_CI,
     RAMP_CHART,
     RAMP_CI,
     RAMP_NAMESPACE,
     RELEASE,
-    Rendered,
     _ids,
     ci_values,
-    render,
     render_ci,
     render_error,
 )
-
-
-def controller_pod(rendered: Rendered) -> dict[str, Any]:
-    return rendered.one("Deployment")["spec"]["template"]
-
-
-def controller_container(rendered: Rendered) -> dict[str, Any]:
-    containers = controller_pod(rendered)["spec"]["containers"]
-    assert [c["name"] for c in containers] == ["controller"]
-    return containers[0]
-
-
-def flags(container: dict[str, Any]) -> dict[str, str]:
-    """`--name=value` arguments as a dict; every argument must have that form."""
-    assert "command" not in container, "the image's ENTRYPOINT (ramp controller) must be kept"
-    parsed: dict[str, str] = {}
-    for arg in container["args"]:
-        name, sep, value = arg.partition("=")
-        assert arg.startswith("--") and sep, arg
-        assert name not in parsed, f"{name} given twice"
-        parsed[name] = value
-    return parsed
 
 
 @pytest.mark.parametrize("path", RAMP_CI, ids=_ids(RAMP_CI))
@@ -84,8 +69,9 @@ def test_controller_flags_env_and_specs_mount(path: Path) -> None:
         "--identity": "$(POD_NAME)",
         "--listen-port": "8080",
     }
-    if values["watchNamespaces"]:
-        expected["--namespaces"] = ",".join(values["watchNamespaces"])
+    watched = watched_namespaces(rendered)
+    if watched is not None:  # the same namespaces as the Roles (test_ramp_rbac.py); absent: all namespaces
+        expected["--namespaces"] = ",".join(watched)
     assert flags(container) == expected
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
@@ -113,8 +99,8 @@ def test_rollout_specs_configmap_is_what_the_controller_loads(path: Path, tmp_pa
         assert yaml.safe_load(text) == specs[name]
         (tmp_path / name).write_text(text, encoding="utf-8")
     # The controller's own spec directory, with the chart's namespace allow-list: every file is accepted.
-    watched = rendered.values["watchNamespaces"]
-    directory = SpecDirectory(tmp_path, frozenset(watched) if watched else None)
+    watched = watched_namespaces(rendered)
+    directory = SpecDirectory(tmp_path, None if watched is None else frozenset(watched))
     directory.refresh()
     assert directory.problems == []
     assert sorted(r.spec.service for r in directory.rollouts) == sorted(s["service"] for s in specs.values())
@@ -159,121 +145,6 @@ def test_standard_labels_on_every_object(path: Path) -> None:
         assert labels["app.kubernetes.io/instance"] == RELEASE
         assert labels["app.kubernetes.io/version"] == "0.1.0"
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
-
-
-# ---- RBAC
-
-
-def service_account_name(rendered: Rendered) -> str:
-    return str(rendered.one("ServiceAccount")["metadata"]["name"])
-
-
-Grant = tuple[str | None, str, str, str, str | None]  # (namespace or None = cluster-wide, group, resource, verb, name)
-
-WORKLOAD_RULES = {
-    ("networking.istio.io", "virtualservices"): {"get", "list", "watch", "create", "update", "patch"},
-    ("networking.istio.io", "destinationrules"): {"get", "list", "watch", "create", "update", "patch"},
-    ("apps", "deployments"): {"get", "list"},
-    ("", "events"): {"create", "patch"},
-}
-
-
-def expected_grants(values: dict[str, Any]) -> set[Grant]:
-    lease = values["leaderElection"]["leaseName"]
-    grants: set[Grant] = {
-        (RAMP_NAMESPACE, "coordination.k8s.io", "leases", "get", lease),
-        (RAMP_NAMESPACE, "coordination.k8s.io", "leases", "update", lease),
-        (RAMP_NAMESPACE, "coordination.k8s.io", "leases", "create", None),
-    }
-    scopes: list[str | None] = list(values["watchNamespaces"]) or [None]
-    for scope in scopes:
-        for (group, resource), verbs in WORKLOAD_RULES.items():
-            grants |= {(scope, group, resource, verb, None) for verb in verbs}
-    return grants
-
-
-def granted(rendered: Rendered) -> set[Grant]:
-    """Every permission the controller's ServiceAccount gets, resolved through the rendered bindings."""
-    account = (RAMP_NAMESPACE, service_account_name(rendered))
-    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in rendered.of_kind("Role")}
-    cluster_roles = {r["metadata"]["name"]: r for r in rendered.of_kind("ClusterRole")}
-    grants: set[Grant] = set()
-    bindings = rendered.of_kind("RoleBinding") + rendered.of_kind("ClusterRoleBinding")
-    for binding in bindings:
-        subjects = {(s["namespace"], s["name"]) for s in binding["subjects"] if s["kind"] == "ServiceAccount"}
-        assert subjects == {account} and len(binding["subjects"]) == 1, binding["metadata"]["name"]
-        ref = binding["roleRef"]
-        assert ref["apiGroup"] == "rbac.authorization.k8s.io"
-        namespace = binding["metadata"].get("namespace") if binding["kind"] == "RoleBinding" else None
-        # A binding to a role that is not rendered (or bound twice) raises KeyError here.
-        role = roles.pop((namespace, ref["name"])) if ref["kind"] == "Role" else cluster_roles.pop(ref["name"])
-        for rule in role["rules"]:
-            assert set(rule) <= {"apiGroups", "resources", "verbs", "resourceNames"}, rule
-            names: list[str | None] = list(rule.get("resourceNames") or [None])
-            for group in rule["apiGroups"]:
-                for resource in rule["resources"]:
-                    for verb in rule["verbs"]:
-                        grants |= {(namespace, group, resource, verb, name) for name in names}
-    assert roles == {} and cluster_roles == {}, "every rendered role is bound (and only once)"
-    return grants
-
-
-@pytest.mark.parametrize("path", RAMP_CI, ids=_ids(RAMP_CI))
-def test_rbac_is_exactly_least_privilege(path: Path) -> None:
-    rendered = render_ci(path)
-    grants = granted(rendered)
-    assert grants == expected_grants(rendered.values)
-    assert not [g for g in grants if "*" in g], "no wildcards"
-    assert not {resource for _, _, resource, _, _ in grants} & {"secrets", "pods", "configmaps"}
-
-
-@pytest.mark.parametrize("path", RAMP_CI, ids=_ids(RAMP_CI))
-def test_rbac_shape_follows_watch_namespaces(path: Path) -> None:
-    rendered = render_ci(path)
-    watched = rendered.values["watchNamespaces"]
-    role_namespaces = sorted(r["metadata"]["namespace"] for r in rendered.of_kind("Role"))
-    if watched:
-        assert rendered.of_kind("ClusterRole") == [] and rendered.of_kind("ClusterRoleBinding") == []
-        assert role_namespaces == sorted([*watched, RAMP_NAMESPACE])  # one per namespace + the Lease's
-    else:
-        assert len(rendered.of_kind("ClusterRole")) == 1 and len(rendered.of_kind("ClusterRoleBinding")) == 1
-        assert role_namespaces == [RAMP_NAMESPACE]  # only the Lease's
-
-
-def test_rbac_as_rendered_for_two_namespaces() -> None:
-    """The literal rules, as a reader of the chart would see them."""
-    rendered = render_ci(RAMP_CHART / "ci" / "multi-namespace-values.yaml")
-    rules = {r["metadata"]["namespace"]: r["rules"] for r in rendered.of_kind("Role")}
-    workload = [
-        {
-            "apiGroups": ["networking.istio.io"],
-            "resources": ["virtualservices", "destinationrules"],
-            "verbs": ["get", "list", "watch", "create", "update", "patch"],
-        },
-        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list"]},
-        {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
-    ]
-    assert rules == {
-        "shop": workload,
-        "payments": workload,
-        RAMP_NAMESPACE: [
-            {
-                "apiGroups": ["coordination.k8s.io"],
-                "resources": ["leases"],
-                "resourceNames": ["ramp-leader"],
-                "verbs": ["get", "update"],
-            },
-            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
-        ],
-    }
-
-
-def test_existing_service_account_is_bound_without_creating_one() -> None:
-    rendered = render(RAMP_CHART, {"serviceAccount": {"create": False, "name": "platform-ramp"}})
-    assert rendered.of_kind("ServiceAccount") == []
-    assert controller_pod(rendered)["spec"]["serviceAccountName"] == "platform-ramp"
-    for binding in rendered.of_kind("RoleBinding") + rendered.of_kind("ClusterRoleBinding"):
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "platform-ramp", "namespace": RAMP_NAMESPACE}]
 
 
 # ---- metrics

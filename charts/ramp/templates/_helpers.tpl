@@ -57,18 +57,43 @@ app.kubernetes.io/part-of: ramp
 {{- end }}
 
 {{/*
-RBAC rules in every managed namespace (a Role each, or one ClusterRole for all namespaces):
-Istio routing objects the controller reads, creates and updates; Deployments it lists for
-version availability; Events it records on the VirtualService. Nothing else.
+The namespaces this controller manages, comma-separated; "" means every namespace (watchAllNamespaces).
+Neither watchNamespaces nor watchAllNamespaces set: the release namespace only (least privilege by default).
+Both set: a contradiction, refused (values.schema.json refuses it too; this also holds with the schema skipped).
+*/}}
+{{- define "ramp.watchNamespaces" -}}
+{{- if .Values.watchAllNamespaces }}
+{{- if .Values.watchNamespaces }}
+{{- fail (printf "watchAllNamespaces is true but watchNamespaces lists %s: set one or the other" (join ", " .Values.watchNamespaces)) }}
+{{- end }}
+{{- else if .Values.watchNamespaces }}
+{{- join "," .Values.watchNamespaces }}
+{{- else }}
+{{- .Release.Namespace }}
+{{- end }}
+{{- end }}
+
+{{/*
+RBAC rules in every managed namespace (a Role each, or one ClusterRole with watchAllNamespaces): exactly the
+requests the controller makes (tests/charts/rbac.py maps each Kubernetes API call in controller/ to its rule).
+- VirtualServices: list (one LIST per namespace per tick), get, create (when absent), update (PUT with
+  resourceVersion: routes and rollout state in one write).
+- DestinationRules: get, create (when absent), update (subsets).
+- Deployments: list (version availability).
+- Events: create (what Ramp did and why, on the VirtualService).
+No watch, patch or delete; no Pods, Secrets or ConfigMaps.
 */}}
 {{- define "ramp.workloadRules" -}}
 - apiGroups: ["networking.istio.io"]
-  resources: ["virtualservices", "destinationrules"]
-  verbs: ["get", "list", "watch", "create", "update", "patch"]
+  resources: ["virtualservices"]
+  verbs: ["get", "list", "create", "update"]
+- apiGroups: ["networking.istio.io"]
+  resources: ["destinationrules"]
+  verbs: ["get", "create", "update"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list"]
+  verbs: ["list"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
