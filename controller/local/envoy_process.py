@@ -2,7 +2,8 @@
 
 One listener (127.0.0.1:port) whose http_connection_manager gets its routes from the
 watched RDS file written by `EnvoyFileRouter`; one STATIC cluster per
-(namespace, service, version) pointing at the sample app on 127.0.0.1.
+(namespace, service, version) pointing at the sample app on 127.0.0.1, actively health
+checked on the app's `/health` (read back by `controller.local.availability`).
 """
 
 from __future__ import annotations
@@ -53,12 +54,43 @@ def envoy_binary() -> str:
     )
 
 
-def _cluster(upstream: Upstream, connect_timeout: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class HealthCheck:
+    """Envoy active HTTP health check of every version cluster (the sample app's `/health`).
+
+    `no_traffic_interval` matters: Envoy uses it (default 60 s) for clusters that have not had traffic
+    yet, e.g. a new version at 0% weight."""
+
+    path: str = "/health"
+    interval_s: float = 1.0
+    timeout_s: float = 0.5
+    unhealthy_threshold: int = 2
+    healthy_threshold: int = 1
+
+    def render(self) -> dict[str, Any]:
+        interval = f"{self.interval_s:g}s"
+        return {
+            "timeout": f"{self.timeout_s:g}s",
+            "interval": interval,
+            "no_traffic_interval": interval,
+            "unhealthy_interval": interval,
+            "unhealthy_threshold": self.unhealthy_threshold,
+            "healthy_threshold": self.healthy_threshold,
+            "http_health_check": {"path": self.path},
+        }
+
+
+DEFAULT_HEALTH_CHECK = HealthCheck()
+
+
+def _cluster(upstream: Upstream, connect_timeout: str, health_check: HealthCheck | None = None) -> dict[str, Any]:
+    health_checks = [] if health_check is None else [health_check.render()]
     return {
         "name": upstream.cluster,
         "type": "STATIC",
         "connect_timeout": connect_timeout,
         "lb_policy": "ROUND_ROBIN",
+        "health_checks": health_checks,
         "load_assignment": {
             "cluster_name": upstream.cluster,
             "endpoints": [
@@ -85,8 +117,9 @@ def render_bootstrap(
     routes_file: Path,
     connect_timeout: str = "0.25s",
     node_id: str = "ramp-local",
+    health_check: HealthCheck | None = DEFAULT_HEALTH_CHECK,
 ) -> dict[str, Any]:
-    """An Envoy v3 bootstrap (plain dict) for the local data plane."""
+    """An Envoy v3 bootstrap (plain dict) for the local data plane; `health_check=None` disables checks."""
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
         ".HttpConnectionManager",
@@ -127,7 +160,7 @@ def render_bootstrap(
                     ],
                 }
             ],
-            "clusters": [_cluster(u, connect_timeout) for u in upstreams],
+            "clusters": [_cluster(u, connect_timeout, health_check) for u in upstreams],
         },
     }
 
@@ -167,9 +200,10 @@ def start_envoy(
     upstreams: list[Upstream],
     routes_file: Path,
     name: str = "envoy",
+    health_check: HealthCheck | None = DEFAULT_HEALTH_CHECK,
 ) -> ManagedProcess:
     """Write the bootstrap and start Envoy (not waiting; call `wait_envoy_ready`)."""
-    bootstrap = render_bootstrap(listen_port, admin_port, upstreams, routes_file)
+    bootstrap = render_bootstrap(listen_port, admin_port, upstreams, routes_file, health_check=health_check)
     path = write_bootstrap(Path(work_dir) / f"{name}-bootstrap.json", bootstrap)
     return group.start(name, envoy_argv(path))
 

@@ -4,6 +4,10 @@
         stack.router.apply(routing)              # same DesiredRouting the Istio router takes
         send_requests(stack.api_url, stack.host_header, 100)
         stack.set_fault("v2", error_rate=1.0)
+        stack.stop_version("v2")                 # Envoy's health checks then report v2 unavailable
+        stack.availability.unavailable_versions(rollouts)   # the engine's VersionAvailability port
+
+For a local controller (`ramp run`) the stack exposes `envoy_admin_url` and `routes_dir`.
 
 Every process the stack starts is stopped on exit, also on exceptions, KeyboardInterrupt
 and (as a safety net) interpreter exit.
@@ -26,6 +30,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from controller.deadline import Deadline
+from controller.local.availability import EnvoyAvailability, EnvoyAvailabilityError
 from controller.local.envoy_process import Upstream, start_envoy, wait_envoy_ready
 from controller.local.ports import free_ports
 from controller.local.processes import ManagedProcess, ProcessError, ProcessGroup
@@ -95,6 +101,7 @@ class LocalStack:
         self.app_ports: dict[str, int] = dict(zip(versions, ports, strict=False))
         self.envoy_port, self.envoy_admin_port, self.prometheus_port = ports[-3:]
         self.router = EnvoyFileRouter(self.work_dir / "routes", self.envoy_admin_url)
+        self.availability = EnvoyAvailability(self.envoy_admin_url)
         self._group = ProcessGroup(self.work_dir / "logs")
         self._started = False
         self.startup_seconds: float | None = None
@@ -107,6 +114,11 @@ class LocalStack:
     @property
     def envoy_admin_url(self) -> str:
         return f"http://127.0.0.1:{self.envoy_admin_port}"
+
+    @property
+    def routes_dir(self) -> Path:
+        """The directory of Envoy's watched routes file (what `ramp run --envoy-routes-dir` takes)."""
+        return self.router.routes_dir
 
     @property
     def prometheus_url(self) -> str:
@@ -141,9 +153,6 @@ class LocalStack:
             apps = {v: self._start_app(v, knobs) for v, knobs in self.versions.items()}
             routes_file = self.router.initial_file([self.initial_routing])
             upstreams = [Upstream(self.namespace, self.service, v, p) for v, p in self.app_ports.items()]
-            envoy = start_envoy(
-                self._group, self.work_dir, self.envoy_port, self.envoy_admin_port, upstreams, routes_file
-            )
             prometheus = None
             if self.with_prometheus:
                 prometheus = start_prometheus(
@@ -155,7 +164,12 @@ class LocalStack:
                 )
             for version, proc in apps.items():
                 proc.wait_http_ready(f"{self.app_url(version)}/health", self.ready_timeout)
+            # Envoy starts once the apps answer, so its first health checks already pass.
+            envoy = start_envoy(
+                self._group, self.work_dir, self.envoy_port, self.envoy_admin_port, upstreams, routes_file
+            )
             wait_envoy_ready(envoy, self.envoy_admin_port, self.ready_timeout)
+            self.wait_available(set(self.versions), self.ready_timeout)
             if prometheus is not None:
                 wait_prometheus_ready(prometheus, self.prometheus_port, self.ready_timeout)
         except BaseException:
@@ -178,6 +192,51 @@ class LocalStack:
         return self._group.start(
             f"app-{version}", [sys.executable, "-m", "services.sample_app"], env=env, cwd=REPO_ROOT
         )
+
+    def _app_process(self, version: str) -> ManagedProcess | None:
+        if version not in self.app_ports:
+            raise KeyError(f"unknown version {version!r}; the stack runs {sorted(self.app_ports)}")
+        found = [p for p in self._group.processes if p.name == f"app-{version}"]
+        return found[-1] if found else None
+
+    def stop_version(self, version: str) -> None:
+        """Stop one version's app (its Envoy cluster stays; health checks then fail)."""
+        proc = self._app_process(version)
+        if proc is not None:
+            self._group.processes.remove(proc)
+            proc.stop(self._group.grace)
+
+    def start_version(self, version: str) -> None:
+        """Start a stopped version's app again, on its port, with its current knobs; waits for /health."""
+        current = self._app_process(version)
+        if current is not None and current.running:
+            return
+        if current is not None:
+            self._group.processes.remove(current)
+            current.stop(self._group.grace)
+        proc = self._start_app(version, self.versions[version])
+        proc.wait_http_ready(f"{self.app_url(version)}/health", self.ready_timeout)
+
+    def unavailable_versions(self, deadline: Deadline | None = None) -> frozenset[str]:
+        """The stack's versions Envoy's health checks report without a healthy endpoint."""
+        endpoints = self.availability.endpoints(self.namespace, self.service, deadline)
+        return frozenset(v for v in self.versions if not any(healthy for _, _, healthy in endpoints.get(v, [])))
+
+    def wait_available(self, versions: set[str], timeout: float) -> None:
+        """Wait until Envoy reports every one of `versions` healthy (ProcessError after `timeout`)."""
+        deadline = Deadline(timeout)
+        last = "no answer"
+        while True:
+            try:
+                down = self.unavailable_versions(Deadline(min(2.0, max(0.05, deadline.remaining()))))
+                if not down & versions:
+                    return
+                last = f"unhealthy: {sorted(down & versions)}"
+            except EnvoyAvailabilityError as exc:
+                last = str(exc)
+            if deadline.expired:
+                raise ProcessError(f"Envoy did not report {sorted(versions)} healthy within {timeout:.1f}s ({last})")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         """Stop every process this stack started (idempotent)."""
