@@ -1,7 +1,10 @@
 """Gates: turn a metrics snapshot into typed verdicts (pass / fail / no-data / hold), each with a reason.
 
-Missing data is never a pass: too few requests, no histogram, or an unreachable
-Prometheus all give NO_DATA, and the engine never advances on NO_DATA.
+Missing data is never a pass: too few requests, no histogram, an unreachable Prometheus, or
+an untrustworthy sample (NaN, negative, mistyped: `MetricsSnapshot.problems`) for the target or
+stable versions all give NO_DATA, and the engine never advances on NO_DATA. A statistical gate
+also needs `min_requests` of stable traffic to compare with; without it (a 100% step, blue/green)
+its `max` judges alone, or it is NO_DATA when it has none.
 Statistical gates (mode statistical/both) also run their e-process (`statistical_gate`); in
 those modes a `max` breached by the stable versions too gives HOLD (a shared dependency is
 down): never a promotion, never a rollback by itself.
@@ -13,7 +16,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from controller.analysis.metrics import QUANTILES, MetricsSnapshot, VersionMetrics
+from controller.analysis.metrics import (
+    LATENCY,
+    QUANTILES,
+    RAW_LATENCY,
+    RAW_REQUESTS,
+    REQUESTS,
+    MetricsSnapshot,
+    VersionMetrics,
+)
 from controller.analysis.statistical_gate import GateEvidence, statistical_gate_count, statistical_outcome
 from controller.spec import Gate, RolloutSpec
 
@@ -120,19 +131,53 @@ def _statistical_gate(
     target = snapshot.version(spec.namespace, spec.service, spec.target)
     stable = snapshot.versions_combined(spec.namespace, spec.service, stable_versions)
     outcome = statistical_outcome(gate, spec, snapshot, stable_versions, stable, previous)
-    # mode statistical has no threshold (a latency max there only sets the slow threshold)
-    judged = gate if gate.mode == "both" else gate.model_copy(update={"max": None, "stable_margin": None})
-    threshold = evaluate_gate(judged, spec, target, stable, ",".join(stable_versions) or "none")
+    needed = gate.min_requests or spec.analysis.min_requests
+    stable_names = ",".join(stable_versions) or "none"
+    comparable = stable is not None and stable.requests >= needed
+    # mode statistical has no threshold (a latency max there only sets the slow threshold) while stable
+    # traffic lets the test compare; without it, a max is the only judge left
+    if gate.mode == "both":
+        judged = gate
+    elif comparable:
+        judged = gate.model_copy(update={"max": None, "stable_margin": None})
+    else:
+        judged = gate.model_copy(update={"stable_margin": None})
+    threshold = evaluate_gate(judged, spec, target, stable, stable_names)
     verdict, reason = threshold.verdict, threshold.reason
     if outcome.rejected:
         verdict, reason = Verdict.FAIL, outcome.reason
-    elif verdict == Verdict.PASS and outcome.missing is not None:  # never promote without the test's data
+    elif verdict == Verdict.PASS and not comparable and gate.max is None:  # nothing to compare with
+        seen = 0.0 if stable is None else stable.requests
+        reason = (
+            f"{gate.display_name}: stable ({stable_names}) had {seen:.0f} requests in the last "
+            f"{spec.analysis.window:g}s, a statistical gate needs {needed} to compare against (no max set)"
+        )
+        verdict = Verdict.NO_DATA
+    elif verdict == Verdict.PASS and outcome.missing is not None and comparable:  # never promote without it
         verdict, reason = Verdict.NO_DATA, f"{gate.display_name}: {outcome.missing}"
     elif verdict == Verdict.PASS:
         reason = f"{reason}; {outcome.reason}"
     # otherwise the threshold part's FAIL/HOLD (mode both) or NO_DATA (too few requests in the window) stands
     result = replace(threshold, verdict=verdict, reason=reason, e_value=outcome.e_value, e_limit=outcome.limit)
     return result, outcome.evidence
+
+
+def _kinds(gate: Gate) -> tuple[str, ...]:
+    """The data a gate reads: the window's request counts always (min_requests), then its own kinds."""
+    kinds = [REQUESTS]
+    if gate.metric == "latency":
+        kinds.append(LATENCY)
+    if gate.statistical:
+        kinds.append(RAW_LATENCY if gate.metric == "latency" else RAW_REQUESTS)
+    return tuple(kinds)
+
+
+def _no_data(gate: Gate, spec: RolloutSpec, reason: str, carried: Mapping[str, GateEvidence]) -> GateResult:
+    """NO_DATA; a statistical gate still shows its (unchanged) e-value."""
+    limit = statistical_gate_count(spec) / gate.alpha if gate.statistical else None
+    kept = carried.get(gate.display_name)
+    e_value = None if limit is None else (1.0 if kept is None else kept.e_value)
+    return GateResult(gate.display_name, Verdict.NO_DATA, None, None, reason, e_value, limit)
 
 
 def evaluate_gates(
@@ -145,19 +190,18 @@ def evaluate_gates(
     carries them forward (unchanged when Prometheus gave no data)."""
     carried = dict(evidence or {})
     if snapshot.error is not None:
-        results = []
-        for g in spec.gates:
-            name = g.display_name
-            kept, limit = carried.get(name), (statistical_gate_count(spec) / g.alpha if g.statistical else None)
-            e_value = None if limit is None else (1.0 if kept is None else kept.e_value)
-            results.append(GateResult(name, Verdict.NO_DATA, None, None, f"{name}: {snapshot.error}", e_value, limit))
+        results = [_no_data(g, spec, f"{g.display_name}: {snapshot.error}", carried) for g in spec.gates]
         return GateReport(tuple(results), carried)
     target = snapshot.version(spec.namespace, spec.service, spec.target)
     stable = snapshot.versions_combined(spec.namespace, spec.service, stable_versions)
     stable_names = ",".join(stable_versions) or "none"
+    versions = (spec.target, *stable_versions)
     results = []
     for gate in spec.gates:
-        if gate.statistical:
+        problem = snapshot.problem(_kinds(gate), spec.namespace, spec.service, versions)
+        if problem is not None:  # the e-process, if any, is carried unchanged: this tick's data is not trusted
+            result = _no_data(gate, spec, f"{gate.display_name}: {problem}", carried)
+        elif gate.statistical:
             result, carried[gate.display_name] = _statistical_gate(
                 gate, spec, snapshot, stable_versions, carried.get(gate.display_name)
             )

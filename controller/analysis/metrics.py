@@ -61,6 +61,14 @@ def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> floa
     return fixed[-2][0]
 
 
+# What a sample feeds: the windowed request counts and latency buckets, and the raw counters of the
+# statistical gates. A bad sample blanks only the kinds it belongs to.
+REQUESTS, LATENCY, RAW_REQUESTS, RAW_LATENCY = "requests", "latency", "raw_requests", "raw_latency"
+# (kind, namespace, service, version); None is a wildcard: (kind, ns, svc, None) covers every version of a
+# service, (kind, None, None, None) every rollout that shares the query.
+ProblemKey = tuple[str, str | None, str | None, str | None]
+
+
 @dataclass
 class MetricsSnapshot:
     """Everything one tick knows about traffic; `error` says why data is missing."""
@@ -68,8 +76,12 @@ class MetricsSnapshot:
     window_seconds: float
     by_workload: dict[WorkloadKey, VersionMetrics] = field(default_factory=dict)
     error: str | None = None
-    # Raw cumulative counters (no range function), fetched only for statistical gates.
+    # Raw cumulative counters (no range function), fetched only for statistical gates: per version, summed...
     cumulative: dict[WorkloadKey, VersionMetrics] = field(default_factory=dict)
+    # ... and per series (a stable id of the series' labels -> its counters), for per-series reset handling.
+    cumulative_series: dict[WorkloadKey, dict[str, VersionMetrics]] = field(default_factory=dict)
+    # Samples that could not be trusted (NaN, negative, mistyped...): which data they blank out, and why.
+    problems: dict[ProblemKey, str] = field(default_factory=dict)
 
     def version(self, namespace: str, service: str, version: str) -> VersionMetrics | None:
         return self.by_workload.get((namespace, service, version))
@@ -82,3 +94,16 @@ class MetricsSnapshot:
         for metrics in found:
             combined = combined.merged(metrics)
         return combined
+
+    def problem(self, kinds: Iterable[str], namespace: str, service: str, versions: Iterable[str]) -> str | None:
+        """Why the data of these kinds for these versions cannot be trusted this tick, if it cannot."""
+        if not self.problems:
+            return None
+        wanted = list(versions)
+        for kind in kinds:
+            for key in [(kind, None, None, None), (kind, namespace, service, None)] + [
+                (kind, namespace, service, v) for v in wanted
+            ]:
+                if key in self.problems:
+                    return self.problems[key]
+        return None

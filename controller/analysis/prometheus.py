@@ -1,9 +1,17 @@
 """Prometheus metric source: one batched query per metric kind per tick.
 
-The queries use Istio's standard metrics (`istio_requests_total`,
-`istio_request_duration_milliseconds_bucket`), grouped by namespace, service and
-version, for every rollout at once. This is the only module that imports
-prometheus-api-client.
+The windowed queries use Istio's standard metrics (`istio_requests_total`,
+`istio_request_duration_milliseconds_bucket`), grouped by namespace, service and version, for every
+rollout at once. The statistical gates' raw counters are fetched per series, unaggregated: a series'
+identity is its full label set, so a reset (a restarted pod/Envoy) is seen per series, as PromQL's own
+`rate()` sees it, and the `sum by` alternative (which would merge series of different lifetimes, so one
+restarted pod among several would look like a reset of the whole version) is avoided. The answer grows
+with the number of series; it is bounded like every answer (`max_response_bytes`).
+
+Every query runs under a total deadline (`timeout_seconds`, and never beyond the `Deadline` given to
+`fetch`) through `prometheus_http`, which explains why prometheus-api-client (per-read timeouts only) is
+not used on this path. Every sample is checked (`prometheus_parse`): a bad one gives *no data* for what it
+belongs to, never a pass. Credentials never appear in reasons, logs or the repr (`controller.redact`).
 """
 
 from __future__ import annotations
@@ -13,10 +21,25 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from prometheus_api_client import PrometheusConnect
-from urllib3.util.retry import Retry
-
-from controller.analysis.metrics import MetricsSnapshot, VersionMetrics, WorkloadKey
+from controller.analysis.metrics import (
+    LATENCY,
+    RAW_LATENCY,
+    RAW_REQUESTS,
+    REQUESTS,
+    MetricsSnapshot,
+    VersionMetrics,
+    WorkloadKey,
+)
+from controller.analysis.prometheus_http import (
+    MAX_RESPONSE_BYTES,
+    Credentials,
+    PrometheusAnswerError,
+    PrometheusError,
+    PrometheusHTTP,
+)
+from controller.analysis.prometheus_parse import Parsed, parse_vector, series_id
+from controller.deadline import Deadline
+from controller.redact import redact_text, redact_url
 
 GROUP_LABELS = "destination_workload_namespace, destination_service_name, destination_version"
 
@@ -32,7 +55,9 @@ class MetricsRequest:
 
 
 class MetricSource(Protocol):
-    def fetch(self, requests: Sequence[MetricsRequest]) -> dict[MetricsRequest, MetricsSnapshot]: ...
+    def fetch(
+        self, requests: Sequence[MetricsRequest], deadline: Deadline | None = None
+    ) -> dict[MetricsRequest, MetricsSnapshot]: ...
 
 
 def _window(seconds: float) -> str:
@@ -68,39 +93,67 @@ def latency_query(services: Iterable[str], namespaces: Iterable[str], window: fl
 
 
 def cumulative_requests_query(services: Iterable[str], namespaces: Iterable[str], reporter: str) -> str:
-    """The counters themselves (no range function): the statistical gates take per-tick deltas."""
-    selector = _selector(services, namespaces, reporter)
-    return f"sum by ({GROUP_LABELS}, response_code) (istio_requests_total{{{selector}}})"
+    """The counters themselves, per series (no range function, no aggregation): the statistical gates take
+    per-series deltas."""
+    return f"istio_requests_total{{{_selector(services, namespaces, reporter)}}}"
 
 
 def cumulative_latency_query(services: Iterable[str], namespaces: Iterable[str], reporter: str) -> str:
-    selector = _selector(services, namespaces, reporter)
-    return f"sum by ({GROUP_LABELS}, le) (istio_request_duration_milliseconds_bucket{{{selector}}})"
+    return f"istio_request_duration_milliseconds_bucket{{{_selector(services, namespaces, reporter)}}}"
 
 
-Rows = list[tuple[dict[str, str], float]]
+REQUESTS_METRIC = "istio_requests_total"
+LATENCY_METRIC = "istio_request_duration_milliseconds_bucket"
+DEFAULT_TIMEOUT = 5.0
 
 
-def _add_request_rows(into: dict[WorkloadKey, VersionMetrics], rows: Rows) -> None:
-    for labels, value in rows:
-        metrics = into.setdefault(_key(labels), VersionMetrics())
-        metrics.requests += value
-        if labels.get("response_code", "").startswith("5"):
-            metrics.errors += value
+def _is_error(labels: dict[str, str]) -> bool:
+    return labels.get("response_code", "").startswith("5")
 
 
-def _add_bucket_rows(into: dict[WorkloadKey, VersionMetrics], rows: Rows) -> None:
-    for labels, value in rows:
-        le = labels.get("le")
-        if le is None:
-            continue
-        metrics = into.setdefault(_key(labels), VersionMetrics())
-        bound = math.inf if le == "+Inf" else float(le)
-        metrics.buckets[bound] = metrics.buckets.get(bound, 0.0) + value
+def _add_requests(into: dict[WorkloadKey, VersionMetrics], parsed: Parsed) -> None:
+    for sample in parsed.samples:
+        metrics = into.setdefault(sample.key, VersionMetrics())
+        metrics.requests += sample.value
+        if _is_error(sample.labels):
+            metrics.errors += sample.value
+
+
+def _add_buckets(into: dict[WorkloadKey, VersionMetrics], parsed: Parsed) -> None:
+    for sample in parsed.samples:
+        if sample.le is not None:
+            metrics = into.setdefault(sample.key, VersionMetrics())
+            metrics.buckets[sample.le] = metrics.buckets.get(sample.le, 0.0) + sample.value
+
+
+def _add_series(into: dict[WorkloadKey, dict[str, VersionMetrics]], parsed: Parsed, histogram: bool) -> None:
+    """Raw counters per series (a histogram's buckets share one id; counters and histograms never do)."""
+    prefix = "h" if histogram else "c"
+    for sample in parsed.samples:
+        series = into.setdefault(sample.key, {})
+        metrics = series.setdefault(prefix + series_id(sample.labels, drop=("__name__", "le")), VersionMetrics())
+        if histogram and sample.le is not None:
+            metrics.buckets[sample.le] = metrics.buckets.get(sample.le, 0.0) + sample.value
+        elif not histogram:
+            metrics.requests += sample.value
+            if _is_error(sample.labels):
+                metrics.errors += sample.value
+
+
+def _summed(series: dict[WorkloadKey, dict[str, VersionMetrics]]) -> dict[WorkloadKey, VersionMetrics]:
+    totals: dict[WorkloadKey, VersionMetrics] = {}
+    for key, by_id in series.items():
+        combined = VersionMetrics()
+        for metrics in by_id.values():
+            combined = combined.merged(metrics)
+        totals[key] = combined
+    return totals
 
 
 class QueryClient(Protocol):
-    def custom_query(self, query: str) -> list[dict[str, Any]]: ...
+    """Runs one instant query within `deadline`; returns `data.result`, raises with a safe reason otherwise."""
+
+    def query(self, promql: str, deadline: Deadline) -> list[Any]: ...
 
 
 class PrometheusSource:
@@ -108,35 +161,75 @@ class PrometheusSource:
 
     The raw counters of the statistical gates do not depend on the window: one query per kind and
     reporter serves every rollout that asks for them, and none is sent when no rollout does.
+
+    Authentication: `bearer_token_file` (one line) or `basic_auth_file` (`user:password` on one line),
+    re-read when they change; or `user:password@` in the URL (sent as basic auth, shown as `***`).
     """
 
-    def __init__(self, url: str, timeout_seconds: float = 5.0, client: QueryClient | None = None) -> None:
-        self.url = url
-        self._client: QueryClient = client or _TimeoutClient(url, timeout_seconds)
+    def __init__(
+        self,
+        url: str,
+        timeout_seconds: float = DEFAULT_TIMEOUT,
+        client: QueryClient | None = None,
+        *,
+        bearer_token_file: str | None = None,
+        basic_auth_file: str | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> None:
+        if not (math.isfinite(timeout_seconds) and timeout_seconds > 0):
+            raise ValueError(f"Prometheus timeout must be a positive number of seconds, got {timeout_seconds!r}")
+        self._http: PrometheusHTTP | None = None
+        if client is None:
+            credentials = None
+            if bearer_token_file is not None or basic_auth_file is not None:
+                credentials = Credentials(bearer_token_file=bearer_token_file, basic_auth_file=basic_auth_file)
+            self._http = PrometheusHTTP(url, credentials=credentials, max_response_bytes=max_response_bytes)
+            client = self._http
+        self._client: QueryClient = client
+        self.url = redact_url(url)  # safe to show
+        self.timeout_seconds = timeout_seconds
         self.queries_sent = 0
         self.query_errors = 0
 
-    def fetch(self, requests: Sequence[MetricsRequest]) -> dict[MetricsRequest, MetricsSnapshot]:
+    def __repr__(self) -> str:
+        return f"PrometheusSource({self.url!r}, timeout_seconds={self.timeout_seconds:g})"
+
+    def check_credentials(self) -> None:
+        """Read the credential files now (e.g. at start-up); raises with a reason naming the file."""
+        if self._http is not None:
+            self._http.credentials.header()
+
+    def _redact(self, text: str) -> str:
+        return self._http.redact(text) if self._http is not None else redact_text(text)
+
+    def fetch(
+        self, requests: Sequence[MetricsRequest], deadline: Deadline | None = None
+    ) -> dict[MetricsRequest, MetricsSnapshot]:
+        """One snapshot per request; every query ends within `timeout_seconds` and within `deadline`."""
         groups: dict[tuple[float, str], list[MetricsRequest]] = {}
         for request in requests:
             groups.setdefault((request.window_seconds, request.reporter), []).append(request)
         result: dict[MetricsRequest, MetricsSnapshot] = {}
         for (window, reporter), members in groups.items():
-            snapshot = self._fetch_group(window, reporter, members)
+            snapshot = self._fetch_group(window, reporter, members, deadline)
             for request in members:
                 result[request] = snapshot
-        self._add_cumulative(requests, result)
+        self._add_cumulative(requests, result, deadline)
         return result
 
     def _add_cumulative(
-        self, requests: Sequence[MetricsRequest], result: dict[MetricsRequest, MetricsSnapshot]
+        self,
+        requests: Sequence[MetricsRequest],
+        result: dict[MetricsRequest, MetricsSnapshot],
+        deadline: Deadline | None,
     ) -> None:
         by_reporter: dict[str, list[MetricsRequest]] = {}
         for request in requests:
             if (request.cumulative_requests or request.cumulative_latency) and result[request].error is None:
                 by_reporter.setdefault(request.reporter, []).append(request)
         for reporter, members in by_reporter.items():
-            counters: dict[WorkloadKey, VersionMetrics] = {}
+            series: dict[WorkloadKey, dict[str, VersionMetrics]] = {}
+            problems: dict[Any, str] = {}
             wanted_requests = [m for m in members if m.cumulative_requests]
             wanted_latency = [m for m in members if m.cumulative_latency]
             try:
@@ -144,64 +237,62 @@ class PrometheusSource:
                     query = cumulative_requests_query(
                         [m.service for m in wanted_requests], [m.namespace for m in wanted_requests], reporter
                     )
-                    _add_request_rows(counters, self._query(query))
+                    parsed = parse_vector(self._query(query, deadline), REQUESTS_METRIC, RAW_REQUESTS, histogram=False)
+                    _add_series(series, parsed, histogram=False)
+                    problems.update(parsed.problems)
                 if wanted_latency:
                     query = cumulative_latency_query(
                         [m.service for m in wanted_latency], [m.namespace for m in wanted_latency], reporter
                     )
-                    _add_bucket_rows(counters, self._query(query))
-            except Exception as exc:  # as for the windowed queries: no data, never a pass
-                self.query_errors += 1
-                error = f"Prometheus at {self.url} did not answer: {type(exc).__name__}: {exc}"[:300]
+                    parsed = parse_vector(self._query(query, deadline), LATENCY_METRIC, RAW_LATENCY, histogram=True)
+                    _add_series(series, parsed, histogram=True)
+                    problems.update(parsed.problems)
+            except PrometheusError as exc:  # as for the windowed queries: no data, never a pass
                 for member in members:
-                    result[member] = replace(result[member], error=error)
+                    result[member] = replace(result[member], error=str(exc))
                 continue
-            for member in members:
-                result[member].cumulative = counters
+            for member in members:  # a copy per member: snapshots of one window group are shared
+                result[member] = replace(
+                    result[member],
+                    cumulative=_summed(series),
+                    cumulative_series=series,
+                    problems={**result[member].problems, **problems},
+                )
 
-    def _fetch_group(self, window: float, reporter: str, members: list[MetricsRequest]) -> MetricsSnapshot:
+    def _fetch_group(
+        self, window: float, reporter: str, members: list[MetricsRequest], deadline: Deadline | None
+    ) -> MetricsSnapshot:
         services = [m.service for m in members]
         namespaces = [m.namespace for m in members]
         snapshot = MetricsSnapshot(window_seconds=window)
         try:
-            request_rows = self._query(requests_query(services, namespaces, window, reporter))
-            latency_rows = self._query(latency_query(services, namespaces, window, reporter))
-        except Exception as exc:  # any transport/API failure means "no data", never "pass"
-            self.query_errors += 1
-            snapshot.error = f"Prometheus at {self.url} did not answer: {type(exc).__name__}: {exc}"[:300]
+            request_rows = self._query(requests_query(services, namespaces, window, reporter), deadline)
+            latency_rows = self._query(latency_query(services, namespaces, window, reporter), deadline)
+        except PrometheusError as exc:  # any transport/API failure means "no data", never "pass"
+            snapshot.error = str(exc)
             return snapshot
-        _add_request_rows(snapshot.by_workload, request_rows)
-        _add_bucket_rows(snapshot.by_workload, latency_rows)
+        requests = parse_vector(request_rows, REQUESTS_METRIC, REQUESTS, histogram=False)
+        latency = parse_vector(latency_rows, LATENCY_METRIC, LATENCY, histogram=True)
+        _add_requests(snapshot.by_workload, requests)
+        _add_buckets(snapshot.by_workload, latency)
+        snapshot.problems = {**requests.problems, **latency.problems}
         return snapshot
 
-    def _query(self, query: str) -> Rows:
+    def _query(self, promql: str, deadline: Deadline | None) -> list[Any]:
+        """`data.result` of one query under its total deadline; PrometheusError with a safe reason otherwise."""
+        left = self.timeout_seconds if deadline is None else min(self.timeout_seconds, deadline.remaining())
+        if left <= 0:
+            self.query_errors += 1
+            raise PrometheusError(f"Prometheus at {self.url} was not asked: the tick's deadline ran out")
         self.queries_sent += 1
-        rows = self._client.custom_query(query)
-        parsed: Rows = []
-        for row in rows:
-            value = float(row["value"][1])
-            if math.isfinite(value):
-                parsed.append((dict(row.get("metric", {})), value))
-        return parsed
-
-
-def _key(labels: dict[str, str]) -> WorkloadKey:
-    return (
-        labels.get("destination_workload_namespace", ""),
-        labels.get("destination_service_name", ""),
-        labels.get("destination_version", ""),
-    )
-
-
-class _TimeoutClient:
-    def __init__(self, url: str, timeout_seconds: float) -> None:
-        # One quick retry only: a tick must not stall; the next tick asks again anyway.
-        retry = Retry(total=1, connect=1, read=0, status=1, backoff_factor=0.1, status_forcelist=(502, 503, 504))
-        self._prom = PrometheusConnect(url=url, disable_ssl=True, retry=retry, timeout=timeout_seconds)
-        self._timeout = timeout_seconds
-
-    def custom_query(self, query: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._prom.custom_query(
-            query, params={"timeout": f"{self._timeout:g}s"}
-        )
-        return result
+        try:
+            return self._client.query(promql, Deadline(left))
+        except Exception as exc:  # any failure (transport, API, a client bug): a reason, never a traceback
+            self.query_errors += 1
+            if isinstance(exc, PrometheusAnswerError):
+                reason = f"Prometheus at {self.url} gave an unusable answer: {exc}"
+            elif isinstance(exc, PrometheusError):
+                reason = f"Prometheus at {self.url} did not answer: {exc}"
+            else:
+                reason = f"Prometheus at {self.url} did not answer: {type(exc).__name__}: {exc}"
+            raise PrometheusError(self._redact(reason)[:300]) from None

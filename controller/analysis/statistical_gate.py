@@ -5,6 +5,17 @@ its durable part: the cluster store never writes it, so a restarted or failed-ov
 the e-process afresh (each run keeps its own false-rollback bound). Local mode keeps it in the
 state file and continues it: the first interval after a restart then spans the downtime, which is
 still a valid interval.
+
+Counters are differenced per series (a series = one label set: one pod's/Envoy's counter), then summed
+per version, so one restarted pod among several is a reset of its own series only:
+
+- a series seen before: its growth; a counter that went down was reset, so its new value is the growth;
+- a series seen for the first time only sets its baseline. Counting its value could count requests from
+  before this interval whenever the series existed but was not seen (a missed scrape, a controller restart,
+  a series pruned while idle): evidence counted twice breaks the test's bound, while a tick of a new series
+  left out only delays it (which series are new does not depend on their outcomes, so the bound holds);
+- a series not seen now contributes nothing and keeps its last value for `STALE_TICKS` ticks (it may come
+  back: its growth then spans the gap); at most `MAX_SERIES` series are remembered per gate.
 """
 
 from __future__ import annotations
@@ -17,9 +28,9 @@ from pydantic import BaseModel, Field
 from controller.analysis.metrics import QUANTILES, MetricsSnapshot, VersionMetrics
 from controller.analysis.sequential import (
     Counts,
+    counter_delta,
     e_value,
     grid_for,
-    interval_counts,
     slow_counts,
     snap_boundary,
     update_log_e,
@@ -32,8 +43,12 @@ class GateEvidence(BaseModel):
 
     log_e: list[float] = Field(description="Cumulative log likelihood ratio per alternative of the grid")
     counters: dict[str, tuple[float, float]] = Field(
-        default_factory=dict, description="Per version, the last raw (requests, bad) counters seen"
+        default_factory=dict,
+        description="Per series (`version/<series id>`, or `version` for per-version totals), the last raw "
+        "(requests, bad) counters seen",
     )
+    seen: dict[str, int] = Field(default_factory=dict, description="Per series, the tick it was last seen")
+    tick: int = Field(default=0, description="Ticks that fed counters to this e-process")
     slow_ms: float | None = Field(default=None, description="Latency: the frozen slow threshold (a bucket bound)")
     new: tuple[float, float] = (0.0, 0.0)  # the new version's (requests, bad) counted so far
     stable: tuple[float, float] = (0.0, 0.0)  # the same for the stable versions
@@ -88,19 +103,58 @@ def _slow_threshold(
     return boundary, None
 
 
+STALE_TICKS = 12  # a series unseen for this many ticks is forgotten (back later, it is a new baseline)
+MAX_SERIES = 4096  # series remembered per gate, the most recently seen kept
+
+
 def _counts(
     gate: Gate, spec: RolloutSpec, snapshot: MetricsSnapshot, versions: Sequence[str], slow: float | None
-) -> dict[str, Counts]:
-    found: dict[str, Counts] = {}
-    for version in versions:
-        metrics = snapshot.cumulative.get((spec.namespace, spec.service, version))
-        if metrics is None:
-            continue
-        if gate.metric == "error_rate":
-            found[version] = Counts(metrics.requests, metrics.errors)
-        elif slow is not None and (counts := slow_counts(metrics.buckets, slow)) is not None:
-            found[version] = counts
+) -> dict[str, tuple[str, Counts]]:
+    """Per series key, (version, raw counters): from per-series counters when the snapshot has them."""
+    found: dict[str, tuple[str, Counts]] = {}
+    for version in dict.fromkeys(versions):
+        key = (spec.namespace, spec.service, version)
+        per_series = snapshot.cumulative_series.get(key)
+        if per_series is None:
+            totals = snapshot.cumulative.get(key)
+            per_series = {} if totals is None else {"": totals}
+        for identity, metrics in per_series.items():
+            series = version if not identity else f"{version}/{identity}"
+            if gate.metric == "error_rate":
+                if not identity or not metrics.buckets:  # a histogram's series carries no request counter
+                    found[series] = (version, Counts(metrics.requests, metrics.errors))
+            elif slow is not None and (counts := slow_counts(metrics.buckets, slow)) is not None:
+                found[series] = (version, counts)
     return found
+
+
+class SeriesInterval(NamedTuple):
+    new: Counts
+    stable: Counts
+    counters: dict[str, tuple[float, float]]
+    seen: dict[str, int]
+
+
+def series_interval(
+    evidence: GateEvidence, current: dict[str, tuple[str, Counts]], new_version: str, tick: int
+) -> SeriesInterval:
+    """Per-series growth since the last tick (see the module docstring), summed into new vs stable."""
+    counters = dict(evidence.counters)
+    seen = {k: evidence.seen.get(k, evidence.tick) for k in counters}
+    new, stable = [0.0, 0.0], [0.0, 0.0]
+    for series, (version, now) in current.items():
+        before = counters.get(series)
+        if before is not None:
+            delta = counter_delta(Counts(*before), now)
+            into = new if version == new_version else stable
+            into[0] += delta.total
+            into[1] += delta.bad
+        counters[series] = (now.total, now.bad)
+        seen[series] = tick
+    kept = sorted((k for k in counters if tick - seen[k] < STALE_TICKS), key=lambda k: (-seen[k], k))[:MAX_SERIES]
+    return SeriesInterval(
+        Counts(*new), Counts(*stable), {k: counters[k] for k in kept}, {k: seen[k] for k in kept}
+    )
 
 
 def statistical_outcome(
@@ -124,17 +178,19 @@ def statistical_outcome(
         evidence = evidence.model_copy(update={"slow_ms": slow})
     if missing is None:
         current = _counts(gate, spec, snapshot, versions, slow)
-        if spec.target not in current:
+        if not any(version == spec.target for version, _ in current.values()):
             missing = f"no counters for {spec.target} yet"
-        previous_counts = {v: Counts(*c) for v, c in evidence.counters.items()}
-        interval = interval_counts(previous_counts, current, spec.target, stable_versions)
+        tick = evidence.tick + 1
+        interval = series_interval(evidence, current, spec.target, tick)
         new = Counts(evidence.new[0] + interval.new.total, evidence.new[1] + interval.new.bad)
         stable = Counts(evidence.stable[0] + interval.stable.total, evidence.stable[1] + interval.stable.bad)
         log_e = update_log_e(evidence.log_e, interval.new, interval.stable, gate.tolerance, grid_for(gate.tolerance))
         evidence = evidence.model_copy(
             update={
                 "log_e": log_e,
-                "counters": {v: (c.total, c.bad) for v, c in interval.counters.items()},
+                "counters": interval.counters,
+                "seen": interval.seen,
+                "tick": tick,
                 "new": (new.total, new.bad),
                 "stable": (stable.total, stable.bad),
             }

@@ -8,6 +8,7 @@ import pytest
 from controller.analysis.gates import Verdict, evaluate_gates
 from controller.analysis.metrics import MetricsSnapshot, VersionMetrics, histogram_quantile
 from controller.analysis.prometheus import MetricsRequest, PrometheusSource
+from controller.deadline import Deadline
 from tests.unit.engine_fixtures import spec
 
 GATED = spec(
@@ -86,7 +87,7 @@ class FakeQueryClient:
         self.queries: list[str] = []
         self.fail = fail
 
-    def custom_query(self, query: str) -> list[dict[str, Any]]:
+    def query(self, query: str, deadline: Deadline) -> list[dict[str, Any]]:
         self.queries.append(query)
         if self.fail:
             raise ConnectionError("refused")
@@ -113,7 +114,11 @@ def test_prometheus_source_batches_all_rollouts_into_one_query_per_kind() -> Non
     v2 = result[requests[-1]].version("prod", "shop", "v2")
     assert v2 is not None and (v2.requests, v2.errors) == (100, 10)
     assert v2.buckets == {100.0: 95, math.inf: 100}
-    assert result[requests[-1]].version("prod", "shop", "v1") is None  # NaN dropped
+    # v1's NaN is not dropped (that made its error rate read 0%): v1's data is untrusted this tick, with the reason
+    assert result[requests[-1]].version("prod", "shop", "v1") is None
+    problem = result[requests[-1]].problem(["requests"], "prod", "shop", ["v1"])
+    assert problem is not None and problem.startswith("Prometheus returned NaN for istio_requests_total{")
+    assert result[requests[-1]].problem(["requests"], "prod", "shop", ["v2"]) is None
 
 
 def test_prometheus_source_failure_becomes_snapshot_error() -> None:

@@ -17,6 +17,7 @@ from controller.analysis.prometheus import MetricsRequest, PrometheusSource
 from controller.analysis.statistical_gate import GateEvidence
 from controller.cli import main
 from controller.controller_metrics import VERDICT_VALUE, ControllerMetrics
+from controller.deadline import Deadline
 from controller.engine.phases import Phase
 from controller.engine.runner import ManagedRollout, RolloutRunner, metrics_request
 from controller.spec import RolloutSpec
@@ -39,9 +40,9 @@ class RecordingClient:
         self.queries: list[str] = []
         self.fail_on = fail_on
 
-    def custom_query(self, query: str) -> list[dict[str, Any]]:
+    def query(self, query: str, deadline: Deadline) -> list[dict[str, Any]]:
         self.queries.append(query)
-        if self.fail_on is not None and self.fail_on in query:
+        if self.fail_on is not None and query.startswith(self.fail_on):
             raise ConnectionError("refused")
         labels = {"destination_workload_namespace": "prod", "destination_service_name": "shop"}
         if "istio_requests_total" in query:
@@ -76,22 +77,22 @@ def test_raw_counters_are_one_query_per_kind_for_all_rollouts_without_a_range_fu
     result = source.fetch(requests)
     raw = client.queries[4:]
     assert len(client.queries) == 6 and len(raw) == 2  # 2 windows x 2 kinds, then 1 per raw kind
-    labels = "destination_workload_namespace, destination_service_name, destination_version"
+    # per series: no aggregation, so a reset is seen per series (statistical_gate)
     assert raw[0] == (
-        f"sum by ({labels}, response_code) (istio_requests_total{{reporter=\"destination\", "
-        'destination_service_name=~"cart|shop", destination_workload_namespace=~"prod"})'
+        'istio_requests_total{reporter="destination", '
+        'destination_service_name=~"cart|shop", destination_workload_namespace=~"prod"}'
     )
     assert raw[1] == (
-        f"sum by ({labels}, le) (istio_request_duration_milliseconds_bucket{{reporter=\"destination\", "
-        'destination_service_name=~"shop", destination_workload_namespace=~"prod"})'
+        'istio_request_duration_milliseconds_bucket{reporter="destination", '
+        'destination_service_name=~"shop", destination_workload_namespace=~"prod"}'
     )
-    assert all("[" not in q and "increase" not in q for q in raw)
+    assert all("[" not in q and "increase" not in q and "sum" not in q for q in raw)
     v2 = result[requests[0]].cumulative[("prod", "shop", "v2")]
     assert (v2.requests, v2.errors, v2.buckets) == (1000, 100, {100.0: 950, math.inf: 1000})
 
 
 def test_a_failed_raw_query_is_no_data_for_the_rollouts_that_need_it() -> None:
-    source = PrometheusSource("http://prom", client=RecordingClient(fail_on=") (istio_requests_total{"))
+    source = PrometheusSource("http://prom", client=RecordingClient(fail_on="istio_requests_total{"))
     statistical, plain = MetricsRequest("prod", "shop", 10, cumulative_requests=True), MetricsRequest("prod", "x", 10)
     result = source.fetch([statistical, plain])
     assert result[plain].error is None
@@ -264,7 +265,9 @@ class GrowingMetrics:
         self.counters = Counters()
         self.v2_errors = v2_errors
 
-    def fetch(self, requests: Sequence[MetricsRequest]) -> dict[MetricsRequest, MetricsSnapshot]:
+    def fetch(
+        self, requests: Sequence[MetricsRequest], deadline: Deadline | None = None
+    ) -> dict[MetricsRequest, MetricsSnapshot]:
         self.counters.add("v1", 450, 4.5)
         self.counters.add("v2", 50, 50 * self.v2_errors)
         return {r: self.counters.snapshot() for r in requests}
