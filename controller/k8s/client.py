@@ -1,16 +1,26 @@
 """Kubernetes client construction, typed API errors, bounded retries and request counters.
 
-This is the only module that builds `kubernetes` clients. Every call made through `KubeApi`
-carries a `_request_timeout` (a hung apiserver cannot hang a tick), is counted per verb in
-`KubeStats`, and fails with a typed `KubeError`: `Conflict` (409), `Forbidden` (403, names the
-missing RBAC rule), `NotFound` (404), `Invalid` (400/422, with the apiserver's message) or
-`Transient` (429, 5xx, connection errors, timeouts). `with_retries` retries `Transient` only,
-with capped exponential backoff and jitter from an injectable random source.
+This is the only module that builds `kubernetes` clients. Every call made through `KubeApi` has a
+TOTAL deadline (connect + the whole response, see `deadline_call`): the request timeout, cut to what is
+left of the caller's `Deadline` and, for writes, of the leadership term. A dribbling or hung apiserver
+cannot hold a call beyond it. Calls are counted per verb in `KubeStats` and fail with a typed
+`KubeError`: `Conflict` (409), `Forbidden` (403, names the missing RBAC rule), `NotFound` (404),
+`Invalid` (400/422, with the apiserver's message), `Transient` (429, 5xx, connection errors, resets,
+timeouts), `NotLeader` (a write refused or abandoned because this replica may no longer write) or
+`KubeDeadlineExceeded` (the caller's total deadline ran out). `with_retries` retries `Transient` only,
+with capped exponential backoff and jitter from an injectable random source, and never past a deadline.
+
+One actor at a time: a `KubeApi` given a `write_guard` (the leader elector's `is_leader`) asks it before
+EVERY write request (create/update/replace/patch/delete), including each retry and each write after a
+409 re-read; a write still in flight when the leadership term's `write_deadline` passes is abandoned
+(its late result is ignored) and reported as `NotLeader`, never retried. Bytes already sent cannot be
+recalled: a write delivered late by the network carries the resourceVersion it was based on, so the
+apiserver rejects it (409) once the successor has written; if the successor has not written yet, the
+successor's own write conflicts, re-reads and re-asserts its routing.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import threading
@@ -21,12 +31,31 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
-import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client import ApiClient
-from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+
+from controller.deadline import Deadline
+from controller.k8s.deadline_call import CallTimedOut, install, run_with_deadline
+from controller.k8s.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    KubeConfigError,
+    KubeDeadlineExceeded,
+    KubeError,
+    NotFound,
+    NotLeader,
+    Transient,
+    classify,
+)
+
+__all__ = [
+    "Conflict", "Forbidden", "Invalid", "KubeApi", "KubeConfigError", "KubeDeadlineExceeded", "KubeError",
+    "KubeStats", "NotFound", "NotLeader", "RetryPolicy", "Transient", "backoff_delay", "classify",
+    "load_api_client", "with_retries",
+]  # fmt: skip
 
 log = structlog.get_logger("ramp.k8s")
 
@@ -38,117 +67,8 @@ REQUEST_TIMEOUT_ATTR = "ramp_request_timeout"
 # Every KubeApi wrapping the same ApiClient shares one KubeStats, kept on the client under this attribute.
 STATS_ATTR = "ramp_kube_stats"
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-
-
-class KubeConfigError(Exception):
-    """No usable Kubernetes configuration (kubeconfig file, in-cluster ServiceAccount, ~/.kube/config)."""
-
-
-class KubeError(Exception):
-    """A failed Kubernetes API request, with what was being done when it failed."""
-
-    def __init__(
-        self,
-        verb: str,
-        resource: str,
-        namespace: str | None,
-        name: str | None,
-        status: int | None = None,
-        detail: str = "",
-    ) -> None:
-        self.verb = verb
-        self.resource = resource
-        self.namespace = namespace
-        self.name = name
-        self.status = status
-        self.detail = detail
-        super().__init__(self.describe())
-
-    @property
-    def target(self) -> str:
-        """`<resource> <namespace>/<name>`, or what is known of it."""
-        where = "/".join(p for p in (self.namespace, self.name) if p)
-        return f"{self.resource} {where}".strip()
-
-    def describe(self) -> str:
-        code = f"HTTP {self.status}" if self.status else "no HTTP status"
-        text = f"{self.verb} {self.target} failed ({code})"
-        return f"{text}: {self.detail}" if self.detail else text
-
-
-class Conflict(KubeError):
-    """409: the object changed since it was read (or already exists on create)."""
-
-
-class NotFound(KubeError):
-    """404."""
-
-
-class Invalid(KubeError):
-    """400/422: the apiserver rejected the object; `detail` carries its message."""
-
-
-class Transient(KubeError):
-    """429, 5xx, connection errors and timeouts: worth retrying."""
-
-
-class Forbidden(KubeError):
-    """403: the controller's ServiceAccount lacks an RBAC rule."""
-
-    def describe(self) -> str:
-        group, _, plural = _split_resource(self.resource)
-        scope = f"in namespace {self.namespace!r}" if self.namespace else "cluster-wide"
-        obj = f" {self.name!r}" if self.name else ""
-        api_group = f"API group {group!r}" if group else 'the core API group ("")'
-        text = (
-            f"forbidden: cannot {self.verb} {self.resource}{obj} {scope}; the controller's ServiceAccount is "
-            f"missing an RBAC rule granting verb {self.verb!r} on resource {plural!r} in {api_group} {scope}"
-        )
-        return f"{text} (apiserver: {self.detail})" if self.detail else text
-
-
-def _split_resource(resource: str) -> tuple[str, str, str]:
-    """'virtualservices.networking.istio.io' -> ('networking.istio.io', '.', 'virtualservices')."""
-    plural, dot, group = resource.partition(".")
-    return group, dot, plural
-
-
-def _apiserver_message(exc: ApiException) -> str:
-    body = exc.body
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    if isinstance(body, str) and body.strip():
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            return body.strip()[:300]
-        if isinstance(payload, dict) and isinstance(payload.get("message"), str):
-            return str(payload["message"])[:500]
-    return str(exc.reason or "").strip()
-
-
-def classify(exc: BaseException, verb: str, resource: str, namespace: str | None, name: str | None) -> KubeError:
-    """The typed error for a failed request (already a KubeError: returned as is)."""
-    if isinstance(exc, KubeError):
-        return exc
-    args = (verb, resource, namespace, name)
-    if isinstance(exc, ApiException):
-        status = int(exc.status or 0)
-        detail = _apiserver_message(exc)
-        if status == 409:
-            return Conflict(*args, status, detail)
-        if status == 403:
-            return Forbidden(*args, status, detail)
-        if status == 404:
-            return NotFound(*args, status, detail)
-        if status in (400, 422):
-            return Invalid(*args, status, detail)
-        if status == 429 or status >= 500:
-            return Transient(*args, status, detail)
-        return KubeError(*args, status or None, detail)
-    if isinstance(exc, urllib3.exceptions.HTTPError | OSError):  # timeouts, refused/reset connections
-        return Transient(*args, None, f"{type(exc).__name__}: {exc}"[:300])
-    return KubeError(*args, None, f"{type(exc).__name__}: {exc}"[:300])
+# Requests that change the cluster: refused when the write guard says this replica may not write.
+WRITE_VERBS = frozenset({"create", "update", "replace", "patch", "delete"})
 
 
 @dataclass
@@ -211,8 +131,12 @@ def with_retries(
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
     on_retry: Callable[[Transient], None] | None = None,
+    deadline: Deadline | None = None,
 ) -> T:
-    """`fn()`, retrying `Transient` up to `attempts` calls in all; any other exception is raised at once."""
+    """`fn()`, retrying `Transient` up to `attempts` calls in all; any other exception is raised at once.
+
+    With a `deadline`, no retry starts whose backoff would end past it: KubeDeadlineExceeded instead.
+    """
     if attempts < 1:
         raise ValueError("attempts must be at least 1")
     source = rng if rng is not None else _default_rng
@@ -227,6 +151,13 @@ def with_retries(
                     f"{exc.detail or 'transient error'} (gave up after {attempts} attempts: {what})",
                 ) from exc  # fmt: skip
             delay = backoff_delay(attempt, base_delay, max_delay, source)
+            if deadline is not None and deadline.remaining() <= delay:
+                log.warning("kubernetes request failed, deadline reached", what=what, attempts=attempt + 1)
+                raise KubeDeadlineExceeded(
+                    exc.verb, exc.resource, exc.namespace, exc.name, exc.status,
+                    f"{exc.detail or 'transient error'} (deadline of {deadline.seconds:g}s reached after "
+                    f"{attempt + 1} attempts: {what})",
+                ) from exc  # fmt: skip
             log.info("kubernetes request failed, retrying", what=what, attempt=attempt + 1, delay=round(delay, 3))
             if on_retry is not None:
                 on_retry(exc)
@@ -245,15 +176,20 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         return backoff_delay(attempt, self.base_delay, self.max_delay, self.rng or _default_rng)
 
-    def run(self, fn: Callable[[], T], what: str, on_retry: Callable[[Transient], None] | None = None) -> T:
+    def run(
+        self, fn: Callable[[], T], what: str, on_retry: Callable[[Transient], None] | None = None,
+        deadline: Deadline | None = None,
+    ) -> T:  # fmt: skip
         return with_retries(
             fn, what=what, attempts=self.attempts, base_delay=self.base_delay, max_delay=self.max_delay,
-            sleep=self.sleep, rng=self.rng, on_retry=on_retry,
+            sleep=self.sleep, rng=self.rng, on_retry=on_retry, deadline=deadline,
         )  # fmt: skip
 
 
 class KubeApi:
-    """An ApiClient plus the policies every Ramp request follows (timeout, typed errors, counting, retries)."""
+    """An ApiClient plus the policies every Ramp request follows (deadlines, write guard, typed errors, counting,
+    retries). `write_guard`: may this replica write now (the elector's `is_leader`)? `write_deadline`: the
+    current leadership term's Deadline (the elector's `write_deadline`); no write outlives it."""
 
     def __init__(
         self,
@@ -262,8 +198,13 @@ class KubeApi:
         stats: KubeStats | None = None,
         request_timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        write_guard: Callable[[], bool] | None = None,
+        write_deadline: Callable[[], Deadline] | None = None,
     ) -> None:
         self.api_client = api_client
+        self.write_guard = write_guard
+        self.write_deadline = write_deadline
+        install(api_client)
         if stats is None:
             stats = getattr(api_client, STATS_ATTR, None)
             if not isinstance(stats, KubeStats):
@@ -283,28 +224,65 @@ class KubeApi:
 
     def call(
         self, verb: str, resource: str, namespace: str | None, name: str | None,
-        fn: Callable[..., T], *args: Any, **kwargs: Any,
+        fn: Callable[..., T], *args: Any, deadline: Deadline | None = None, **kwargs: Any,
     ) -> T:  # fmt: skip
-        """One request: counted, bounded by the request timeout, failures raised as KubeError."""
+        """One request: guarded (writes), counted, bounded by a total deadline, failures raised as KubeError."""
+        target = (verb, resource, namespace, name)
+        budget, limit = self.request_timeout, "request"
+        if deadline is not None:
+            if deadline.remaining() <= 0:
+                raise self._failed(verb, KubeDeadlineExceeded(*target, None, f"deadline of {deadline.seconds:g}s "
+                                                              "exceeded before the request"))  # fmt: skip
+            budget, limit = min((budget, limit), (deadline.remaining(), "deadline"))
+        if verb in WRITE_VERBS:
+            if self.write_guard is not None and not self.write_guard():
+                raise self._failed(verb, NotLeader(*target, None, "this replica is not the leader: write refused"))
+            if self.write_deadline is not None:
+                term = self.write_deadline().remaining()
+                if term <= 0:
+                    raise self._failed(verb, NotLeader(*target, None, "leadership term over: write refused"))
+                budget, limit = min((budget, limit), (term, "leadership"))
+        given = kwargs.get("_request_timeout")
+        if isinstance(given, int | float) and not isinstance(given, bool) and 0 < given < budget:
+            budget, limit = float(given), "request"
+        kwargs["_request_timeout"] = budget  # also urllib3's per-operation timeout: a connect never outlives it
         self.stats.request(verb)
-        kwargs.setdefault("_request_timeout", self.request_timeout)
         try:
-            return fn(*args, **kwargs)
-        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-            error = classify(exc, verb, resource, namespace, name)
-            self.stats.error(verb, error)
+            return run_with_deadline(fn, budget, *args, **kwargs)
+        except CallTimedOut as exc:
+            detail = f"no complete answer within {budget:.3g}s"
+            if limit == "leadership":
+                error: KubeError = NotLeader(*target, None, f"{detail}: write abandoned at the end of the leadership"
+                                             " term (a late result is ignored)")  # fmt: skip
+            elif limit == "deadline" and deadline is not None:
+                error = KubeDeadlineExceeded(*target, None, f"{detail} (deadline of {deadline.seconds:g}s)")
+            else:
+                error = Transient(*target, None, f"{detail} (total request timeout)")
+            raise self._failed(verb, error) from exc
+        except Exception as exc:  # anything a bad answer can raise in the client becomes a typed error
+            error = self._failed(verb, classify(exc, *target))
+            if error is exc:
+                raise
             raise error from exc
+
+    def _failed(self, verb: str, error: KubeError) -> KubeError:
+        self.stats.error(verb, error)
+        return error
 
     def retrying(
         self, verb: str, resource: str, namespace: str | None, name: str | None,
-        fn: Callable[..., T], *args: Any, **kwargs: Any,
+        fn: Callable[..., T], *args: Any, deadline: Deadline | None = None, **kwargs: Any,
     ) -> T:  # fmt: skip
-        """`call` with Transient failures retried under the retry policy."""
+        """`call` with Transient failures retried under the retry policy, never past `deadline`.
+
+        A write re-checks the write guard before every attempt (in `call`): NotLeader is never retried.
+        """
         where = "/".join(p for p in (namespace, name) if p)
         return self.retry.run(
-            lambda: self.call(verb, resource, namespace, name, fn, *args, **kwargs),
+            lambda: self.call(verb, resource, namespace, name, fn, *args, deadline=deadline, **kwargs),
             what=f"{verb} {resource} {where}",
             on_retry=lambda _exc: self.stats.retry(),
+            deadline=deadline,
         )
 
 

@@ -3,6 +3,10 @@
 Events are best effort: a failure to record one is logged and counted, never raised into the tick
 (a 403 is logged once per namespace, naming the missing RBAC rule). Events are core/v1 Events in the
 legacy shape (no eventTime), with explicit unique names: `<involved name>.<16 hex digits>`.
+
+Each create has a TOTAL deadline (see `deadline_call`) and goes through the write guard: a replica that is
+no longer the leader records nothing (an Event from a former leader would be harmless but misleading:
+`kubectl describe` would show two controllers acting). Suppressed events are counted, not failures.
 """
 
 from __future__ import annotations
@@ -16,13 +20,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
-import urllib3
-from kubernetes.client import ApiClient, CoreV1Api
-from kubernetes.client.exceptions import ApiException
+from kubernetes.client import ApiClient
 
 from controller.engine.phases import Phase, PhaseChange
 from controller.engine.runner import TickEvent
-from controller.k8s.client import REQUEST_TIMEOUT_ATTR, Forbidden, classify
+from controller.k8s.client import REQUEST_TIMEOUT_ATTR, Forbidden, KubeApi, KubeStats, NotLeader
 
 log = structlog.get_logger("ramp.events")
 
@@ -57,22 +59,32 @@ def _timestamp(epoch: float) -> str:
 
 
 class EventRecorder:
+    """Creates Events. Given a KubeApi, uses its write guard and deadlines; given an ApiClient, its own
+    KubeApi (request timeout from the client, default 5s) guarded by `write_guard` when one is given."""
+
     def __init__(
         self,
-        api_client: ApiClient,
+        api_client: ApiClient | KubeApi,
         component: str = "ramp",
         clock: Callable[[], float] = time.time,
         instance: str | None = None,
+        write_guard: Callable[[], bool] | None = None,
     ) -> None:
-        self._api = CoreV1Api(api_client)
+        if isinstance(api_client, KubeApi):
+            self.api = api_client
+            if write_guard is not None:
+                self.api.write_guard = write_guard
+        else:
+            timeout = float(getattr(api_client, REQUEST_TIMEOUT_ATTR, DEFAULT_TIMEOUT))
+            self.api = KubeApi(api_client, stats=KubeStats(), request_timeout=timeout, write_guard=write_guard)
         self.component = component
         self.instance = instance
         self._clock = clock
-        self._timeout = float(getattr(api_client, REQUEST_TIMEOUT_ATTR, DEFAULT_TIMEOUT))
         self._lock = threading.Lock()
         self._forbidden_namespaces: set[str] = set()
         self.recorded = 0
         self.failures = 0
+        self.suppressed = 0  # not recorded because this replica was not the leader
 
     def body(
         self, namespace: str, involved: ObjectRef, reason: str, message: str, type: EventType = "Normal"
@@ -112,10 +124,12 @@ class EventRecorder:
         try:
             body: Any = self.body(namespace, involved, reason, message, type)  # a dict: exact wire format
             name = body["metadata"]["name"]
-            try:
-                self._api.create_namespaced_event(namespace, body, _request_timeout=self._timeout)
-            except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-                raise classify(exc, "create", "events", namespace, name) from exc
+            self.api.call("create", "events", namespace, name, self.api.core.create_namespaced_event, namespace, body)
+        except NotLeader:
+            with self._lock:
+                self.suppressed += 1
+            log.info("event not recorded: not the leader", namespace=namespace, reason=reason)
+            return False
         except Forbidden as exc:
             self._count(failed=True)
             with self._lock:

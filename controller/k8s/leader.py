@@ -13,6 +13,10 @@ Only the leader ticks rollouts, so two replicas never write routing at the same 
   Wall clocks are never compared across replicas (renewTime is written for people and tools), so
   clock skew between nodes cannot shorten that gap; only a rate difference between monotonic clocks
   could, by a negligible fraction.
+- `write_deadline()` is the current leadership term as a `Deadline` (same instant `is_leader()` turns False):
+  a `KubeApi` given it cuts every write's total deadline to it, so no write outlives the term.
+- every Lease request has a TOTAL deadline (renew_deadline / 2 at most, see `deadline_call`): a partitioned
+  or dribbling apiserver cannot hold an attempt, and a late answer to an abandoned request is ignored.
 - `release()` on shutdown stops acting first, then empties the holder, so a successor takes over on its
   next attempt instead of waiting for expiry.
 """
@@ -28,11 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-import urllib3
 from kubernetes.client import ApiClient, CoordinationV1Api, V1Lease, V1LeaseSpec, V1ObjectMeta
-from kubernetes.client.exceptions import ApiException
 
-from controller.k8s.client import REQUEST_TIMEOUT_ATTR, Conflict, Forbidden, KubeError, NotFound, classify
+from controller.deadline import Deadline
+from controller.k8s.client import REQUEST_TIMEOUT_ATTR, Conflict, Forbidden, KubeError, NotFound, Transient, classify
+from controller.k8s.deadline_call import CallTimedOut, install, run_with_deadline
 
 log = structlog.get_logger("ramp.leader")
 
@@ -101,6 +105,7 @@ class LeaderElector:
     ) -> None:
         self.config = config
         self._api = CoordinationV1Api(api_client)
+        install(api_client)
         self._clock = clock
         self._wall_clock = wall_clock
         self._on_started = on_started_leading
@@ -125,6 +130,15 @@ class LeaderElector:
         with self._lock:
             renewed = self._renewed_at
         return renewed is not None and self._clock() < renewed + self.config.renew_deadline
+
+    def write_deadline(self) -> Deadline:
+        """This leadership term as a Deadline on the local monotonic clock: it ends when `is_leader()` turns False
+        (start of the last successful renew + renew_deadline); already expired when not leading."""
+        with self._lock:
+            renewed = self._renewed_at
+        if renewed is None:
+            return Deadline(0.0, clock=self._clock, started=max(0.0, self._clock()))
+        return Deadline(self.config.renew_deadline, clock=self._clock, started=renewed)
 
     def try_acquire_or_renew(self) -> bool:
         """One attempt; True when it acquired or renewed the Lease.
@@ -190,10 +204,14 @@ class LeaderElector:
         return True
 
     def _request(self, verb: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """One Lease request within a total deadline of self._timeout; failures as KubeError."""
+        target = (verb, LEASES, self.config.namespace, self.config.name)
         try:
-            return fn(*args, _request_timeout=self._timeout)
-        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise classify(exc, verb, LEASES, self.config.namespace, self.config.name) from exc
+            return run_with_deadline(fn, self._timeout, *args, _request_timeout=self._timeout)
+        except CallTimedOut as exc:
+            raise Transient(*target, None, f"no complete answer within {self._timeout:.3g}s (abandoned)") from exc
+        except Exception as exc:  # a malformed answer too: a failed attempt, never a crash
+            raise classify(exc, *target) from exc
 
     def _replace(self, lease: V1Lease, spec_update: dict[str, Any]) -> None:
         """Replace (PUT) with the read resourceVersion: a concurrent writer makes it fail with Conflict."""

@@ -1,0 +1,140 @@
+"""A TOTAL deadline for one Kubernetes request: connect + send + the whole response, not urllib3's per-read timeout.
+
+urllib3's timeouts apply per socket operation: an apiserver (or a proxy) that dribbles one byte per
+second keeps a call alive forever under a 10s "timeout". `run_with_deadline` runs the request on a
+short-lived worker thread and waits at most the deadline for it:
+
+- the worker records the urllib3 connections it checks out (`install` swaps the client's connection
+  pool classes for ones that register each connection with the current call, via a thread-local);
+- at the deadline the caller stops waiting, marks the call abandoned and shuts the recorded sockets
+  down, which wakes the worker's blocking read with an error: the worker ends promptly instead of
+  leaking a thread per dribbling call, and whatever it returns later is discarded;
+- a response read with `_preload_content=False` is read to the end on the worker, so the caller never
+  reads from the network outside the deadline.
+
+Abandoning cannot un-send bytes already on the wire: a write delivered late can still reach the apiserver.
+Writes are therefore also made safe by the apiserver's resourceVersion precondition (see `KubeApi`).
+A connect still in progress is bounded by the per-operation timeout (at most the deadline).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import urllib3
+from kubernetes.client import ApiClient
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+T = TypeVar("T")
+
+WORKER_NAME = "ramp-k8s-call"
+_INSTALLED_ATTR = "ramp_deadline_pools"
+_current = threading.local()
+
+
+class CallTimedOut(Exception):
+    """The request did not complete within its total deadline; its worker was abandoned."""
+
+
+class _Call:
+    """The connections one request uses, so they can be shut down when the request is abandoned."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connections: list[Any] = []
+        self.abandoned = False
+
+    def track(self, connection: Any) -> None:
+        with self._lock:
+            self._connections.append(connection)
+            abandoned = self.abandoned
+        if abandoned:
+            _shutdown(connection)
+
+    def abandon(self) -> None:
+        with self._lock:
+            self.abandoned = True
+            connections = list(self._connections)
+        for connection in connections:
+            _shutdown(connection)
+
+
+def _shutdown(connection: Any) -> None:
+    sock = getattr(connection, "sock", None)
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):  # already closed
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class _TrackingMixin:
+    """Registers every connection a request checks out with the call running on this thread."""
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        connection = super()._get_conn(timeout)  # type: ignore[misc]
+        call = getattr(_current, "call", None)
+        if isinstance(call, _Call):
+            call.track(connection)
+        return connection
+
+    def _make_request(self, *args: Any, **kwargs: Any) -> Any:
+        call = getattr(_current, "call", None)
+        if isinstance(call, _Call) and call.abandoned:  # do not even start a request nobody waits for
+            raise urllib3.exceptions.ProtocolError("request abandoned at its deadline")
+        return super()._make_request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _TrackedHTTPPool(_TrackingMixin, HTTPConnectionPool):
+    pass
+
+
+class _TrackedHTTPSPool(_TrackingMixin, HTTPSConnectionPool):
+    pass
+
+
+def install(api_client: ApiClient) -> None:
+    """Make the client's connection pools register connections with the current call (idempotent)."""
+    manager = getattr(getattr(api_client, "rest_client", None), "pool_manager", None)
+    if not isinstance(manager, urllib3.PoolManager) or getattr(manager, _INSTALLED_ATTR, False):
+        return
+    classes = dict(getattr(manager, "pool_classes_by_scheme", {}))
+    classes.update({"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool})
+    manager.pool_classes_by_scheme = classes
+    manager.clear()  # pools made before this point would not register their connections
+    setattr(manager, _INSTALLED_ATTR, True)
+
+
+def run_with_deadline(fn: Callable[..., T], seconds: float, *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` on a worker thread; raises CallTimedOut when it is not done within `seconds`.
+
+    Exceptions of `fn` are re-raised on the caller's thread. A lazily read response body is read on the worker.
+    """
+    call = _Call()
+    done = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        _current.call = call
+        try:
+            result = fn(*args, **kwargs)
+            if isinstance(result, urllib3.BaseHTTPResponse):
+                _ = result.data  # read the whole body here, inside the deadline
+            outcome["result"] = result
+        except BaseException as exc:  # handed to the caller
+            outcome["error"] = exc
+        finally:
+            _current.call = None
+            done.set()
+
+    worker = threading.Thread(target=work, name=WORKER_NAME, daemon=True)
+    worker.start()
+    if not done.wait(max(0.0, seconds)):
+        call.abandon()
+        raise CallTimedOut(f"no complete answer within the total deadline of {seconds:.3g}s")
+    if "error" in outcome:
+        raise outcome["error"]
+    result: T = outcome["result"]
+    return result
