@@ -109,8 +109,10 @@ class RolloutRunner:
             )
         reason = "spec changed: rollout starts over" if state.identity == identity else "new rollout: spec changed"
         note = PhaseChange(phase=Phase.PENDING, step=-1, at=now, reason=reason)
-        history = [*state.history, note][-MAX_HISTORY:]
-        return RolloutState(rollout=rollout.name, spec_digest=rollout.digest, identity=identity, history=history)
+        history = [*state.history, note]
+        dropped = state.dropped_history + max(0, len(history) - MAX_HISTORY)
+        return RolloutState(rollout=rollout.name, spec_digest=rollout.digest, identity=identity,
+                            history=history[-MAX_HISTORY:], dropped_history=dropped)  # fmt: skip
 
     def _fail_safe(self, rollout: ManagedRollout, problem: str, now: float) -> RolloutState:
         """A damaged state: gates are never switched off by it; the rollout fails to its baseline."""
@@ -131,9 +133,10 @@ class RolloutRunner:
         """One tick for every due rollout. With `deadline`, nothing is written once it has passed (an
         abandoned tick can never act late) and every external call is bounded by it."""
         now = self.clock()
+        mono = self._monotonic()
         states: dict[str, RolloutState] = {}
         damaged: dict[str, str] = {}
-        candidates = self._due(now)
+        candidates = self._due(mono)
         if candidates:
             try:
                 self.store.begin_tick()
@@ -152,9 +155,8 @@ class RolloutRunner:
         snapshots = self._fetch(active, deadline)
         unavailable = self._unavailable([r for r in due if not states[r.name].terminal])
         events = []
-        mono = self._monotonic()
         for rollout in due:
-            self._last_tick[rollout.name] = now
+            self._last_tick[rollout.name] = mono
             last = self._last_seen.get(rollout.name)
             self._last_seen[rollout.name] = mono
             cap = 2 * rollout.spec.schedule.interval  # a stalled controller observed nothing meanwhile

@@ -1,0 +1,243 @@
+"""The runner's safety rules: confirmed routing, skew-free step time, damaged or unwritable state,
+drift after a rollout, one controller per state directory, tick deadlines, bounded history."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from controller.analysis.metrics import VersionMetrics
+from controller.deadline import Deadline
+from controller.engine.commands import CommandRequest
+from controller.engine.phases import MAX_HISTORY, Command, Phase
+from controller.engine.runner import ManagedRollout, RolloutRunner
+from controller.routing.model import DesiredRouting
+from controller.state.file_store import CommandPending, FileStateStore, StateDirLocked
+from tests.unit.engine_fixtures import NO_APPROVAL_YAML, FakeClock, FixedMetrics, RecordingRouter, spec
+
+HEALTHY = {"v1": VersionMetrics(200, 0, {}), "v2": VersionMetrics(100, 0, {})}
+ROLLOUT = ManagedRollout.from_spec(spec(NO_APPROVAL_YAML))  # header 10 s, 10 % 10 s, 50 % 10 s; tick 5 s
+
+
+def runner_for(tmp_path: Path, router: object, clock: FakeClock, monotonic: FakeClock | None = None) -> RolloutRunner:
+    runner = RolloutRunner(router=router, metrics=FixedMetrics(dict(HEALTHY)), store=FileStateStore(tmp_path),  # type: ignore[arg-type]
+                           clock=clock, monotonic=monotonic)  # fmt: skip
+    runner.set_rollouts([ROLLOUT])
+    return runner
+
+
+@dataclass
+class UnconfirmingRouter:
+    """A data plane that never confirms anything (like an Envoy whose admin never reports the version)."""
+
+    calls: int = 0
+
+    def apply(self, routing: DesiredRouting, deadline: Deadline | None = None) -> bool:
+        self.calls += 1
+        raise TimeoutError("Envoy did not confirm route version 7 within 5.0s")
+
+
+@dataclass
+class DriftingDataPlane(RecordingRouter):
+    """Confirms writes, but someone may replace what it serves behind Ramp's back."""
+
+    serving: DesiredRouting | None = None
+    invalidated: list[tuple[str, str]] = field(default_factory=list)
+    believed: DesiredRouting | None = None
+
+    def apply(self, routing: DesiredRouting, deadline: Deadline | None = None) -> bool:
+        if self.believed == routing:
+            return False
+        self.believed, self.serving = routing, routing
+        self.applied.append(routing)
+        return True
+
+    def observed(self, namespace: str, service: str, deadline: Deadline | None = None) -> DesiredRouting | None:
+        return self.serving
+
+    def invalidate(self, namespace: str, service: str) -> None:
+        self.invalidated.append((namespace, service))
+        self.believed = None
+
+
+def test_unconfirmed_routing_never_progresses_and_fails_to_the_baseline(tmp_path: Path) -> None:
+    clock = FakeClock()
+    runner = runner_for(tmp_path, UnconfirmingRouter(), clock)
+    phases = []
+    for _ in range(12):
+        event = runner.tick()[0]
+        phases.append((event.decision.phase, event.decision.state.step))
+        clock.advance(5)
+    # Entered the header step on paper, never beyond: no time counted without confirmation...
+    assert all(p in {(Phase.HEADER_TEST, 0), (Phase.FAILED, 0)} for p in phases), phases
+    state = FileStateStore(tmp_path).load("shop")
+    # ... then failed, routed to the baseline, with the reason; never Promoted.
+    assert state is not None and state.phase == Phase.FAILED and "traffic sent to the baseline" in state.reason
+    assert "did not confirm" in state.reason and state.unconfirmed is not None and not state.settled
+    assert not runner.all_terminal()  # a demo or test waiting for the end is not told it is over
+
+
+def test_step_time_counts_only_confirmed_time_from_the_monotonic_clock(tmp_path: Path) -> None:
+    wall, mono = FakeClock(1_000.0), FakeClock(50.0)
+    router = RecordingRouter()
+    runner = runner_for(tmp_path, router, wall, mono)
+    runner.tick()  # header step entered and confirmed
+    for _ in range(2):
+        wall.advance(600)  # the wall clock jumps 10 minutes per tick ...
+        mono.advance(5)  # ... while 5 s really pass
+        runner.tick()
+    state = FileStateStore(tmp_path).load("shop")
+    assert state is not None and (state.phase, state.step) == (Phase.PROGRESSING, 1)  # after 10 s, not before
+    assert len(router.applied) == 2
+
+
+def test_a_successor_with_a_skewed_wall_clock_neither_shortens_nor_stretches_the_step(tmp_path: Path) -> None:
+    mono = FakeClock(0.0)
+    first = runner_for(tmp_path, RecordingRouter(), FakeClock(1_000.0), mono)
+    first.tick()
+    mono.advance(5)
+    first.tick()  # 5 s of the header step's 10 s observed and saved
+    ahead = FakeClock(1_000.0 + 600)  # the new process' wall clock is 10 minutes ahead
+    second = runner_for(tmp_path, RecordingRouter(), ahead, mono)
+    mono.advance(5)
+    ahead.advance(5)
+    event = second.tick()[0]  # its first tick has no previous tick of its own: counts nothing
+    assert (event.decision.phase, event.decision.state.step) == (Phase.HEADER_TEST, 0)
+    mono.advance(5)
+    ahead.advance(5)
+    event = second.tick()[0]
+    assert event.decision.state.step == 1  # 10 s observed in all: the step ends, one interval later at most
+
+
+def test_damaged_states_of_every_kind_fail_safe_and_are_kept_aside(tmp_path: Path) -> None:
+    bad_documents = {
+        "empty": "",
+        "truncated": '{"rollout": "shop", "spec_digest": "x", "pha',
+        "binary": "\x00\x01\x02",
+        "wrong type": '{"rollout": "shop", "spec_digest": "x", "step": "two"}',
+        "step past the plan": None,  # filled below from a real state
+        "NaN time": None,
+    }
+    clock = FakeClock()
+    good = runner_for(tmp_path / "good", RecordingRouter(), clock)
+    good.tick()
+    sound = json.loads((tmp_path / "good" / "shop.state.json").read_text())
+    bad_documents["step past the plan"] = json.dumps({**sound, "step": 7})
+    bad_documents["NaN time"] = json.dumps({**sound, "step_elapsed": float("nan")})
+    for label, document in bad_documents.items():
+        directory = tmp_path / label.replace(" ", "-")
+        directory.mkdir()
+        (directory / "shop.state.json").write_text(document or "")
+        router = RecordingRouter()
+        event = runner_for(directory, router, clock).tick()[0]
+        assert event.damaged is not None, label
+        assert event.decision.phase == Phase.FAILED and router.applied == [ROLLOUT.plan.baseline], label
+        assert list(directory.glob("shop.state.json.damaged-*")), label
+        state = FileStateStore(directory).load("shop")
+        assert state is not None and state.phase == Phase.FAILED and "state damaged" in state.reason, label
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories")
+def test_unwritable_state_directory_holds_with_a_clear_error(tmp_path: Path) -> None:
+    clock, router = FakeClock(), RecordingRouter()
+    runner = runner_for(tmp_path, router, clock)
+    tmp_path.chmod(0o500)
+    try:
+        event = runner.tick()[0]
+    finally:
+        tmp_path.chmod(0o700)
+    assert event.store_error is not None and router.applied == []
+
+
+def test_state_that_cannot_be_saved_holds_instead_of_applying(tmp_path: Path) -> None:
+    class BrokenStore(FileStateStore):
+        def save(self, state: object) -> None:  # type: ignore[override]
+            raise PermissionError(13, "Permission denied", str(self.directory))
+
+    clock, router = FakeClock(), RecordingRouter()
+    runner = RolloutRunner(router=router, metrics=FixedMetrics(dict(HEALTHY)), store=BrokenStore(tmp_path),
+                           clock=clock)  # fmt: skip
+    runner.set_rollouts([ROLLOUT])
+    event = runner.tick()[0]
+    assert event.store_error is not None and "Permission denied" in event.store_error
+    assert router.applied == []  # never apply a routing that is not recorded
+
+
+def test_drift_after_promotion_is_reported_and_repaired(tmp_path: Path) -> None:
+    clock, router = FakeClock(), DriftingDataPlane()
+    runner = runner_for(tmp_path, router, clock)
+    for _ in range(20):
+        runner.tick()
+        clock.advance(5)
+    state = FileStateStore(tmp_path).load("shop")
+    assert state is not None and state.phase == Phase.PROMOTED
+    router.serving = ROLLOUT.plan.steps[2].routing  # someone puts 50/50 back behind Ramp's back
+    event = runner.tick()[0]
+    assert event.drift is not None and "expected v1=0% v2=100%" in event.drift
+    assert router.invalidated == [("prod", "shop")] and router.serving == ROLLOUT.plan.promoted
+    clock.advance(5)
+    assert runner.tick()[0].drift is None  # repaired: nothing more to report
+
+
+def test_a_manual_override_is_not_drift(tmp_path: Path) -> None:
+    clock, router = FakeClock(), DriftingDataPlane()
+    runner = runner_for(tmp_path, router, clock)
+    store = FileStateStore(tmp_path)
+    for _ in range(20):
+        runner.tick()
+        clock.advance(5)
+    store.request("shop", CommandRequest(id="o1", command=Command.SET_WEIGHTS, weights={"v1": 100, "v2": 0}))
+    runner.tick()
+    clock.advance(5)
+    event = runner.tick()[0]
+    assert event.drift is None and router.serving is not None and router.serving.weight_of("v1") == 100
+
+
+def test_a_second_command_is_refused_while_the_first_is_pending(tmp_path: Path) -> None:
+    store = FileStateStore(tmp_path)
+    store.request("shop", CommandRequest(id="a", command=Command.ABORT))
+    with pytest.raises(CommandPending, match="abort"):
+        store.request("shop", CommandRequest(id="b", command=Command.RESUME))
+    pending = store.pending_command("shop")
+    assert pending is not None and pending.id == "a"
+
+
+def test_one_controller_per_state_directory(tmp_path: Path) -> None:
+    first, second = FileStateStore(tmp_path), FileStateStore(tmp_path)
+    first.lock()
+    with pytest.raises(StateDirLocked, match="in use by another ramp controller"):
+        second.lock()
+    first.unlock()
+    second.lock()
+
+
+def test_a_tick_past_its_deadline_writes_nothing(tmp_path: Path) -> None:
+    clock, router = FakeClock(), RecordingRouter()
+    runner = runner_for(tmp_path, router, clock)
+    expired = Deadline(0.0)
+    events = runner.tick(expired)
+    assert events[0].apply_error == "tick deadline passed" and router.applied == []
+    assert FileStateStore(tmp_path).load("shop") is None
+
+
+def test_history_is_bounded_over_many_rollouts(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = FileStateStore(tmp_path)
+    for i in range(300):
+        text = NO_APPROVAL_YAML.replace("versions: [{name: v1, weight: 100}",
+                                        f"versions: [{{name: v1, weight: {100 + i}}}")  # a new rollout each time
+        runner = RolloutRunner(router=RecordingRouter(), metrics=FixedMetrics(dict(HEALTHY)), store=store, clock=clock)
+        runner.set_rollouts([ManagedRollout.from_spec(spec(text))])
+        runner.tick()
+        store.request("shop", CommandRequest(command=Command.PROMOTE))
+        clock.advance(5)
+        runner.tick()
+        clock.advance(5)
+    state = store.load("shop")
+    assert state is not None and state.phase == Phase.PROMOTED
+    assert len(state.history) == MAX_HISTORY and state.dropped_history > 500
+    assert (tmp_path / "shop.state.json").stat().st_size < 32 * 1024
