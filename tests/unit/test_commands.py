@@ -94,7 +94,8 @@ def test_set_weights_refuses_unknown_versions_zero_sums_and_versions_without_pod
 
 def test_set_weights_during_a_rollout_needs_force_and_then_pauses_it_until_resume() -> None:
     s = decide(PLAN, SPEC, fresh(), None, now=0).state
-    refused = decide(PLAN, SPEC, s, report(Verdict.PASS), now=1, command=request(Command.SET_WEIGHTS, weights={"v2": 5}))
+    nudge = request(Command.SET_WEIGHTS, weights={"v2": 5})
+    refused = decide(PLAN, SPEC, s, report(Verdict.PASS), now=1, command=nudge)
     assert refused.state.last_command is not None and "--force" in refused.state.last_command.reason
     assert refused.routing == PLAN.steps[0].routing
     forced = decide(PLAN, SPEC, s, report(Verdict.PASS), now=1,
