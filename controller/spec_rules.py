@@ -118,7 +118,7 @@ Sized = TypeVar("Sized", bound=collections.abc.Sized)
 def count_between(noun: str, minimum: int, maximum: int, why_minimum: str = "") -> Callable[[Sized], Sized]:
     def check(items: Sized) -> Sized:
         if len(items) < minimum:
-            raise ValueError(f"at least {minimum} {noun} needed{why_minimum}")
+            raise ValueError((f"no {noun}" if minimum == 1 else f"at least {minimum} {noun} needed") + why_minimum)
         if len(items) > maximum:
             raise ValueError(f"at most {maximum} {noun} allowed, got {len(items)}")
         return items

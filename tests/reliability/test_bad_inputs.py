@@ -31,6 +31,22 @@ BAD_FILES: dict[str, tuple[str | bytes, str]] = {
     "binary.yaml": (b"\xff\xfe\x00garbage\x00", "file is not UTF-8 text"),
     "list.yaml": ("- service: demo\n", "a rollout spec must be a mapping of fields"),
     "empty.yaml": ("", "expected exactly one YAML document, found 0"),
+    "no-gates.yaml": (GOOD.replace("service: demo", "service: ungated").split("gates:")[0]
+                      + "gates: []\nschedule:" + GOOD.split("schedule:")[1], "gates: no gates"),
+    "wildcard-host.yaml": (GOOD.replace("service: demo", "service: wildcard\nhost: '*'"),
+                           "host: host '*' has a wildcard"),
+    "match-all-header.yaml": (GOOD.replace("service: demo", "service: everyone").replace(
+        "{name: x-version, value: v2}", "{name: user-agent, value: '.*', match: regex}"),
+        "steps.0.header.value: regex '.*' matches every value"),
+    "crlf-header.yaml": (GOOD.replace("service: demo", "service: smuggle").replace(
+        "{name: x-version, value: v2}", '{name: x-version, value: "v2\\r\\nx-admin: 1"}'),
+        "steps.0.header.value: header value has a control character ('\\r')"),
+    "busy-loop.yaml": (GOOD.replace("service: demo", "service: busy").replace("interval: 2s", "interval: 0"),
+                       "schedule.interval: duration 0s is below the minimum of 100ms"),
+    "clash-a.yaml": (GOOD.replace("service: demo", "name: twin-a\nservice: twin"),
+                     "service: service 'default/twin' is also claimed by"),
+    "clash-b.yaml": (GOOD.replace("service: demo", "name: twin-b\nservice: twin"),
+                     "service: service 'default/twin' is also claimed by"),
 }
 
 

@@ -32,9 +32,11 @@ def test_duplicate_rollout_names_and_foreign_namespaces_are_rejected(tmp_path: P
         "namespace: default", "namespace: kube-system"))
     specs = SpecDirectory(tmp_path, allowed_namespaces=frozenset({"default", "shop"}))
     specs.refresh()
-    assert [r.name for r in specs.rollouts] == ["demo"]
+    assert [r.name for r in specs.rollouts] == []  # two owners of one service: neither wins by file order
     messages = [str(p) for p in specs.problems]
-    assert any(m.endswith("b.yaml:1: name: rollout 'demo' is already defined in " + str(tmp_path / "a.yaml"))
-               for m in messages)
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    assert f"{a}:2: service: service 'default/demo' is also claimed by {b}:2: one spec per service and rollout " \
+        "name; neither file is applied until one is changed or removed" in messages
+    assert any(m.startswith(f"{b}:2: service: service 'default/demo' is also claimed by {a}:2: ") for m in messages)
     assert f"{tmp_path / 'c.yaml'}:3: namespace: namespace 'kube-system' is not managed by this controller " \
         "(allowed: default, shop)" in messages

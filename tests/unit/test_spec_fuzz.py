@@ -7,10 +7,13 @@ non-empty single-line reason, and every accepted spec must plan into valid routi
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+import re2  # type: ignore[import-untyped]
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -59,7 +62,40 @@ def check(text: str, file: str = "fuzz.yaml") -> RolloutSpec | None:
             assert "\n" not in str(problem) and "\r" not in str(problem), problem
         return None
     check_plan(spec)
+    check_accepted(spec)
     return spec
+
+
+# Independent oracles (Python's re, not the validators under test) for what an accepted spec may hold.
+_HOST = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*")
+_TOKEN = re.compile(r"[a-z0-9]([-a-z0-9_]{0,126}[a-z0-9])?")
+_PRINTABLE_ASCII = re.compile(r"[!-~]([ -~]*[!-~])?")
+_NOT_ROUTABLE = {"host", "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade",
+                 "trailer", "content-length", "x-request-id", "x-forwarded-proto"}  # fmt: skip
+_ANY_VALUES = ["", "a", "v2", "Mozilla/5.0", "*/*", "zz top", "~!@#$%^&*()_+", "x" * 200]
+
+
+def check_accepted(spec: RolloutSpec) -> None:
+    """Every accepted spec is within the documented bounds and routable by Envoy/Istio."""
+    assert 1 <= len(spec.gates) <= 20 and 1 <= len(spec.versions) <= 10 and len(spec.effective_steps) <= 50
+    assert _HOST.fullmatch(spec.fqdn), spec.fqdn
+    assert 0.1 <= spec.schedule.interval <= 600
+    assert max(5.0, spec.schedule.interval) <= spec.analysis.window <= 3600
+    assert 0 <= spec.rollback.missing_data_timeout <= 86400
+    for gate in spec.gates:
+        for number in (gate.max, gate.stable_margin, gate.tolerance, gate.alpha, gate.slow_ms):
+            assert number is None or math.isfinite(number), gate
+    for step in spec.effective_steps:
+        assert step.duration is None or 0 <= step.duration <= 86400, step
+        header = step.header
+        if header is None:
+            continue
+        assert _TOKEN.fullmatch(header.name) and header.name not in _NOT_ROUTABLE, header
+        assert not header.name.startswith("x-envoy-"), header
+        assert _PRINTABLE_ASCII.fullmatch(header.value), header
+        if header.match == "regex":
+            compiled = re2.compile(header.value)  # RE2 accepts it, as Envoy will
+            assert not all(compiled.fullmatch(v) for v in _ANY_VALUES), f"match-all regex accepted: {header}"
 
 
 def check_plan(spec: RolloutSpec) -> None:
@@ -195,3 +231,64 @@ def spliced_example(draw: st.DrawFn) -> str:
 @given(st.one_of(yaml_ish, any_unicode, binary_ish, latin1, spliced_example()))
 def test_random_text_gives_a_spec_or_a_spec_error(text: str) -> None:
     check(text)
+
+
+# --- hostile header values, hosts and durations in an otherwise valid spec ------------------------
+
+hostile_text = st.one_of(
+    st.from_regex(r"[a-z0-9][-a-z0-9._]{0,20}[a-z0-9]", fullmatch=True),  # plausible: some specs are accepted
+    st.sampled_from(["v[0-9]+", ".+", "v2|v3", "a.*", "(?i)tester", "[^x]*", ".?", "x-version", "reviews.shop"]),
+    st.text(max_size=40),
+    st.text(alphabet=st.sampled_from(list("*.-_/\\:@ \r\n\t\x00\x7fAZaz09()[]{}|?+^$\u00e9\u2028")), max_size=40),
+    st.sampled_from(["*", "*.shop", "evil host/../x", ".*", "(|.+)", "v2|.*", "(a)\\1", "(?=a)", "a" * 300,
+                     "x-version", ":authority", "host", "te", "x-envoy-x", "user-agent", " v2", "v2\r\nx: 1"]),
+)  # fmt: skip
+hostile_duration = st.one_of(
+    st.integers(-(10**30), 10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["1s", "5s", "30s", "2m", 1, 5, 30.5]),
+    st.sampled_from(["0", "0s", "50ms", "100ms", "10m", "11m", "24h", "25h", "1h1s", "9" * 400 + "s", "3.6e+26"]),
+    st.text(alphabet=st.sampled_from(list("0123456789.msh -e+")), max_size=12),
+)
+
+
+@st.composite
+def hostile_fields(draw: st.DrawFn) -> str:
+    data = copy.deepcopy(EXAMPLE_DATA["demo.yaml"])
+    header = data["steps"][0]["header"]
+    if draw(st.booleans()):
+        header["name"] = draw(hostile_text)
+    header["value"] = draw(hostile_text)
+    header["match"] = draw(st.sampled_from(["exact", "prefix", "regex"]))
+    if draw(st.booleans()):
+        data["host"] = draw(hostile_text)
+    section, field = draw(st.sampled_from([("schedule", "interval"), ("analysis", "window"),
+                                           ("rollback", "missing_data_timeout"), ("steps", "duration")]))  # fmt: skip
+    if section == "steps":
+        data["steps"][draw(st.integers(0, 3))]["duration"] = draw(hostile_duration)
+    else:
+        data[section][field] = draw(hostile_duration)
+    return yaml.safe_dump(data, allow_unicode=draw(st.booleans()), sort_keys=False)
+
+
+@FUZZ
+@given(hostile_fields())
+def test_hostile_headers_hosts_and_durations_give_a_spec_error_or_a_sound_spec(text: str) -> None:
+    check(text)
+
+
+def test_hostile_fields_are_refused_at_their_line() -> None:
+    data = copy.deepcopy(EXAMPLE_DATA["demo.yaml"])
+    data["host"] = "*"
+    data["steps"][0]["header"] = {"name": "x-version", "value": "v2\r\n", "match": "exact"}
+    data["schedule"]["interval"] = 3.6e26
+    text = yaml.safe_dump(data, sort_keys=False)
+    lines = text.splitlines()
+    with pytest.raises(SpecError) as caught:
+        parse_spec_text(text, "fuzz.yaml")
+    found = {(p.path, p.line) for p in caught.value.problems}
+    assert found == {
+        ("host", next(i for i, line in enumerate(lines, 1) if line.startswith("host:"))),
+        ("steps.0.header.value", next(i for i, line in enumerate(lines, 1) if "value:" in line)),
+        ("schedule.interval", next(i for i, line in enumerate(lines, 1) if "interval:" in line)),
+    }
