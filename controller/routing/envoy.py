@@ -194,11 +194,11 @@ class EnvoyFileRouter:
                     if self._served(key, routing, total)[1] == routing:
                         self._confirmed[key] = routing
                         return False
-            if total.expired:
+            rejected_before = self._rejected_count(total)
+            if total.expired:  # writers ask before acting: no write that could not be confirmed
                 raise EnvoyRoutingError(f"{what}: deadline reached before writing; nothing written")
             self._routings[key] = routing
             self._confirmed.pop(key, None)
-            rejected_before = self._rejected_count(total)
             version = self._next_version()
             try:
                 self._write(version)
@@ -281,7 +281,8 @@ class EnvoyFileRouter:
     def _rejected_count(self, total: Deadline) -> int | None:
         url = f"{self.admin_url}/stats?format=json&filter=rds\\.{self.route_config_name}\\.update_rejected$"
         try:
-            data = admin_get_json(url, total, min(self.admin_timeout, 1.0), self.max_answer_bytes)
+            cap = min(self.admin_timeout, 1.0, total.remaining() / 4)  # leave time to write and confirm
+            data = admin_get_json(url, total, cap, self.max_answer_bytes)
         except EnvoyAdminError:
             return None
         stats = data.get("stats")
@@ -309,7 +310,8 @@ class EnvoyFileRouter:
                 else:
                     last = f"Envoy reports version_info {seen!r}"
             except EnvoyRoutingError as exc:
-                last = str(exc)
+                if not total.expired or last == "no answer":  # keep what Envoy said over "no time left"
+                    last = str(exc)
             checks += 1
             if rejected_before is not None and checks % 4 == 0 and not total.expired:
                 rejected = self._rejected_count(total)

@@ -15,7 +15,9 @@ Modes (settable at any time, per request):
 - `huge`: 200 announcing 1 GiB, streamed as fast as the client reads.
 - `error`: HTTP 500. `not_http`: bytes that are no HTTP answer, then close.
 `/clusters?format=json` answers `clusters` (a dict) in modes `confirm` and `stale`; `/stats` answers
-`rejected` as the RDS update_rejected counter. Every handler stops when the server stops.
+`rejected` as the RDS update_rejected counter, plus 1 once the routes file changed after the mode was
+set when `reject_file_changes` is set (an Envoy rejecting every new configuration). Every handler
+stops when the server stops.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class FakeEnvoyAdmin:
         self.config_dump: dict[str, Any] | None = None  # overrides the routes file in `confirm` mode
         self.clusters: dict[str, Any] = {"cluster_statuses": []}
         self.rejected = 0
+        self.reject_file_changes = False
+        self._file_version_at_mode: str | None = None
         self.requests: list[str] = []  # request targets, at most 10,000 kept
         self._stopped = threading.Event()
         self._stale_dump: dict[str, Any] = {"configs": []}
@@ -84,12 +88,19 @@ class FakeEnvoyAdmin:
             raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
         if mode == "stale":
             self._stale_dump = self._dump_from_file(self.stale_version)
+        self._file_version_at_mode = self._file_version()
         self._mode = mode
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    def _file_version(self) -> str | None:
+        try:
+            return str(json.loads(self.routes_file.read_text(encoding="utf-8"))["version_info"])  # type: ignore[union-attr]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
 
     def _dump_from_file(self, version: str | None = None) -> dict[str, Any]:
         if self.config_dump is not None:
@@ -153,7 +164,8 @@ class FakeEnvoyAdmin:
         if path == "/clusters":
             return _response(200, json.dumps(self.clusters).encode())
         if path == "/stats":
-            stat = {"name": "http.rds.ramp-routes.update_rejected", "value": self.rejected}
+            changed = self.reject_file_changes and self._file_version() != self._file_version_at_mode
+            stat = {"name": "http.rds.ramp-routes.update_rejected", "value": self.rejected + int(changed)}
             return _response(200, json.dumps({"stats": [stat]}).encode())
         if path == "/ready":
             return _response(200, b"LIVE\n", "text/plain")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +229,7 @@ def _mutate(dump: dict[str, Any], edit: str) -> dict[str, Any]:
     dump = copy.deepcopy(dump)
     vhost = dump["configs"][0]["route_config"]["virtual_hosts"][0]
     header_route, default = vhost["routes"]
-    edits = {
+    edits: dict[str, Callable[[], object]] = {
         "foreign cluster": lambda: default["route"]["weighted_clusters"]["clusters"][0].update(name="evil--x--v1"),
         "direct response": lambda: default.update(direct_response={"status": 503}),
         "path match": lambda: default["match"].update(prefix="/api"),
