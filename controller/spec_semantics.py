@@ -160,7 +160,7 @@ def spec_warnings(spec: RolloutSpec) -> list[tuple[Path, str]]:
     warnings: list[tuple[Path, str]] = []
     if any(_absolute_limit(gate) for gate in spec.gates):
         return warnings
-    for i, step in enumerate(spec.steps or []):
+    for i, step in enumerate(spec.effective_steps):
         if step.kind == "weight" and step.weight is not None:
             share = step.weight
         elif step.kind == "traffic" and step.traffic and sum(step.traffic.values()) > 0:
@@ -168,10 +168,13 @@ def spec_warnings(spec: RolloutSpec) -> list[tuple[Path, str]]:
         else:
             continue
         if share == 100:
+            # Default steps are not in the file: point at the gates that need the max instead.
+            path: Path = ("steps", i, step.kind) if spec.steps is not None else ("gates",)
+            where = "here" if spec.steps is not None else f"at default step {i}"
             warnings.append(
                 (
-                    ("steps", i, step.kind),
-                    f"{spec.target!r} gets 100% here but every gate compares it with the stable versions "
+                    path,
+                    f"{spec.target!r} gets 100% {where} but every gate compares it with the stable versions "
                     "(statistical, or stable_margin without max): with no stable traffic they give no data, so "
                     "this step holds (and rolls back after missing_data_timeout); give a gate a max",
                 )

@@ -173,6 +173,10 @@ def test_spec_warnings_flags_a_100_percent_step_with_only_comparative_gates() ->
     assert spec_warnings(parse_spec_text(guarded, "s.yaml")) == []
     no_full_step = STATISTICAL_ONLY.replace("  - weight: 100\n", "  - weight: 50\n")
     assert spec_warnings(parse_spec_text(no_full_step, "s.yaml")) == []
+    default_steps = STATISTICAL_ONLY.replace("steps:\n  - weight: 10\n  - weight: 100\n", "")
+    assert spec_warnings(parse_spec_text(default_steps, "s.yaml")) == [
+        (("gates",), NO_STABLE.replace("100% here", "100% at default step 3"))
+    ]
 
 
 def test_validate_prints_warnings_and_still_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

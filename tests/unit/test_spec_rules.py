@@ -3,11 +3,15 @@ bounds on durations and counts, NaN/infinity, version names. Each problem names 
 
 from __future__ import annotations
 
+import argparse
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from controller import cli_spec
 from controller.spec import VersionWeight, validate_version_name
 from controller.spec_loader import SpecError, parse_spec_text
 
@@ -340,3 +344,22 @@ def test_validate_version_name_agrees_with_the_spec_model(name: str) -> None:
     except ValidationError:
         accepted = False
     assert (validate_version_name(name) is None) == accepted
+
+
+# --- the JSON Schema still generates and states the bounds ------------------------------------------
+
+
+def test_json_schema_generates_with_the_bounds(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="ramp")
+    cli_spec.register(parser.add_subparsers())
+    args = parser.parse_args(["schema"])
+    assert args.handler(args) == 0
+    schema = json.loads(capsys.readouterr().out)
+    properties, defs = schema["properties"], schema["$defs"]
+    assert (properties["gates"]["minItems"], properties["gates"]["maxItems"]) == (1, 20)
+    assert (properties["versions"]["minItems"], properties["versions"]["maxItems"]) == (1, 10)
+    assert properties["steps"]["maxItems"] == 50
+    assert "100ms to 10m" in defs["Schedule"]["properties"]["interval"]["description"]
+    assert "5s to 1h" in defs["Analysis"]["properties"]["window"]["description"]
+    assert "RE2" in defs["HeaderMatch"]["properties"]["value"]["description"]
+    assert defs["VersionWeight"]["properties"]["name"]["pattern"] == "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
