@@ -161,34 +161,50 @@ def _basic(user: str, password: str) -> str:
 class _DeadlineReader(io.RawIOBase):
     """Socket reads that never outlast the deadline: each recv may only take the time that is left."""
 
-    def __init__(self, sock: socket.socket, deadline: Deadline) -> None:
-        self._sock = sock
-        self._deadline = deadline
+    def __init__(self, owner: _DeadlineSocket) -> None:
+        self._owner = owner
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        self._sock.settimeout(self._deadline.timeout())
-        return self._sock.recv_into(buffer)
+        sock = self._owner.sock
+        sock.settimeout(self._owner.deadline.timeout())
+        return sock.recv_into(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            self._owner.reader_closed()
 
 
 class _DeadlineSocket:
-    """What http.client needs of a socket (sendall, makefile, close), bounded by the deadline."""
+    """What http.client needs of a socket (sendall, makefile, close), bounded by the deadline. Like a real
+    socket, it closes once both the connection and the response reading from it have let go."""
 
     def __init__(self, sock: socket.socket, deadline: Deadline) -> None:
-        self._sock = sock
-        self._deadline = deadline
+        self.sock = sock
+        self.deadline = deadline
+        self._readers = 0
+        self._closed = False
 
     def sendall(self, data: bytes) -> None:
-        self._sock.settimeout(self._deadline.timeout())  # sendall's timeout bounds the whole call
-        self._sock.sendall(data)
+        self.sock.settimeout(self.deadline.timeout())  # sendall's timeout bounds the whole call
+        self.sock.sendall(data)
 
     def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
-        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+        self._readers += 1
+        return io.BufferedReader(_DeadlineReader(self))
+
+    def reader_closed(self) -> None:
+        self._readers -= 1
+        if self._closed and self._readers <= 0:
+            self.sock.close()
 
     def close(self) -> None:
-        self._sock.close()
+        self._closed = True
+        if self._readers <= 0:
+            self.sock.close()
 
 
 def _resolve(host: str, port: int, deadline: Deadline) -> list[Any]:
@@ -311,7 +327,7 @@ class PrometheusHTTP:
         except PrometheusError:
             raise
         except (DeadlineExceeded, TimeoutError):
-            raise PrometheusError(f"no complete answer within {deadline.seconds:g}s") from None
+            raise PrometheusError(f"no complete answer within {deadline.seconds:.3g}s") from None
         except Exception as exc:  # any transport failure: a reason, never a traceback
             raise PrometheusError(self.redact(f"{type(exc).__name__}: {exc}")) from None
         return self._result(status, body)
@@ -329,11 +345,14 @@ class PrometheusHTTP:
         if header is not None:
             headers["Authorization"] = header
         connection = _Connection(self._host, self._port, deadline, self._context)
+        response: http.client.HTTPResponse | None = None
         try:
             connection.request("POST", self._path, body=payload, headers=headers)
             response = connection.getresponse()
             return response.status, self._read(response)
         finally:
+            if response is not None:
+                response.close()
             connection.close()
 
     def _read(self, response: http.client.HTTPResponse) -> bytes:

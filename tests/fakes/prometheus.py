@@ -6,8 +6,8 @@
         prom.answer("", Reply(body=vector(), bytes_per_second=1))            # trickles its answer
         source = PrometheusSource(prom.url)
 
-Answers are matched by the first registered substring found in the PromQL (last registered wins on
-ties of order: `answer` puts new rules first); unmatched queries get an empty vector. With `bearer_token` or
+Answers are matched by a substring of the PromQL (or its start, with `prefix=True`), the most recently
+registered rule first; unmatched queries get an empty vector. With `bearer_token` or
 `basic_auth` set, a request without those credentials gets HTTP 401. Every query, and the Authorization
 header it came with, is recorded. Slow answers stop as soon as the client goes away or the server stops.
 """
@@ -36,6 +36,7 @@ class Reply:
     bytes_per_second: float | None = None  # send the body this slowly (Content-Length announced up front)
     headers: dict[str, str] = field(default_factory=dict)
     declared_length: int | None = None  # a Content-Length to announce instead of the real one
+    raw: bytes | None = None  # the whole HTTP response as written (status line and headers included)
 
     def encoded(self) -> bytes:
         if isinstance(self.body, bytes):
@@ -50,9 +51,11 @@ def vector(*samples: dict[str, Any]) -> dict[str, Any]:
     return {"status": "success", "data": {"resultType": "vector", "result": list(samples)}}
 
 
-def sample(labels: Any, value: Any, timestamp: Any = 1700000000.0) -> dict[str, Any]:
-    """One vector element; `value` is sent as given when it is not a number (e.g. "NaN", "+Inf", [1])."""
-    shown = f"{value:g}" if isinstance(value, int | float) and not isinstance(value, bool) else value
+def sample(labels: Any, value: Any, timestamp: Any = 1700000000.0, *, raw: bool = False) -> dict[str, Any]:
+    """One vector element. A number is written as Prometheus does (a string); anything else, or any value
+    with `raw`, is sent as given (e.g. "NaN", "+Inf", 5, [1])."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    shown = f"{value:g}" if number and not raw else value
     return {"metric": labels, "value": [timestamp, shown]}
 
 
@@ -68,7 +71,7 @@ def istio(namespace: str, service: str, version: str, **extra: str) -> dict[str,
 
 class FakePrometheus:
     def __init__(self, *, bearer_token: str | None = None, basic_auth: tuple[str, str] | None = None) -> None:
-        self.rules: list[tuple[str, Reply | Callable[[str], Reply]]] = []
+        self.rules: list[tuple[str, Reply | Callable[[str], Reply], bool]] = []
         self.queries: list[str] = []
         self.authorizations: list[str | None] = []
         self.expected_auth: str | None = None
@@ -90,18 +93,20 @@ class FakePrometheus:
     def url_with(self, userinfo: str) -> str:
         return self.url.replace("http://", f"http://{userinfo}@")
 
-    def answer(self, contains: str, reply: Reply | dict[str, Any] | Callable[[str], Reply]) -> None:
-        """Answer queries containing `contains` with `reply` (newest rule first)."""
+    def answer(
+        self, contains: str, reply: Reply | dict[str, Any] | Callable[[str], Reply], *, prefix: bool = False
+    ) -> None:
+        """Answer queries containing `contains` (starting with it, with `prefix`) with `reply`; newest rule first."""
         rule = Reply(body=reply) if isinstance(reply, dict) else reply
         with self._lock:
-            self.rules.insert(0, (contains, rule))
+            self.rules.insert(0, (contains, rule, prefix))
 
     def reply_for(self, query: str) -> Reply:
         with self._lock:
             self.queries.append(query)
             rules = list(self.rules)
-        for contains, rule in rules:
-            if contains in query:
+        for contains, rule, prefix in rules:
+            if query.startswith(contains) if prefix else contains in query:
                 return rule(query) if callable(rule) else rule
         return Reply()
 
@@ -147,6 +152,10 @@ def _handler_for(fake: FakePrometheus) -> type[BaseHTTPRequestHandler]:
                 reply = Reply(status=401, body={"status": "error", "errorType": "auth", "error": "unauthorized"})
             else:
                 reply = fake.reply_for(query)
+            if reply.raw is not None:
+                self.close_connection = True
+                self._write(reply.raw, reply.bytes_per_second)
+                return
             body = reply.encoded()
             self.send_response(reply.status)
             self.send_header("Content-Type", "application/json")
@@ -156,15 +165,18 @@ def _handler_for(fake: FakePrometheus) -> type[BaseHTTPRequestHandler]:
                 self.send_header(name, value)
             self.end_headers()
             self.close_connection = True
-            if reply.bytes_per_second is None:
-                self.wfile.write(body)
-                return
-            pause = 1.0 / reply.bytes_per_second
+            self._write(body, reply.bytes_per_second)
+
+        def _write(self, data: bytes, bytes_per_second: float | None) -> None:
             try:
-                for i in range(len(body)):  # bounded: one pass over the body
+                if bytes_per_second is None:
+                    self.wfile.write(data)
+                    return
+                pause = 1.0 / bytes_per_second
+                for i in range(len(data)):  # bounded: one pass over the data
                     if fake.stopping.wait(pause):
                         return
-                    self.wfile.write(body[i : i + 1])
+                    self.wfile.write(data[i : i + 1])
                     self.wfile.flush()
             except OSError:  # the client gave up
                 return
