@@ -207,11 +207,13 @@ def test_notes_name_the_lease_and_namespaces() -> None:
         ({"prometheus": {"url": "prometheus:9090"}}, "/prometheus/url"),
         ({"image": {"repository": "ramp", "tag": 1.0}}, "/image/tag"),
         ({"serviceMonitor": {"enabled": "yes"}}, "/serviceMonitor/enabled"),
+        ({"watchAllNamespaces": "yes"}, "/watchAllNamespaces"),
+        ({"watchAllNamespaces": True, "watchNamespaces": ["shop"]}, "/watchNamespaces"),
     ],
     ids=[
         "replicas-string", "replicas-zero", "unknown-top-level-key", "namespace-uppercase", "namespace-twice",
         "existing-sa-without-name", "spec-file-not-yaml", "prometheus-url-no-scheme", "tag-number",
-        "servicemonitor-enabled-string",
+        "servicemonitor-enabled-string", "watch-all-string", "watch-all-and-a-list",
     ],
 )  # fmt: skip
 def test_ramp_schema_rejects_bad_values(values: dict[str, Any], complaint: str) -> None:
