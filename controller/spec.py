@@ -1,9 +1,11 @@
 """Rollout spec model (pydantic v2, extra=forbid).
 
-Structural checks (types, ranges, unknown fields) live on the models; checks that
-relate several fields (unknown versions, increasing weights, ...) live in
-`semantic_problems`, which reports a field path for each problem so the loader
-can point at the exact YAML line.
+Structural checks (types, ranges, unknown fields) live on the models, with the field
+rules and bounds of controller.spec_rules (durations, NaN/infinity, names, hosts, header
+names and values); checks that relate several fields (unknown versions, increasing
+weights, RE2 and match-all header matches, window vs interval) live in
+controller.spec_semantics (`semantic_problems`, `spec_warnings`, re-exported here), which
+report a field path for each problem so the loader can point at the exact YAML line.
 """
 
 from __future__ import annotations

@@ -19,9 +19,12 @@ KINDS = ("service", "host", "rollout name")
 def _identities(located: LocatedSpec) -> list[tuple[str, str, str]]:
     """(kind, key, field whose line to show) for every identity a spec claims."""
     spec = located.spec
+    host = spec.fqdn
+    if "." not in host:  # Istio reads a short host name in the VirtualService's namespace
+        host = f"{host}.{spec.namespace}.svc.cluster.local"
     return [
         ("service", f"{spec.namespace}/{spec.service}", "service"),
-        ("host", spec.fqdn, "host" if spec.host is not None else "service"),
+        ("host", host, "host" if spec.host is not None else "service"),
         ("rollout name", spec.rollout_name, "name" if spec.name is not None else "service"),
     ]
 

@@ -82,6 +82,12 @@ def test_a_spec_routing_another_services_host_is_a_clash(tmp_path: Path) -> None
     assert [(Path(p.file).name, p.line, p.path) for p in directory.problems] == [("a.yaml", 2, "service"),
                                                                                 ("b.yaml", 3, "host")]
     assert f"host 'demo.default.svc.cluster.local' is also claimed by {b}:3" in directory.problems[0].reason
+    short = DEMO.replace("service: demo\n", "service: other\nhost: demo\n")  # Istio: demo.default.svc...
+    write(tmp_path, "b.yaml", short)
+    os.utime(b, ns=(2, 2))
+    assert directory.refresh() and directory.rollouts == []
+    assert [(Path(p.file).name, p.line, p.path) for p in directory.problems] == [("a.yaml", 2, "service"),
+                                                                                ("b.yaml", 3, "host")]
 
 
 def test_the_same_service_in_two_directories_given_to_validate_is_a_clash(
