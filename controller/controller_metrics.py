@@ -1,7 +1,8 @@
 """The controller's own Prometheus metrics, fed by the runner (an observer of every tick).
 
 Per rollout and version: weight; per rollout: phase, step, gate values, verdicts and e-values;
-rollbacks by reason; tick duration; requests/errors towards Prometheus and Kubernetes.
+rollbacks by reason; tick duration, abandoned, skipped and failed ticks, the last loop iteration;
+requests/errors towards Prometheus and Kubernetes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from controller.analysis.gates import Verdict
 from controller.engine.phases import Phase
 from controller.engine.runner import TickEvent
 
+TICK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, float("inf"))
+SKIP_REASONS = ("standby", "previous_tick_running")
 VERDICT_VALUE = {Verdict.PASS: 1.0, Verdict.HOLD: 0.5, Verdict.NO_DATA: 0.0, Verdict.FAIL: -1.0}
 
 
@@ -85,9 +88,30 @@ class ControllerMetrics:
         )
         self.rollbacks = Counter("ramp_rollbacks", "Rollbacks by cause", [*labels, "cause"], registry=self.registry)
         self.tick_seconds = Histogram(
-            "ramp_tick_duration_seconds", "Duration of one controller tick", registry=self.registry
+            "ramp_tick_duration_seconds",
+            "Duration of one controller tick (including abandoned ticks that finished late)",
+            buckets=TICK_BUCKETS,
+            registry=self.registry,
         )
-        self.ticks_skipped = Counter("ramp_ticks_skipped", "Ticks skipped (not the leader)", registry=self.registry)
+        self.ticks_skipped = Counter(
+            "ramp_ticks_skipped",
+            "Ticks not run: standby (not the leader), or previous_tick_running (an abandoned tick still runs)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.ticks_abandoned = Counter(
+            "ramp_ticks_abandoned",
+            "Ticks that overran their deadline (the loop stopped waiting)",
+            registry=self.registry,
+        )
+        self.tick_errors = Counter("ramp_tick_errors", "Ticks that raised an error", registry=self.registry)
+        self.last_tick = Gauge(
+            "ramp_last_loop_iteration_timestamp_seconds",
+            "Unix time the controller loop last completed an iteration (a tick or a standby pass)",
+            registry=self.registry,
+        )
+        for reason in SKIP_REASONS:  # start at 0, so increase() sees the first skip
+            self.ticks_skipped.labels(reason=reason)
         if backends:
             self.registry.register(_CallCounters(backends))
 

@@ -1,0 +1,249 @@
+"""The one controller loop: tick deadlines, abandoned ticks, standby, liveness and readiness."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+from structlog.testing import capture_logs
+
+from controller.controller_loop import ControllerLoop, Outcome
+from controller.controller_metrics import ControllerMetrics
+from controller.deadline import Deadline
+from controller.engine.runner import ManagedRollout, TickEvent
+from controller.engine.scheduler import TickScheduler
+from controller.spec_directory import SpecDirectory
+from tests.unit.engine_fixtures import NO_APPROVAL_YAML
+
+TICK_DEADLINE = 0.3  # real seconds the loop waits for a hung tick
+
+
+class FakeClock:
+    """Monotonic time that only moves when told (the loop's waits stay real and short)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeRunner:
+    """A runner whose tick can hang (like a call stuck on a Prometheus that drips one byte a second)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.running = 0
+        self.max_running = 0
+        self.deadlines: list[Deadline | None] = []
+        self.hang = False
+        self.release = threading.Event()
+        self.fail: Exception | None = None
+        self.rollouts: list[ManagedRollout] = []
+        self._lock = threading.Lock()
+
+    def tick(self, deadline: Deadline | None = None) -> list[TickEvent]:
+        with self._lock:
+            self.calls += 1
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        try:
+            self.deadlines.append(deadline)
+            if self.hang:
+                self.read_prometheus_answer()
+            if self.fail is not None:
+                raise self.fail
+            return []
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def read_prometheus_answer(self) -> None:
+        self.release.wait(30)
+
+    def base_interval(self) -> float:
+        return 5.0
+
+    def set_rollouts(self, rollouts: Sequence[ManagedRollout]) -> None:
+        self.rollouts = list(rollouts)
+
+
+@pytest.fixture()
+def runner() -> Iterator[FakeRunner]:
+    fake = FakeRunner()
+    yield fake
+    fake.release.set()  # never leave a hung worker behind
+
+
+def make_loop(runner: FakeRunner, clock: FakeClock, **kwargs: object) -> tuple[ControllerLoop, ControllerMetrics]:
+    metrics = ControllerMetrics()
+    loop = ControllerLoop(runner, metrics=metrics, tick_deadline=TICK_DEADLINE, interval=0.1, clock=clock,
+                          **kwargs)  # type: ignore[arg-type]
+    return loop, metrics
+
+
+def sample(metrics: ControllerMetrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def test_a_completed_tick_gets_the_deadline_and_records_its_end_and_duration(runner: FakeRunner) -> None:
+    clock = FakeClock()
+    loop, metrics = make_loop(runner, clock)
+    assert loop.iterate() is Outcome.COMPLETED
+    deadline = runner.deadlines[0]
+    assert isinstance(deadline, Deadline) and deadline.seconds == TICK_DEADLINE
+    assert loop.last_completed == clock.now and loop.last_duration == 0.0
+    assert sample(metrics, "ramp_tick_duration_seconds_count") == 1
+    assert sample(metrics, "ramp_last_loop_iteration_timestamp_seconds") > 0
+    assert loop.health()[0] and loop.readiness() == (True, "acting (no leader election), leader=True, "
+                                                           "last iteration completed 0.0s ago")
+
+
+def test_a_hung_tick_is_abandoned_counted_and_no_second_tick_starts_while_it_runs(runner: FakeRunner) -> None:
+    clock = FakeClock()
+    loop, metrics = make_loop(runner, clock)
+    assert loop.iterate() is Outcome.COMPLETED
+    runner.hang = True
+    with capture_logs() as logs:
+        assert loop.iterate() is Outcome.ABANDONED  # the loop stopped waiting at the deadline
+        for _ in range(3):
+            assert loop.iterate() is Outcome.BUSY  # the abandoned tick still runs: nothing new starts
+    assert runner.calls == 2 and runner.max_running == 1
+    assert sample(metrics, "ramp_ticks_abandoned_total") == 1
+    assert sample(metrics, "ramp_ticks_skipped_total", reason="previous_tick_running") == 3
+    abandoned = [e for e in logs if e["event"] == "tick abandoned: it overran its deadline"]
+    assert len(abandoned) == 1 and abandoned[0]["doing"].startswith("ticking the due rollouts")
+    assert "read_prometheus_answer" in abandoned[0]["stack"]  # where the worker is stuck
+
+    clock.advance(loop.liveness_limit - 0.5)  # wedged, but not yet for long enough to restart
+    assert loop.health()[0]
+    ready, body = loop.readiness()
+    assert not ready and "not ticking; tick 2 abandoned, still running" in body
+    clock.advance(1.0)
+    healthy, body = loop.health()
+    assert not healthy and body.startswith("wedged: ") and "tick 2 abandoned, still running" in body
+    assert "while ticking the due rollouts" in body
+
+    runner.release.set()  # the stuck call returns at last
+    assert loop.wait_idle(5)
+    assert loop.health()[0] and loop.readiness()[0]
+    assert sample(metrics, "ramp_tick_duration_seconds_count") == 2  # the late tick's duration is recorded
+    runner.hang = False
+    assert loop.iterate() is Outcome.COMPLETED and runner.calls == 3 and runner.max_running == 1
+
+
+def test_health_fails_when_the_loop_never_completes_an_iteration(runner: FakeRunner) -> None:
+    clock = FakeClock()
+    loop, _ = make_loop(runner, clock)
+    assert loop.liveness_limit == pytest.approx(3 * TICK_DEADLINE)  # 3 x max(interval, tick deadline)
+    assert loop.health()[0]
+    assert loop.readiness() == (False, "not ready: no loop iteration completed yet | acting (no leader "
+                                       "election), leader=True")
+    clock.advance(loop.liveness_limit + 0.1)  # e.g. the scheduler thread died: nothing iterates
+    healthy, body = loop.health()
+    assert not healthy and body.startswith("wedged: ") and "since start" in body
+
+
+def test_a_failing_tick_is_counted_and_the_loop_goes_on(runner: FakeRunner) -> None:
+    clock = FakeClock()
+    loop, metrics = make_loop(runner, clock)
+    runner.fail = RuntimeError("state store broken")
+    assert loop.iterate() is Outcome.FAILED
+    assert sample(metrics, "ramp_tick_errors_total") == 1
+    assert loop.health()[0]
+    ready, body = loop.readiness()
+    assert ready and "last tick error: RuntimeError: state store broken" in body
+    runner.fail = None
+    assert loop.iterate() is Outcome.COMPLETED and runner.calls == 2
+
+
+def test_a_standby_iterates_without_ticking_and_stays_live_and_ready(runner: FakeRunner) -> None:
+    clock = FakeClock()
+    leading = {"now": False}
+    election = {"ok": True, "detail": "renewing"}
+    loop, metrics = make_loop(runner, clock, should_act=lambda: leading["now"],
+                              leadership=lambda: (election["ok"], election["detail"]))
+    for _ in range(3):
+        assert loop.iterate() is Outcome.STANDBY
+    assert runner.calls == 0 and sample(metrics, "ramp_ticks_skipped_total", reason="standby") == 3
+    clock.advance(0.5)
+    assert loop.health()[0]
+    ready, body = loop.readiness()
+    assert ready and body.startswith("standby (healthy standby: ready") and "leader=False" in body
+    election.update(ok=False, detail="forbidden: RBAC on leases")
+    ready, body = loop.readiness()
+    assert not ready and "leader election broken: forbidden: RBAC on leases" in body
+    election["ok"] = True
+    leading["now"] = True
+    assert loop.iterate() is Outcome.COMPLETED and runner.calls == 1
+    assert loop.readiness()[1].startswith("leader, leader=True")
+
+
+def test_a_leadership_check_that_raises_means_standby(runner: FakeRunner) -> None:
+    def broken() -> bool:
+        raise ConnectionError("apiserver gone")
+
+    loop, _ = make_loop(runner, FakeClock(), should_act=broken)
+    assert loop.iterate() is Outcome.STANDBY and runner.calls == 0
+
+
+def test_specs_are_refreshed_each_iteration_and_a_missing_directory_is_not_ready(
+    runner: FakeRunner, tmp_path: Path
+) -> None:
+    specs_dir = tmp_path / "specs"
+    specs_dir.mkdir()
+    (specs_dir / "shop.yaml").write_text(NO_APPROVAL_YAML)
+    (specs_dir / "broken.yaml").write_text("service: [unclosed\n")
+    reported: list[str] = []
+    loop, _ = make_loop(runner, FakeClock(), specs=SpecDirectory(specs_dir),
+                        on_problems=lambda problems: reported.extend(str(p) for p in problems))
+    assert loop.iterate() is Outcome.COMPLETED
+    assert [r.name for r in runner.rollouts] == ["shop"] and len(reported) == 1 and "broken.yaml" in reported[0]
+    ready, body = loop.readiness()
+    assert ready and "1 rollouts, 1 spec problems" in body
+    for file in specs_dir.iterdir():
+        file.unlink()
+    specs_dir.rmdir()
+    assert loop.iterate() is Outcome.COMPLETED and runner.rollouts == []
+    ready, body = loop.readiness()
+    assert not ready and f"spec directory {specs_dir} not found" in body
+
+
+def test_invalid_settings_are_refused(runner: FakeRunner) -> None:
+    for bad in ({"tick_deadline": 0}, {"tick_deadline": float("nan")}, {"interval": -1.0}):
+        with pytest.raises(ValueError):
+            ControllerLoop(runner, **bad)  # type: ignore[arg-type]
+
+
+def test_the_scheduler_drives_the_loop_and_never_runs_two_ticks_at_once(runner: FakeRunner) -> None:
+    metrics = ControllerMetrics()
+    loop = ControllerLoop(runner, metrics=metrics, tick_deadline=0.2, interval=0.05)
+    scheduler = TickScheduler(loop)
+    runner.hang = True
+    with capture_logs() as logs:
+        scheduler.start()  # the first iteration runs here and is abandoned after 0.2 s
+        try:
+            deadline = time.monotonic() + 10
+            while loop.skipped_busy < 3 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            runner.release.set()
+            assert loop.wait_idle(5)
+        runner.hang = False
+        deadline = time.monotonic() + 10
+        while runner.calls < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        scheduler.stop()
+    assert loop.skipped_busy >= 3 and loop.abandoned == 1 and runner.calls >= 3
+    assert runner.max_running == 1 and scheduler.errors == 0
+    assert sample(metrics, "ramp_ticks_abandoned_total") == 1
+    assert "ramp_ticks_skipped_total" in generate_latest(metrics.registry).decode()
+    assert not [e for e in logs if e.get("log_level") == "error" and e["event"] == "tick failed"]
