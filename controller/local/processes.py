@@ -13,12 +13,12 @@ import os
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
+
+from controller.routing.envoy_admin import EnvoyAdminError, bounded_request
 
 
 class ProcessError(RuntimeError):
@@ -134,14 +134,18 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    """GET `url` on loopback without proxies; (status, body); HTTP errors are returned, not raised."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+HTTP_MAX_BYTES = 64 * 1024 * 1024
+
+
+def http_get(url: str, timeout: float = 2.0, max_bytes: int = HTTP_MAX_BYTES) -> tuple[int, bytes]:
+    """GET `url` on loopback without proxies; (status, body); HTTP errors are returned, not raised.
+
+    `timeout` bounds the WHOLE call (a slow-dripping server cannot stretch it); a connection failure,
+    a timeout or a malformed or oversized answer raises OSError."""
     try:
-        with opener.open(url, timeout=timeout) as resp:
-            return int(resp.status), bytes(resp.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), bytes(exc.read())
+        return bounded_request(url, cap=timeout, max_bytes=max_bytes)
+    except EnvoyAdminError as exc:
+        raise OSError(str(exc)) from None
 
 
 def wait_http_ready(
@@ -163,7 +167,7 @@ def wait_http_ready(
             if check(status, body):
                 return
             last = f"HTTP {status}: {body[:200]!r}"
-        except (OSError, urllib.error.URLError) as exc:
+        except OSError as exc:
             last = str(exc)
         if time.monotonic() >= deadline:
             who = f"{process.name} " if process is not None else ""

@@ -22,8 +22,6 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ from controller.local.ports import free_ports
 from controller.local.processes import ManagedProcess, ProcessError, ProcessGroup
 from controller.local.prometheus_process import start_prometheus, wait_prometheus_ready
 from controller.routing.envoy import EnvoyFileRouter
+from controller.routing.envoy_admin import EnvoyAdminError, bounded_request
 from controller.routing.model import DesiredRouting
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -270,16 +269,18 @@ class LocalStack:
             body["error_rate"] = error_rate
         if latency_ms is not None:
             body["latency_ms"] = latency_ms
-        request = urllib.request.Request(
-            f"{self.app_url(version)}/admin/fault",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
-            with opener.open(request, timeout=5.0) as resp:
-                result: dict[str, Any] = json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            raise ProcessError(f"set_fault({version}) failed: HTTP {exc.code} {exc.read()!r}") from exc
+            status, answer = bounded_request(
+                f"{self.app_url(version)}/admin/fault",
+                cap=5.0,
+                max_bytes=64 * 1024,
+                method="POST",
+                body=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            result = json.loads(answer) if status == 200 else None
+        except (EnvoyAdminError, ValueError) as exc:
+            raise ProcessError(f"set_fault({version}) failed: {exc}") from None
+        if not isinstance(result, dict):
+            raise ProcessError(f"set_fault({version}) failed: HTTP {status} {answer[:200]!r}")
         return result

@@ -36,14 +36,27 @@ def _deadline_for(deadline: Deadline | None, cap: float) -> Deadline:
         raise EnvoyAdminError(f"no time left for the Envoy admin call ({exc})") from None
 
 
+def display_url(url: str) -> str:
+    """`url` without user-info, for messages and logs (credentials never reach them)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return parts._replace(netloc=f"{host}{port}").geturl()
+
+
 def _target(url: str) -> tuple[str, int, str]:
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
-        raise EnvoyAdminError(f"Envoy admin URL must be http://host:port/..., got {url!r}")
+        raise EnvoyAdminError(f"admin URL must be http://host:port/..., got scheme {parts.scheme[:20]!r}")
     try:
         port = parts.port or 80
     except ValueError as exc:
-        raise EnvoyAdminError(f"bad port in Envoy admin URL {url!r}: {exc}") from None
+        raise EnvoyAdminError(f"bad port in admin URL of host {parts.hostname!r}: {exc}") from None
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
@@ -117,38 +130,62 @@ def _parse_response(raw: bytes, url: str) -> tuple[int, bytes]:
     return status, body
 
 
+def _shown(host: str, port: int, path: str) -> str:
+    """The URL as shown in messages: no user-info (credentials never reach a log), path cut short."""
+    return f"http://{host}:{port}{path[:200]}"
+
+
+def bounded_request(
+    url: str,
+    deadline: Deadline | None = None,
+    cap: float = DEFAULT_CALL_TIMEOUT,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
+    """One HTTP exchange; (status, body) of any complete answer. The whole call ends within
+    min(`cap`, `deadline`). Raises EnvoyAdminError when there is no time left, the connection fails,
+    or the answer is slow, oversized or not HTTP."""
+    total = _deadline_for(deadline, cap)
+    host, port, path = _target(url)
+    shown = _shown(host, port, path)
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: application/json", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}")
+    try:
+        request = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii", "strict") + (body or b"")
+    except UnicodeEncodeError:
+        raise EnvoyAdminError(f"{shown}: request is not plain ASCII") from None
+    started = time.monotonic()
+    try:
+        with socket.create_connection((host, port), timeout=total.timeout()) as sock:
+            sock.settimeout(total.timeout())
+            sock.sendall(request)
+            raw = _receive(sock, total, max_bytes + 64 * 1024, shown)  # headers come on top of the body cap
+    except DeadlineExceeded as exc:
+        raise EnvoyAdminError(f"{shown}: no time left ({exc})") from None
+    except OSError as exc:
+        waited = time.monotonic() - started
+        raise EnvoyAdminError(f"{shown}: {type(exc).__name__}: {exc} after {waited:.2f}s") from None
+    status, answer = _parse_response(raw, shown)
+    if len(answer) > max_bytes:
+        raise EnvoyAdminError(f"{shown}: answer larger than {max_bytes} bytes")
+    return status, answer
+
+
 def admin_get(
     url: str,
     deadline: Deadline | None = None,
     cap: float = DEFAULT_CALL_TIMEOUT,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> bytes:
-    """GET `url`; the body of a 200 answer. The whole call ends within min(`cap`, `deadline`).
-
-    Raises EnvoyAdminError for anything else (no time left, connection failure, slow or oversized
-    answer, non-HTTP bytes, non-200 status)."""
-    total = _deadline_for(deadline, cap)
-    host, port, path = _target(url)
-    request = (
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\n"
-        "Connection: close\r\nUser-Agent: ramp\r\n\r\n"
-    ).encode("ascii", "strict")
-    started = time.monotonic()
-    try:
-        with socket.create_connection((host, port), timeout=total.timeout()) as sock:
-            sock.settimeout(total.timeout())
-            sock.sendall(request)
-            raw = _receive(sock, total, max_bytes + 64 * 1024, url)  # headers come on top of the body cap
-    except DeadlineExceeded as exc:
-        raise EnvoyAdminError(f"{url}: no time left ({exc})") from exc
-    except OSError as exc:
-        waited = time.monotonic() - started
-        raise EnvoyAdminError(f"{url}: {type(exc).__name__}: {exc} after {waited:.2f}s") from exc
-    status, body = _parse_response(raw, url)
-    if len(body) > max_bytes:
-        raise EnvoyAdminError(f"{url}: answer larger than {max_bytes} bytes")
+    """GET `url`; the body of a 200 answer, within min(`cap`, `deadline`). EnvoyAdminError otherwise."""
+    status, body = bounded_request(url, deadline, cap, max_bytes)
     if status != 200:
-        raise EnvoyAdminError(f"{url}: HTTP {status}: {body[:200]!r}")
+        host, port, path = _target(url)
+        raise EnvoyAdminError(f"{_shown(host, port, path)}: HTTP {status}: {body[:200]!r}")
     return body
 
 
@@ -160,10 +197,13 @@ def admin_get_json(
 ) -> dict[str, Any]:
     """`admin_get` parsed as a JSON object; EnvoyAdminError when it is not one."""
     body = admin_get(url, deadline, cap, max_bytes)
+    host, port, path = _target(url)
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as exc:
-        raise EnvoyAdminError(f"{url}: answer is not JSON ({type(exc).__name__}: {str(exc)[:120]})") from None
+        raise EnvoyAdminError(
+            f"{_shown(host, port, path)}: answer is not JSON ({type(exc).__name__}: {str(exc)[:120]})"
+        ) from None
     if not isinstance(data, dict):
-        raise EnvoyAdminError(f"{url}: answer is JSON {type(data).__name__}, expected an object")
+        raise EnvoyAdminError(f"{_shown(host, port, path)}: answer is JSON {type(data).__name__}, expected an object")
     return data

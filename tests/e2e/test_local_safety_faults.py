@@ -16,6 +16,7 @@ import pytest
 
 from controller.deadline import Deadline
 from controller.local.availability import EnvoyAvailability, EnvoyAvailabilityError
+from controller.local.processes import http_get
 from controller.local.stack import default_routing
 from controller.routing.envoy import EnvoyFileRouter, EnvoyRejectedError, EnvoyRoutingError, discovery_response
 from controller.routing.model import DesiredRouting
@@ -59,6 +60,35 @@ def test_healthy_fake_confirms_and_noop_is_false(admin: FakeEnvoyAdmin, tmp_path
     version = router.version
     assert router.apply(routing(90, 10), Deadline(5)) is False
     assert router.version == version  # nothing written
+
+
+def test_chunked_admin_answers_are_decoded(admin: FakeEnvoyAdmin, tmp_path: Path) -> None:
+    admin.mode = "chunked"
+    router = router_for(admin, tmp_path)
+    assert router.apply(routing(90, 10), Deadline(5)) is True
+    assert router.observed(NAMESPACE, SERVICE, Deadline(5)) == routing(90, 10)
+
+
+def test_credentials_in_the_admin_url_never_reach_a_message(admin: FakeEnvoyAdmin, tmp_path: Path) -> None:
+    admin.mode = "stale"
+    secret_url = admin.url.replace("http://", "http://ops:s3cr3t-token@")
+    router = EnvoyFileRouter(tmp_path / "routes", secret_url, confirm_timeout=0.5)
+    with pytest.raises(EnvoyRoutingError) as applied:
+        router.apply(routing(50, 50))
+    admin.mode = "garbage"
+    with pytest.raises(EnvoyRoutingError) as read:
+        router.observed(NAMESPACE, SERVICE)
+    with pytest.raises(EnvoyAvailabilityError) as health:
+        EnvoyAvailability(secret_url).endpoints(NAMESPACE, SERVICE)
+    for error in (applied.value, read.value, health.value):
+        assert "s3cr3t" not in str(error) and "ops:" not in str(error), error
+        assert error.__cause__ is None or "s3cr3t" not in str(error.__cause__)
+
+
+def test_local_http_get_is_bounded_in_total(admin: FakeEnvoyAdmin) -> None:
+    admin.mode = "drip"  # one byte every 50 ms: a per-read timeout would never fire
+    error, elapsed = timed(lambda: http_get(f"{admin.url}/ready", timeout=DEADLINE))
+    assert isinstance(error, OSError) and elapsed < DEADLINE + SLACK, (error, elapsed)
 
 
 def test_never_confirming_envoy_raises_within_the_deadline(admin: FakeEnvoyAdmin, tmp_path: Path) -> None:

@@ -6,7 +6,8 @@
 
 Modes (settable at any time, per request):
 - `confirm`: `/config_dump` reports the routes file's version_info and route configuration, like an
-  Envoy that watches it (or `config_dump` when set explicitly).
+  Envoy that watches it (or `config_dump` when set explicitly). `chunked`: the same, sent with
+  `Transfer-Encoding: chunked` in small chunks.
 - `stale`: always reports `stale_version` with the route configuration it had when the mode was set:
   a wedged Envoy that never confirms anything new.
 - `drip`: a 200 answer whose headers and body come one byte every `drip_interval` seconds, forever.
@@ -30,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-MODES = ("confirm", "stale", "drip", "hang", "garbage", "wrong_json", "huge", "error", "not_http")
+MODES = ("confirm", "chunked", "stale", "drip", "hang", "garbage", "wrong_json", "huge", "error", "not_http")
 _MAX_REQUEST_BYTES = 64 * 1024
 
 
@@ -41,6 +42,14 @@ def _response(status: int, body: bytes, content_type: str = "application/json") 
         "Connection: close\r\n\r\n"
     )
     return head.encode() + body
+
+
+def _chunked(response: bytes) -> bytes:
+    """The same answer with its body re-sent as 7-byte chunks (Content-Length replaced)."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"content-length")]
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + 7]), body[i : i + 7]) for i in range(0, len(body), 7))
+    return b"\r\n".join([*lines, b"Transfer-Encoding: chunked"]) + b"\r\n\r\n" + chunks + b"0\r\n\r\n"
 
 
 class FakeEnvoyAdmin:
@@ -151,6 +160,8 @@ class FakeEnvoyAdmin:
                 sock.sendall(_response(500, b"upstream sadness"))
             elif mode == "not_http":
                 sock.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+            elif mode == "chunked":
+                sock.sendall(_chunked(self._answer(target, mode)))
             else:
                 sock.sendall(self._answer(target, mode))
         except OSError:
