@@ -15,7 +15,8 @@ per version, so one restarted pod among several is a reset of its own series onl
   a series pruned while idle): evidence counted twice breaks the test's bound, while a tick of a new series
   left out only delays it (which series are new does not depend on their outcomes, so the bound holds);
 - a series not seen now contributes nothing and keeps its last value for `STALE_TICKS` ticks (it may come
-  back: its growth then spans the gap); at most `MAX_SERIES` series are remembered per gate.
+  back: its growth then spans the gap); at most `MAX_SERIES` series are remembered per gate (the
+  most recently seen, the new version's first).
 """
 
 from __future__ import annotations
@@ -151,7 +152,10 @@ def series_interval(
             into[1] += delta.bad
         counters[series] = (now.total, now.bad)
         seen[series] = tick
-    kept = sorted((k for k in counters if tick - seen[k] < STALE_TICKS), key=lambda k: (-seen[k], k))[:MAX_SERIES]
+    def priority(series: str) -> tuple[int, bool, str]:  # the most recently seen; then the new version's
+        return (-seen[series], series.split("/", 1)[0] != new_version, series)
+
+    kept = sorted((k for k in counters if tick - seen[k] < STALE_TICKS), key=priority)[:MAX_SERIES]
     return SeriesInterval(
         Counts(*new), Counts(*stable), {k: counters[k] for k in kept}, {k: seen[k] for k in kept}
     )
