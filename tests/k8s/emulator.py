@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp.web
 import kmock
 from kmock._internal import enums, k8s, rendering
 from kubernetes import client as k8s_client
@@ -43,12 +44,25 @@ def _next_version() -> str:
     return str(next(_versions))
 
 
+@dataclass(frozen=True)
+class ProxyAnswer:
+    """What a pod answers through the apiserver's pod proxy (`pods/<name>/proxy/<path>`)."""
+
+    status: int = 200
+    body: bytes = b"ok"
+    delay: float = 0.0  # seconds before the answer (a slow pod)
+
+
 class RealisticEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.fallback[enums.method.PUT] << self._serve_replace
+        # Pod proxy answers by "namespace/pod"; without one a Ready Running pod answers 200, another pod 503.
+        self.pod_proxy: dict[str, ProxyAnswer] = {}
 
     async def _handle(self, request: rendering.Request) -> Any:
+        if _is_pod_proxy(request):
+            return await self._serve_pod_proxy(request)
         if request.resource is not None and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             if request.action == enums.action.CREATE:
@@ -95,6 +109,34 @@ class RealisticEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             raw = stored.raw
             await self._buses[request.resource].put({"type": "MODIFIED", "object": raw})
             return raw
+
+    async def _serve_pod_proxy(self, request: rendering.Request) -> aiohttp.web.Response:
+        """GET through `pods/<name>[:port]/proxy/<path>`, answered as the pod would (or as the apiserver when the
+        pod is missing: 404, or cannot be reached: 503)."""
+        pod = (request.name or "").split(":", 1)[0]
+        answer = self.pod_proxy.get(f"{request.namespace}/{pod}")
+        if answer is None:
+            async with self._lock:
+                key = (request.resource, request.namespace, pod)
+                stored = None if key not in self._objects or self._objects[key].deleted else self._objects[key].raw
+            if stored is None:
+                return aiohttp.web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+            status = stored.get("status") or {}
+            ready = status.get("phase") == "Running" and any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
+            )
+            answer = ProxyAnswer() if ready else ProxyAnswer(503, b"error trying to reach service: connection refused")
+        if answer.delay:
+            await asyncio.sleep(answer.delay)
+        return aiohttp.web.Response(status=answer.status, body=answer.body)
+
+
+def _is_pod_proxy(request: rendering.Request) -> bool:
+    resource = request.resource
+    return (
+        resource is not None and getattr(resource, "plural", None) == "pods" and request.name is not None
+        and (request.subresource or "").split("/", 1)[0] == "proxy"
+    )  # fmt: skip
 
 
 def current_rv(obj: dict[str, Any]) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -87,23 +88,42 @@ def test_commands_are_written_for_the_controller_and_errors_are_clear(
     kube: KubeHarness, kubeconfig: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert ramp(kubeconfig, "pause", "reviews") == 1
-    assert "virtualservices.networking.istio.io" in capsys.readouterr().err  # no VirtualService yet
+    assert "no VirtualService shop/reviews: no rollout to pause" in capsys.readouterr().err
     assert ramp(kubeconfig, "set-weights", "reviews", "v1=100") == 0
-    assert ramp(kubeconfig, "pause", "reviews") == 0
+    assert ramp(kubeconfig, "pause", "reviews") == 1  # no rollout manages it: refused at once, nothing written
+    assert "no rollout manages shop/reviews" in capsys.readouterr().err
     vs = stored(kube, VS, NS, "reviews")
-    assert vs is not None and vs["metadata"]["annotations"]["ramp.dev/command"] == "pause"
-    capsys.readouterr()
+    assert vs is not None and "ramp.dev/command" not in vs["metadata"]["annotations"]
+    vs["metadata"]["annotations"][STATE_ANNOTATION] = encode_state(
+        RolloutState(rollout="reviews", spec_digest="d", phase=Phase.PROGRESSING, step=1)
+    )
+    custom_objects(kube).replace_namespaced_custom_object("networking.istio.io", "v1", NS, VS, "reviews", vs)
+    assert ramp(kubeconfig, "pause", "reviews", "--no-wait") == 0
+    out = capsys.readouterr().out
+    vs = stored(kube, VS, NS, "reviews")
+    assert vs is not None
+    request = json.loads(vs["metadata"]["annotations"]["ramp.dev/command"])
+    assert request["command"] == "pause" and f"pause (id {request['id']}) for reviews queued" in out
+    del vs["metadata"]["annotations"]["ramp.dev/command"]
+    custom_objects(kube).replace_namespaced_custom_object("networking.istio.io", "v1", NS, VS, "reviews", vs)
     fail_next(kube, "put", 403)
-    assert ramp(kubeconfig, "resume", "reviews") == 1
+    assert ramp(kubeconfig, "resume", "reviews", "--no-wait") == 1
     err = capsys.readouterr().err
     assert "ramp resume: " in err and "cannot update" in err and "RBAC" in err
 
 
-def test_ping_reports_per_version_pod_health(kubeconfig: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ping_reports_per_version_readiness_and_a_real_request_through_the_pod_proxy(
+    kube: KubeHarness, kubeconfig: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert ramp(kubeconfig, "ping", "reviews", "--count", "2", "--interval", "0.01") == 1  # v4 is down
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
-    assert lines[0].endswith("reviews: v1: 1/1 ready; v2: 1/1 ready; v3: 1/1 ready; v4: 0/1 ready DOWN")
+    served = r"1/1 ready, HTTP 200 in \d+ ms"
+    assert re.search(rf"reviews: v1: {served}; v2: {served}; v3: {served}; v4: 0/1 ready DOWN$", lines[0]), lines[0]
+    proxied = [str(r.url.path) for r in kube.requests("get") if "/proxy/" in str(r.url.path)]
+    pods = [f"/api/v1/namespaces/{NS}/pods/reviews-{v}-0/proxy/health" for v in ("v1", "v2", "v3")]
+    assert sorted(set(proxied)) == pods
+    assert len(proxied) == 6  # every ready pod, every round; never the pod that is not ready
 
 
 def test_status_shows_the_statistical_gates_e_values_as_of_the_last_state_write(

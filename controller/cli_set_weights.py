@@ -1,0 +1,135 @@
+"""Cluster mode of the people's commands: the `ramp.dev/command` annotation, and set-weights without a rollout.
+
+A service is managed by a rollout when its VirtualService carries the `ramp.dev/state` annotation:
+commands then go to the controller (see `controller.cli_commands`). On an unmanaged service
+`set-weights` writes the VirtualService itself, with the same partial-edit semantics: the versions
+named get their new relative weight, the others keep theirs (the relative weights recorded by the
+last `set-weights` while they still describe the live split, else the live percentages). Versions
+named with a weight but without ready pods are refused unless `--force`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TYPE_CHECKING
+
+from controller.cli_commands import Poll, active_refusal
+from controller.cli_common import EXIT_OK, EXIT_REFUSED, kube_api
+from controller.cli_status import RELATIVE_WEIGHTS_ANNOTATION, parse_recorded, relative_weights
+from controller.engine.commands import CommandError, CommandRequest
+from controller.engine.phases import Command
+from controller.weights import display_percentages, integer_percentages
+
+if TYPE_CHECKING:
+    from controller.routing.istio_merge import ClusterRouting
+
+STATE_ANNOTATION = "ramp.dev/state"  # the controller's state on a managed VirtualService (see routing.istio)
+
+
+def describe_pending(raw: str) -> str:
+    try:
+        pending = CommandRequest.decode(raw)
+    except CommandError as exc:
+        return f"an unreadable command ({exc})"
+    by = f" by {pending.by}" if pending.by else ""
+    return f"{pending.command.value} (id {pending.id or '?'}{by})"
+
+
+class ClusterTarget:
+    """A service's VirtualService: the command annotation, and the state annotation's `last_command`."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from controller.routing.istio import IstioBackend
+
+        self.args = args
+        self.namespace: str = args.namespace
+        self.service: str = args.service
+        self.api = kube_api(args)
+        self.backend = IstioBackend(self.api)
+
+    def prepare(self, request: CommandRequest) -> tuple[int, str] | None:
+        routing = self.backend.read_routing(self.namespace, self.service)
+        where = f"{self.namespace}/{self.service}"
+        if routing.state_error:
+            return EXIT_REFUSED, f"refused: the rollout state is unreadable: {routing.state_error}"
+        if routing.state is None:
+            if request.command == Command.SET_WEIGHTS:
+                return self._set_directly(request, routing)
+            if not routing.found:
+                return EXIT_REFUSED, f"no VirtualService {where}: no rollout to {request.command.value}"
+            return EXIT_REFUSED, (
+                f"no rollout manages {where} (its VirtualService has no {STATE_ANNOTATION} annotation): "
+                f"nothing to {request.command.value}"
+            )
+        refusal = active_refusal(routing.state, request)
+        if refusal is not None:
+            return refusal
+        if routing.command is not None:
+            return EXIT_REFUSED, (
+                f"refused: another command is pending: {describe_pending(routing.command)} is still waiting for the "
+                "controller; it is applied or refused on the next tick (is the controller running?)"
+            )
+        return None
+
+    def submit(self, request: CommandRequest) -> str | None:
+        from controller.state.file_store import CommandPending
+
+        try:
+            self.backend.request_command(self.namespace, self.service, request)
+        except CommandPending as exc:
+            return f"another command is pending: {exc}"
+        return None
+
+    def poll(self, request_id: str) -> Poll:
+        from controller.k8s.client import KubeError
+
+        try:
+            routing = self.backend.read_routing(self.namespace, self.service)
+        except KubeError as exc:
+            return Poll(problem=str(exc))
+        last = routing.state.last_command if routing.state is not None else None
+        if last is not None and last.id == request_id:
+            return Poll(outcome=last)
+        if routing.command is not None and _request_id(routing.command) == request_id:
+            return Poll()
+        if not routing.found:
+            return Poll(lost="the VirtualService was deleted before the controller applied the command")
+        # The controller writes the outcome and removes the command in the same update.
+        return Poll(lost="the command was removed without a recorded outcome" + (
+            f" ({routing.state_error})" if routing.state_error else ""))  # fmt: skip
+
+    def _set_directly(self, request: CommandRequest, routing: ClusterRouting) -> tuple[int, str]:
+        from controller.k8s.availability import DeploymentAvailability
+        from controller.routing.model import DesiredRouting
+
+        given = dict(request.weights or {})
+        current = relative_weights(dict(routing.weights), parse_recorded(routing.annotations.get(
+            RELATIVE_WEIGHTS_ANNOTATION)))  # fmt: skip
+        merged = {**current, **given}
+        if sum(merged.values()) <= 0:
+            return EXIT_REFUSED, "refused: all weights would be 0: at least one version must carry traffic"
+        available = DeploymentAvailability(self.api).available(self.namespace, [self.service])
+        missing = [v for v, w in given.items() if w > 0 and (self.service, v) not in available]
+        if missing and not request.force:
+            return EXIT_REFUSED, (
+                f"no ready pods for {', '.join(missing)}: refusing to send traffic there (--force to override)"
+            )
+        percent = integer_percentages(merged)
+        desired = DesiredRouting(
+            service=self.service, namespace=self.namespace,
+            host=self.args.host or f"{self.service}.{self.namespace}.svc.cluster.local",
+            versions=tuple(merged), header_routes=routing.header_routes, weights=tuple(percent.items()),
+        )  # fmt: skip
+        written = self.backend.apply(desired)
+        self.backend.annotate(self.namespace, self.service, {RELATIVE_WEIGHTS_ANNOTATION: json.dumps(merged)})
+        shares = display_percentages(merged)
+        text = ", ".join(f"{v}={merged[v]} ({shares[v]:.1f}%)" for v in merged)
+        return EXIT_OK, text + ("" if written else " (already in place)")
+
+
+def _request_id(raw: str) -> str | None:
+    try:
+        return CommandRequest.decode(raw).id
+    except CommandError:
+        return None
