@@ -22,7 +22,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
 
 import structlog
 from kubernetes.client import ApiClient
@@ -30,33 +29,42 @@ from kubernetes.client import ApiClient
 from controller.deadline import Deadline
 from controller.engine.commands import CommandError, CommandRequest
 from controller.engine.phases import Command, RolloutState
-from controller.k8s.client import Conflict, KubeApi, KubeError, NotFound
+from controller.k8s.client import KubeApi, KubeError
 from controller.routing.crd_schema import IstioSchemas
 from controller.routing.istio_merge import (
     COMMAND_ANNOTATION,
-    STATE_ANNOTATION,
     ClusterRouting,
-    IstioMergeError,
     annotations_of,
-    encode_state,
     merge_destination_rule,
     merge_virtual_service,
-    object_ref,
     parse_routing,
-    persisted_view,
     resource_version,
-    same_durable_state,
     state_of,
 )
+from controller.routing.istio_requests import (
+    DESTINATION_RULES,
+    VIRTUAL_SERVICES,
+    IstioRequests,
+    Obj,
+    not_found,
+)
+from controller.routing.istio_shape import MalformedObject, check_metadata, observed_routing, ref
 from controller.routing.model import DesiredRouting
-from controller.state.file_store import StateStoreError
+from controller.routing.state_codec import (
+    DAMAGED_ANNOTATION,
+    STATE_ANNOTATION,
+    damaged_copy,
+    encode_state,
+    persisted_view,
+    same_durable_state,
+)
+from controller.state.file_store import CommandPending, StateStoreError
 
 log = structlog.get_logger("ramp.istio")
 
-GROUP, VERSION = "networking.istio.io", "v1"
-VIRTUAL_SERVICES, DESTINATION_RULES = "virtualservices", "destinationrules"
 
-Obj = dict[str, Any]
+class RoutingNotConfirmed(KubeError):
+    """The write went through but the object the apiserver stored does not hold the routing asked for."""
 
 
 @dataclass
@@ -68,13 +76,15 @@ class _Entry:
     rollout: str | None = None
     obj: Obj | None = None
     known: bool = False  # `obj` is what a read or write of this process returned
+    read_tick: int = -1  # the tick (begin_tick count) in which `obj` was read or written
     base_rv: str | None = None  # the resourceVersion `state` builds on
     state: RolloutState | None = None
     consumed_command: str | None = None  # the raw annotation value to remove in the next write
+    damaged: str | None = None  # a damaged state annotation's text, to keep in DAMAGED_ANNOTATION next write
     confirmed: tuple[object, ...] | None = None  # (routing, resourceVersion, durable view) last in place
 
 
-class IstioBackend:
+class IstioBackend(IstioRequests):
     """TrafficRouter + StateStore over Istio VirtualServices/DestinationRules (see module docstring)."""
 
     def __init__(
@@ -91,6 +101,7 @@ class IstioBackend:
         self._keys: dict[str, tuple[str, str]] = {}
         # One LIST per namespace per tick instead of a GET per rollout (see begin_tick); consumed by load.
         self._prefetched: dict[tuple[str, str], Obj | None] = {}
+        self._tick = 0  # begin_tick calls so far: an object read in this tick is what `observed` reports
         # DestinationRules known to hold the subsets a routing needs: (versions, host) -> when verified.
         self._rules_verified: dict[tuple[str, str], tuple[tuple[str, ...], str, float]] = {}
         self.rule_recheck_seconds = 60.0
@@ -114,33 +125,55 @@ class IstioBackend:
         return self._entries[key]
 
     def begin_tick(self) -> None:
-        """Read every tracked VirtualService with one LIST per namespace; each `load` then uses it once."""
+        """Read every tracked VirtualService with one LIST per namespace; each `load` then uses it once.
+
+        A namespace whose LIST fails, and a service whose item in it cannot even be named, are read by
+        `load` on their own (a GET): one malformed item never turns the batched read off for the others."""
+        self._tick += 1
         self._prefetched = {}
-        namespaces = sorted({namespace for namespace, _ in self._entries})
-        for namespace in namespaces:
-            listed = self.api.retrying(
-                "list", _resource(VIRTUAL_SERVICES), namespace, None,
-                self.api.custom_objects.list_namespaced_custom_object, GROUP, VERSION, namespace, VIRTUAL_SERVICES,
-            )  # fmt: skip
-            items = listed.get("items", []) if isinstance(listed, dict) else []
-            by_name = {item.get("metadata", {}).get("name"): item for item in items if isinstance(item, dict)}
+        for namespace in sorted({namespace for namespace, _ in self._entries}):
+            try:
+                items = self._list(VIRTUAL_SERVICES, namespace)
+            except KubeError as exc:
+                log.warning("bulk read failed: reading one by one", namespace=namespace, error=str(exc)[:300])
+                continue
+            by_name: dict[str, Obj] = {}
+            unnamed = 0
+            for item in items:
+                name = _item_name(item)
+                if name is None:
+                    unnamed += 1
+                elif isinstance(item, dict):
+                    by_name[name] = item
+            if unnamed:
+                log.warning("LIST items without a readable name: their services are read one by one",
+                            namespace=namespace, items=unnamed)  # fmt: skip
             for key in self._entries:
-                if key[0] == namespace:
+                if key[0] == namespace and (key[1] in by_name or not unnamed):
                     self._prefetched[key] = by_name.get(key[1])
 
+    def _read(self, entry: _Entry, obj: Obj | None) -> Obj | None:
+        entry.obj, entry.known, entry.read_tick = obj, True, self._tick
+        if obj is not None:
+            check_metadata(obj, ref("VirtualService", entry.namespace, entry.service))
+        return obj
+
     def load(self, rollout: str) -> RolloutState | None:
+        """The state in the annotation. MalformedObject (this rollout only) when the object's metadata is
+        unusable; StateStoreError (a StateDamaged) when the annotation cannot be read."""
         entry = self._entry(rollout)
         key = (entry.namespace, entry.service)
         if key in self._prefetched:
             obj = self._prefetched.pop(key)
         else:
             obj = self._get(VIRTUAL_SERVICES, entry.namespace, entry.service)
-        entry.obj, entry.known = obj, True
+        self._read(entry, obj)
         rv = resource_version(obj)
         if entry.state is not None and entry.base_rv == rv:
             return entry.state  # nobody wrote since: our latest state, including unwritten progress
         entry.base_rv, entry.consumed_command = rv, None
-        ours, entry.state = entry.state, state_of(obj)
+        ours, entry.state = entry.state, None
+        entry.state = state_of(obj)  # StateStoreError: nothing of ours is used over a damaged annotation
         if ours is not None and entry.state is not None and entry.state.spec_digest == ours.spec_digest:
             # Someone else wrote (a command, an edit): the statistical gates' e-processes, which live only
             # in memory, go on rather than restart; a restart per foreign write would add false rollbacks.
@@ -151,11 +184,22 @@ class IstioBackend:
         """Staged only: written by the next `apply`, in the same update as the routing."""
         self._entry(state.rollout).state = state
 
+    def quarantine(self, rollout: str, problem: str) -> str | None:
+        """Keep a damaged state annotation aside: copied (truncated) into DAMAGED_ANNOTATION by the next write,
+        the one that records the fail-safe state. Returns where it is kept."""
+        entry = self._entry(rollout)
+        raw = annotations_of(entry.obj).get(STATE_ANNOTATION)
+        if raw is None:
+            return None
+        entry.damaged = damaged_copy(raw)
+        where = ref("VirtualService", entry.namespace, entry.service)
+        return f"annotation {DAMAGED_ANNOTATION} of {where} ({len(entry.damaged.encode())} bytes; problem: {problem})"
+
     def pending_command(self, rollout: str) -> CommandRequest | None:
         entry = self._entry(rollout)
         entry.consumed_command = None
         if not entry.known:
-            entry.obj, entry.known = self._get(VIRTUAL_SERVICES, entry.namespace, entry.service), True
+            self._read(entry, self._get(VIRTUAL_SERVICES, entry.namespace, entry.service))
         raw = annotations_of(entry.obj).get(COMMAND_ANNOTATION)
         if raw is None:
             return None
@@ -173,41 +217,95 @@ class IstioBackend:
     # --- TrafficRouter ------------------------------------------------------------------------
 
     def apply(self, routing: DesiredRouting, deadline: Deadline | None = None) -> bool:
-        """DestinationRule subsets first (never route to a missing subset), then one VirtualService write."""
+        """DestinationRule subsets first (never route to a missing subset), then one VirtualService write.
+
+        Returns only when the object the apiserver stored holds `routing` (and the staged state): otherwise
+        RoutingNotConfirmed with what it holds instead. Every request is bounded by `deadline`."""
         key = (routing.namespace, routing.service)
         entry = self._entries.setdefault(key, _Entry(*key))
-        current = entry.obj if entry.known else self._get(VIRTUAL_SERVICES, *key)
+        current = entry.obj if entry.known else self._read(entry, self._get(VIRTUAL_SERVICES, *key, deadline))
         view = None if entry.state is None else persisted_view(entry.state)
         confirmed = (routing, resource_version(current), view)
-        if entry.confirmed == confirmed and entry.consumed_command is None:
+        if entry.confirmed == confirmed and entry.consumed_command is None and entry.damaged is None:
             # Nobody changed the VirtualService since we last confirmed it and we have nothing new for it.
-            return self._ensure_destination_rule_if_needed(routing)
-        # Built first so that a refusal (shadowing...) happens before anything is written; rebuilt only
-        # when a conflict brings a newer VirtualService.
+            return self._ensure_destination_rule_if_needed(routing, deadline)
+        # Built first so that a refusal (shadowing, a malformed object...) happens before anything is written;
+        # rebuilt only when a conflict brings a newer VirtualService.
         first = self._desired_virtual_service(entry, routing, current)
-        dr_written = self._ensure_destination_rule_if_needed(routing)
+        dr_written = self._ensure_destination_rule_if_needed(routing, deadline)
         stored, vs_written = self._converge(
             VIRTUAL_SERVICES, routing.namespace, routing.service, current,
-            lambda obj: first if obj is current else self._desired_virtual_service(entry, routing, obj),
+            lambda obj: first if obj is current else self._desired_virtual_service(entry, routing, obj), deadline,
         )  # fmt: skip
-        entry.obj, entry.known, entry.consumed_command = stored, True, None
+        entry.obj, entry.known, entry.read_tick, entry.confirmed = stored, True, self._tick, None
+        problem = self._not_holding(entry, routing, stored)
+        if problem is not None:
+            raise RoutingNotConfirmed("update", "virtualservices.networking.istio.io", routing.namespace,
+                                      routing.service, None, problem)  # fmt: skip
+        entry.consumed_command, entry.damaged = None, None
         if entry.state is not None:
             entry.base_rv = resource_version(stored)  # the stored annotation now holds entry.state
         entry.confirmed = (routing, resource_version(stored), view)
         return dr_written or vs_written
+
+    def _not_holding(self, entry: _Entry, routing: DesiredRouting, stored: Obj) -> str | None:
+        """Why the stored VirtualService does not hold `routing` and the staged state, or None."""
+        try:
+            seen = observed_routing(stored, routing.namespace, routing.service, routing.host)
+        except MalformedObject as exc:
+            return f"the stored object cannot be read back: {exc}"
+        if seen is None or seen.traffic() != routing.traffic():
+            what = "no ramp-primary route" if seen is None else seen.describe()
+            return f"the stored object routes {what}, not {routing.describe()}"
+        raw = annotations_of(stored).get(STATE_ANNOTATION)
+        if entry.state is not None and not same_durable_state(raw, entry.state):
+            return f"the stored object's {STATE_ANNOTATION} annotation is not the state written"
+        return None
+
+    def observed(self, namespace: str, service: str, deadline: Deadline | None = None) -> DesiredRouting | None:
+        """What the VirtualService routes now (Ramp's routes), from the object read in this tick, else a GET.
+
+        None when it or its ramp-primary route does not exist; MalformedObject when Ramp's routes cannot be
+        read (the routing is then no longer taken as confirmed, so the next apply rewrites them)."""
+        entry = self._entries.get((namespace, service))
+        if entry is not None and entry.known and self._tick > 0 and entry.read_tick == self._tick:
+            obj = entry.obj
+        else:
+            obj = self._get(VIRTUAL_SERVICES, namespace, service, deadline)
+        if obj is None:
+            return None
+        host = service
+        hosts = (obj.get("spec") or {}).get("hosts") if isinstance(obj.get("spec"), Mapping) else None
+        if isinstance(hosts, list) and hosts and isinstance(hosts[0], str):
+            host = hosts[0]
+        try:
+            return observed_routing(obj, namespace, service, host)
+        except MalformedObject:
+            self.invalidate(namespace, service)
+            raise
+
+    def invalidate(self, namespace: str, service: str) -> None:
+        """Forget that the routing was confirmed: the next apply re-reads, re-merges and writes (repairs drift),
+        and re-checks the DestinationRule."""
+        entry = self._entries.get((namespace, service))
+        if entry is not None:
+            entry.confirmed, entry.known = None, False
+        self._rules_verified.pop((namespace, service), None)
 
     def _desired_virtual_service(self, entry: _Entry, routing: DesiredRouting, current: Obj | None) -> Obj:
         notes: dict[str, str] = {}
         stored_state = annotations_of(current).get(STATE_ANNOTATION)
         if entry.state is not None and not same_durable_state(stored_state, entry.state):
             notes[STATE_ANNOTATION] = encode_state(entry.state)
+        if entry.damaged is not None:
+            notes[DAMAGED_ANNOTATION] = entry.damaged
         remove = {COMMAND_ANNOTATION: entry.consumed_command} if entry.consumed_command is not None else {}
         desired = merge_virtual_service(current, routing, notes, remove)
         if desired != current and entry.state is not None:  # written anyway: bring the reason up to date too
             desired["metadata"].setdefault("annotations", {})[STATE_ANNOTATION] = encode_state(entry.state)
         return desired
 
-    def _ensure_destination_rule_if_needed(self, routing: DesiredRouting) -> bool:
+    def _ensure_destination_rule_if_needed(self, routing: DesiredRouting, deadline: Deadline | None = None) -> bool:
         """Verify the subsets when the versions change, and every rule_recheck_seconds (repairs deletions)."""
         key = (routing.namespace, routing.service)
         verified = self._rules_verified.get(key)
@@ -215,118 +313,71 @@ class IstioBackend:
         fresh = verified is not None and now - verified[2] < self.rule_recheck_seconds
         if fresh and verified is not None and verified[:2] == (routing.versions, routing.host):
             return False
-        written = self._ensure_destination_rule(routing)
-        self._rules_verified[key] = (routing.versions, routing.host, now)
-        return written
-
-    def _ensure_destination_rule(self, routing: DesiredRouting) -> bool:
-        current = self._get(DESTINATION_RULES, routing.namespace, routing.service)
+        current = self._get(DESTINATION_RULES, routing.namespace, routing.service, deadline)
         _, written = self._converge(
             DESTINATION_RULES, routing.namespace, routing.service, current,
-            lambda obj: merge_destination_rule(obj, routing),
+            lambda obj: merge_destination_rule(obj, routing), deadline,
         )  # fmt: skip
+        self._rules_verified[key] = (routing.versions, routing.host, now)
         return written
-
-    def _converge(
-        self, plural: str, namespace: str, name: str, current: Obj | None, build: Callable[[Obj | None], Obj]
-    ) -> tuple[Obj, bool]:
-        """Write `build(current)` unless it equals `current`; on 409 re-read and rebuild (bounded)."""
-        for attempt in range(self.conflict_attempts):
-            desired = build(current)
-            if current is not None and desired == current:
-                return current, False
-            self._validate(desired)
-            try:
-                if current is None:
-                    stored = self._create(plural, namespace, desired)
-                else:
-                    stored = self._replace(plural, namespace, name, desired)
-            except Conflict as exc:
-                if attempt + 1 >= self.conflict_attempts:
-                    raise Conflict(
-                        exc.verb, exc.resource, namespace, name, exc.status,
-                        f"still conflicting after {self.conflict_attempts} attempts (another writer keeps "
-                        f"changing it): {exc.detail}",
-                    ) from exc  # fmt: skip
-                delay = self.api.retry.delay(attempt)
-                log.info("conflict, re-reading", resource=plural, namespace=namespace, name=name, delay=delay)
-                self.api.retry.sleep(delay)
-                current = self._get(plural, namespace, name)
-                continue
-            log.info("written", resource=plural, namespace=namespace, name=name, rv=resource_version(stored))
-            return stored, True
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _validate(self, obj: Obj) -> None:
-        if self.schemas is None:
-            return
-        problems = self.schemas.validate(obj)
-        if problems:
-            raise IstioMergeError(f"{object_ref(obj)} would not be valid, not written: {'; '.join(problems[:5])}")
 
     def call_counts(self) -> tuple[int, int]:
         """(Kubernetes requests, errors) of the client this backend uses (shared by all users of the client)."""
         return self.api.stats.totals()
 
-    # --- reads for `ramp status` and the CLI ---------------------------------------------------
+    # --- reads and writes for `ramp status` and the CLI ----------------------------------------
 
     def read_routing(self, namespace: str, service: str) -> ClusterRouting:
         """Weights per version, header routes and state as stored in the cluster right now."""
         return parse_routing(namespace, service, self._get(VIRTUAL_SERVICES, namespace, service))
 
     def request_command(self, namespace: str, service: str, command: Command | CommandRequest) -> None:
-        """Ask the controller for `command` (it acts on the next tick and clears the annotation)."""
+        """Ask the controller for `command` (it acts on the next tick and clears the annotation in the write
+        that records the outcome). CommandPending while an earlier command is still there: checked on the
+        object each write is based on, so a command written concurrently is never replaced."""
         request = command if isinstance(command, CommandRequest) else CommandRequest(command=command)
-        self.annotate(namespace, service, {COMMAND_ANNOTATION: request.encode()})
+        where = ref("VirtualService", namespace, service)
+
+        def refuse_pending(obj: Obj) -> None:
+            pending = annotations_of(obj).get(COMMAND_ANNOTATION)
+            if pending is None:
+                return
+            try:
+                decoded = CommandRequest.decode(pending)
+                what = f"{decoded.command.value} (id {decoded.id or '?'})"
+            except CommandError:
+                what = "an unreadable command"
+            raise CommandPending(f"{what} is still waiting for the controller of {where}; it is applied or "
+                                 "refused on the next tick (is the controller running?)")  # fmt: skip
+
+        self._annotate(namespace, service, {COMMAND_ANNOTATION: request.encode()}, refuse_pending)
 
     def annotate(self, namespace: str, service: str, annotations: Mapping[str, str]) -> None:
         """Set annotations on an existing VirtualService (optimistic concurrency, like every write)."""
+        self._annotate(namespace, service, annotations, lambda _obj: None)
+
+    def _annotate(
+        self, namespace: str, service: str, annotations: Mapping[str, str], check: Callable[[Obj], None]
+    ) -> None:
         current = self._get(VIRTUAL_SERVICES, namespace, service)
         if current is None:
-            raise NotFound("update", _resource(VIRTUAL_SERVICES), namespace, service, 404, "no VirtualService yet")
+            raise not_found(namespace, service, "no VirtualService yet")
+        where = ref("VirtualService", namespace, service)
 
         def with_annotations(obj: Obj | None) -> Obj:
             if obj is None:
-                raise NotFound("update", _resource(VIRTUAL_SERVICES), namespace, service, 404, "deleted meanwhile")
+                raise not_found(namespace, service, "deleted meanwhile")
+            check_metadata(obj, where)
+            check(obj)
             updated = dict(obj, metadata=dict(obj.get("metadata") or {}))
             updated["metadata"]["annotations"] = {**annotations_of(obj), **annotations}
             return updated
 
         self._converge(VIRTUAL_SERVICES, namespace, service, current, with_annotations)
 
-    # --- requests -----------------------------------------------------------------------------
 
-    def _get(self, plural: str, namespace: str, name: str) -> Obj | None:
-        try:
-            found = self.api.retrying(
-                "get", _resource(plural), namespace, name,
-                self.api.custom_objects.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name,
-            )  # fmt: skip
-        except NotFound:
-            return None
-        return _as_object(found, "get", plural, namespace, name)
-
-    def _create(self, plural: str, namespace: str, body: Obj) -> Obj:
-        name = (body.get("metadata") or {}).get("name")
-        stored = self.api.retrying(
-            "create", _resource(plural), namespace, name,
-            self.api.custom_objects.create_namespaced_custom_object, GROUP, VERSION, namespace, plural, body,
-        )  # fmt: skip
-        return _as_object(stored, "create", plural, namespace, name)
-
-    def _replace(self, plural: str, namespace: str, name: str, body: Obj) -> Obj:
-        stored = self.api.retrying(
-            "update", _resource(plural), namespace, name,
-            self.api.custom_objects.replace_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, body,
-        )  # fmt: skip
-        return _as_object(stored, "update", plural, namespace, name)
-
-
-def _as_object(found: object, verb: str, plural: str, namespace: str, name: str | None) -> Obj:
-    if not isinstance(found, dict):
-        raise KubeError(verb, _resource(plural), namespace, name, None, f"unexpected response {type(found).__name__}")
-    return cast(Obj, found)
-
-
-def _resource(plural: str) -> str:
-    return f"{plural}.{GROUP}"
+def _item_name(item: object) -> str | None:
+    """A LIST item's metadata.name, or None when it cannot be read."""
+    meta = item.get("metadata") if isinstance(item, dict) else None
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) else None

@@ -16,7 +16,6 @@ away from Ramp's weights, so it is refused with `RouteShadowingError` instead of
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,10 +24,25 @@ from pydantic import ValidationError
 
 from controller.engine.phases import RolloutState
 from controller.routing.istio_render import destination_rule, managed_http_routes, virtual_service
+from controller.routing.istio_shape import MalformedObject, check_destination_rule, check_virtual_service, ref
 from controller.routing.model import MANAGED_ROUTE_PREFIX, PRIMARY_ROUTE_NAME, DesiredRouting, HeaderRoute
+from controller.routing.state_codec import (
+    DAMAGED_ANNOTATION,
+    STATE_ANNOTATION,
+    decode_state,
+    encode_state,
+    persisted_view,
+    same_durable_state,
+)
 from controller.state.file_store import StateStoreError
 
-STATE_ANNOTATION = "ramp.dev/state"
+__all__ = [
+    "COMMAND_ANNOTATION", "DAMAGED_ANNOTATION", "STATE_ANNOTATION", "ClusterRouting", "IstioMergeError",
+    "RouteShadowingError", "annotations_of", "decode_state", "encode_state", "merge_destination_rule",
+    "merge_virtual_service", "object_ref", "parse_routing", "persisted_view", "resource_version",
+    "same_durable_state", "state_of",
+]  # fmt: skip
+
 COMMAND_ANNOTATION = "ramp.dev/command"
 OWNED_ROUTE_FIELDS = frozenset({"name", "match", "route"})
 _CLUSTER_SUFFIX = "svc.cluster.local"
@@ -42,75 +56,36 @@ class RouteShadowingError(IstioMergeError):
     pass
 
 
+def _meta(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    return meta if isinstance(meta, Mapping) else {}
+
+
 def object_ref(obj: Mapping[str, Any]) -> str:
-    meta = obj.get("metadata") or {}
-    return f"{obj.get('kind', 'object')} {meta.get('namespace', '?')}/{meta.get('name', '?')}"
+    meta = _meta(obj)
+    kind = obj.get("kind") if isinstance(obj.get("kind"), str) else "object"
+    return f"{kind} {str(meta.get('namespace', '?'))[:253]}/{str(meta.get('name', '?'))[:253]}"
 
 
 def resource_version(obj: Mapping[str, Any] | None) -> str | None:
-    if obj is None:
-        return None
-    value = (obj.get("metadata") or {}).get("resourceVersion")
+    value = _meta(obj).get("resourceVersion")
     return None if value is None else str(value)
 
 
-def annotations_of(obj: Mapping[str, Any] | None) -> dict[str, str]:
-    if obj is None:
-        return {}
-    found = (obj.get("metadata") or {}).get("annotations") or {}
+def annotations_of(obj: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The annotations (values as found: check_metadata has checked them where it matters)."""
+    found = _meta(obj).get("annotations") or {}
     return dict(found) if isinstance(found, Mapping) else {}
 
 
-# --- state annotation -------------------------------------------------------------------------
-
-
-def persisted_view(state: RolloutState) -> dict[str, object]:
-    """The durable state as written with the routing it stands for.
-
-    It is only ever written together with that routing in one successful update, so at that
-    moment there are no outstanding apply failures: the counter is stored as 0.
-    """
-    view = state.durable()
-    view["apply_failures"] = 0
-    view["last_apply_error"] = None
-    view["unconfirmed"] = None
-    return view
-
-
-def encode_state(state: RolloutState) -> str:
-    """The persisted view, plus the reason and the statistical gates' e-values as of this write (for status)."""
-    payload = {**persisted_view(state), **state.model_dump(mode="json", include={"reason", "e_values"})}
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"))
-
-
-def decode_state(raw: str, where: str) -> RolloutState:
-    """The state in a `ramp.dev/state` annotation; StateStoreError when it cannot be read."""
-    try:
-        return RolloutState.model_validate_json(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '$'}: {e['msg']}" for e in exc.errors()[:3])
-        raise StateStoreError(
-            f"{where}: annotation {STATE_ANNOTATION} is unreadable ({problems}); "
-            "fix it or remove the annotation to start the rollout over"
-        ) from exc
+# --- state annotation (the codec lives in state_codec; re-exported here) -----------------------
 
 
 def state_of(obj: Mapping[str, Any] | None) -> RolloutState | None:
-    raw = annotations_of(obj).get(STATE_ANNOTATION)
-    if raw is None or obj is None:
+    notes = annotations_of(obj)
+    if obj is None or STATE_ANNOTATION not in notes:
         return None
-    return decode_state(raw, object_ref(obj))
-
-
-def same_durable_state(raw: str | None, state: RolloutState) -> bool:
-    """True when annotation `raw` already holds `state`'s durable view (the reason may differ)."""
-    if raw is None:
-        return False
-    try:
-        stored = RolloutState.model_validate_json(raw)
-    except ValidationError:
-        return False
-    return persisted_view(stored) == persisted_view(state)
+    return decode_state(notes[STATE_ANNOTATION], object_ref(obj))
 
 
 # --- hosts ------------------------------------------------------------------------------------
@@ -185,9 +160,14 @@ def merge_virtual_service(
     if current is None:
         merged = virtual_service(routing)
     else:
+        check_virtual_service(current, object_ref(current))  # MalformedObject: nothing is merged into it
         merged = copy.deepcopy(dict(current))
-        spec: dict[str, Any] = merged.setdefault("spec", {})
-        hosts = spec.setdefault("hosts", [])
+        if merged.get("spec") is None:
+            merged["spec"] = {}
+        spec: dict[str, Any] = merged["spec"]
+        if spec.get("hosts") is None:
+            spec["hosts"] = []
+        hosts = spec["hosts"]
         if not _has_host(hosts, routing.host, routing.namespace):
             hosts.append(routing.host)
         http, foreign = merge_http(list(spec.get("http") or []), routing)
@@ -215,8 +195,11 @@ def merge_destination_rule(current: Mapping[str, Any] | None, routing: DesiredRo
     """`current` with a subset per version (labels include version=<v>); foreign subsets/policies kept."""
     if current is None:
         return destination_rule(routing)
+    check_destination_rule(current, object_ref(current))
     merged = copy.deepcopy(dict(current))
-    spec = merged.setdefault("spec", {})
+    if merged.get("spec") is None:
+        merged["spec"] = {}
+    spec = merged["spec"]
     host = spec.get("host")
     if host is None:
         spec["host"] = routing.host
@@ -225,14 +208,18 @@ def merge_destination_rule(current: Mapping[str, Any] | None, routing: DesiredRo
             f"{object_ref(merged)}: its host {host!r} is not {routing.host!r}, so its subsets would not apply "
             "to Ramp's routes; fix the host (nothing was written)"
         )
-    subsets = spec.setdefault("subsets", [])
+    if spec.get("subsets") is None:
+        spec["subsets"] = []
+    subsets = spec["subsets"]
     by_name = {s.get("name"): s for s in subsets if isinstance(s, dict)}
     for version in routing.versions:
         subset = by_name.get(version)
         if subset is None:
             subsets.append({"name": version, "labels": {"version": version}})
             continue
-        labels = subset.setdefault("labels", {})
+        if subset.get("labels") is None:
+            subset["labels"] = {}
+        labels = subset["labels"]
         if labels.get("version") != version:
             labels["version"] = version
     return merged
@@ -256,6 +243,7 @@ class ClusterRouting:
     command: str | None = None
     resource_version: str | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
+    problem: str | None = None  # the VirtualService is malformed (see istio_shape): what and where
 
 
 def _subset(destination: Any) -> str | None:
@@ -279,18 +267,28 @@ def _header_route(route: Mapping[str, Any]) -> HeaderRoute | None:
 
 
 def parse_routing(namespace: str, service: str, obj: Mapping[str, Any] | None) -> ClusterRouting:
+    """Tolerant: what can be read is reported; the first malformed part is named in `problem`."""
     if obj is None:
         return ClusterRouting(namespace, service, found=False)
-    http = [r for r in (obj.get("spec") or {}).get("http") or [] if isinstance(r, Mapping)]
+    problem = None
+    try:
+        check_virtual_service(obj, ref("VirtualService", namespace, service))
+    except MalformedObject as exc:
+        problem = str(exc)
+    spec = obj.get("spec")
+    listed = spec.get("http") if isinstance(spec, Mapping) else None
+    http = [r for r in listed if isinstance(r, Mapping)] if isinstance(listed, list) else []
     weights: list[tuple[str, int]] = []
     headers: list[HeaderRoute] = []
     for route in http:
         if route.get("name") == PRIMARY_ROUTE_NAME:
-            destinations = route.get("route") or []
+            found = route.get("route")
+            destinations: list[Any] = found if isinstance(found, list) else []
             for d in destinations:
                 subset = _subset(d)
-                if subset is not None:
-                    weights.append((subset, int(d.get("weight", 100 if len(destinations) == 1 else 0))))
+                weight = d.get("weight", 100 if len(destinations) == 1 else 0) if isinstance(d, Mapping) else None
+                if subset is not None and isinstance(weight, int) and not isinstance(weight, bool):
+                    weights.append((subset, weight))
         elif is_managed(route):
             parsed = _header_route(route)
             if parsed is not None:
@@ -301,7 +299,8 @@ def parse_routing(namespace: str, service: str, obj: Mapping[str, Any] | None) -
         state = state_of(obj)
     except StateStoreError as exc:
         error = str(exc)
+    notes = {k: v for k, v in annotations_of(obj).items() if isinstance(k, str) and isinstance(v, str)}
     return ClusterRouting(
         namespace, service, True, tuple(weights), tuple(headers), foreign, state, error,
-        annotations_of(obj).get(COMMAND_ANNOTATION), resource_version(obj), annotations_of(obj),
+        notes.get(COMMAND_ANNOTATION), resource_version(obj), notes, problem,
     )  # fmt: skip

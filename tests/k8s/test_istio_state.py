@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from controller.engine.commands import CommandError
 from controller.engine.phases import Command, GateSnapshot, Phase, PhaseChange, RolloutState
 from controller.k8s.client import Transient
 from controller.plan import build_plan
@@ -22,6 +23,11 @@ def fresh(kube: KubeHarness) -> IstioBackend:
     b = IstioBackend(kube_api(kube))
     b.track({"reviews": ("shop", "reviews")})
     return b
+
+
+def command_of(b: IstioBackend) -> Command | None:
+    request = b.pending_command("reviews")
+    return None if request is None else request.command
 
 
 def rich_state() -> RolloutState:
@@ -87,9 +93,9 @@ def test_a_command_is_read_once_and_cleared_in_the_next_write(kube: KubeHarness)
     b.save(rich_state())
     b.apply(ROUTINGS[3])
     fresh(kube).request_command("shop", "reviews", Command.RESUME)
-    assert annotations(kube)["ramp.dev/command"] == "resume"
+    assert json.loads(annotations(kube)["ramp.dev/command"]) == {"command": "resume"}
     state = b.load("reviews")
-    assert state is not None and b.pending_command("reviews") == Command.RESUME
+    assert state is not None and command_of(b) == Command.RESUME
     resumed = state.model_copy(update={"phase": Phase.PROGRESSING, "paused_by_user": False})
     b.save(resumed)
     b.clear_command("reviews")
@@ -109,14 +115,14 @@ def test_a_command_arriving_during_the_tick_is_kept_for_the_next(kube: KubeHarne
     b.apply(ROUTINGS[3])
     set_annotation(kube, "ramp.dev/command", "pause")
     state = b.load("reviews")
-    assert state is not None and b.pending_command("reviews") == Command.PAUSE
+    assert state is not None and command_of(b) == Command.PAUSE
     b.save(state)
     b.clear_command("reviews")
     set_annotation(kube, "ramp.dev/command", "abort")  # a second request, after our read
     b.apply(ROUTINGS[3])  # 409 -> re-read: 'pause' was consumed, 'abort' is new and stays
     assert annotations(kube)["ramp.dev/command"] == "abort"
     b.load("reviews")
-    assert b.pending_command("reviews") == Command.ABORT
+    assert command_of(b) == Command.ABORT
 
 
 def test_garbage_commands_are_ignored_and_cleared(kube: KubeHarness) -> None:
@@ -126,7 +132,8 @@ def test_garbage_commands_are_ignored_and_cleared(kube: KubeHarness) -> None:
     b.apply(ROUTINGS[3])
     set_annotation(kube, "ramp.dev/command", "explode")
     state = b.load("reviews")
-    assert b.pending_command("reviews") is None
+    with pytest.raises(CommandError, match="unknown command 'explode'"):
+        b.pending_command("reviews")  # refused (the runner records why), never acted on
     assert state is not None
     b.save(state)
     assert b.apply(ROUTINGS[3]) is True  # nothing else changed: the write only drops the garbage

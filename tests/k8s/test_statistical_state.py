@@ -49,7 +49,8 @@ def test_the_e_process_is_not_written_and_survives_a_foreign_write_but_not_a_res
     # a person's command is a foreign write: the state is re-read, the e-process goes on
     fresh(kube).request_command("shop", "reviews", Command.PAUSE)
     reread = b.load("reviews")
-    assert reread is not None and b.pending_command("reviews") == Command.PAUSE
+    pending = b.pending_command("reviews")
+    assert reread is not None and pending is not None and pending.command == Command.PAUSE
     assert reread.sequential == {"errors": moved}
     # a restarted controller starts the e-process afresh (the summary is there for status only)
     restarted = fresh(kube).load("reviews")
