@@ -17,14 +17,17 @@ if TYPE_CHECKING:
 
 
 def register(subparsers: Subparsers) -> None:
+    from controller.analysis.prometheus_auth import add_prometheus_arguments
+    from controller.cli_run import add_loop_arguments
+
     ctl = subparsers.add_parser("controller", help="run the controller in a cluster (Istio + leader election)")
     ctl.add_argument("--specs", type=Path, required=True, help="directory of rollout specs (e.g. a ConfigMap)")
-    ctl.add_argument("--prometheus", required=True, help="Prometheus base URL")
+    add_prometheus_arguments(ctl)
     ctl.add_argument("--namespaces", default="", help="comma-separated namespaces to manage (default: all)")
     ctl.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "ramp-system"))
     ctl.add_argument("--lease-name", default="ramp-controller")
     ctl.add_argument("--identity", default=os.environ.get("POD_NAME", ""), help="leader election identity")
-    ctl.add_argument("--listen-port", type=int, default=8080, help="port for /metrics, /healthz, /readyz")
+    add_loop_arguments(ctl, default_listen="0.0.0.0:8080")
     ctl.add_argument("--kubeconfig")
     ctl.add_argument("--context")
     ctl.set_defaults(handler=_controller)
@@ -37,14 +40,6 @@ def _api(args: argparse.Namespace) -> ApiClient:
 
 
 def _controller(args: argparse.Namespace) -> int:
-    from controller.cluster_controller import ControllerOptions, run_controller
-    from controller.observability import configure_logging
+    from controller.cluster_controller import run_controller_from_args
 
-    configure_logging(level="info")
-    namespaces = frozenset(n.strip() for n in args.namespaces.split(",") if n.strip()) or None
-    options = ControllerOptions(
-        specs=args.specs, prometheus=args.prometheus, kubeconfig=args.kubeconfig, context=args.context,
-        namespaces=namespaces, lease_namespace=args.lease_namespace, lease_name=args.lease_name,
-        identity=args.identity, listen_port=args.listen_port,
-    )  # fmt: skip
-    return run_controller(options)
+    return run_controller_from_args(args)

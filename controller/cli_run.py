@@ -1,27 +1,90 @@
 """`ramp demo` and `ramp run` (local mode: Envoy route file, state in a directory).
 
 `ramp status|pause|resume|abort|promote --state-dir DIR` act on a local controller's state
-directory (see cli_cluster); the controller applies a command on its next tick.
+directory; the controller applies a command on its next tick. `ramp run` locks its state directory
+(one controller per directory) and writes `local-controller.json` there, so those commands find its
+Envoy admin. Both commands, and `ramp controller`, run the same ControllerLoop (controller_loop).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 import sys
-import time
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from controller.observability import configure_logging
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from controller.spec_loader import SpecProblem
+
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 DEFAULT_STATE_DIR = Path(".ramp/state")
+DEFAULT_TICK_DEADLINE = 20.0  # = controller_loop.DEFAULT_TICK_DEADLINE (not imported: keeps `ramp --help` light)
+LOCAL_LOOP_INTERVAL = 0.25  # seconds between loop iterations of `ramp run`; the runner decides what is due
+
+
+def _deadline_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or not 1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 3600 seconds, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port (0-65535): {text!r}")
+    return int(text)
+
+
+def add_loop_arguments(parser: argparse.ArgumentParser, default_listen: str | None) -> None:
+    """--tick-deadline, and --listen-address HOST:PORT (with --listen-port PORT as 0.0.0.0:PORT)."""
+    from controller.http_endpoints import listen_address_type
+
+    parser.add_argument(
+        "--tick-deadline", type=_deadline_seconds, default=DEFAULT_TICK_DEADLINE, metavar="SECONDS",
+        help=f"total time one tick may take; an overrunning tick is abandoned (default {DEFAULT_TICK_DEADLINE:g};"
+        " at least --prometheus-timeout)",
+    )  # fmt: skip
+    where = "(default " + (default_listen + ")" if default_listen else "none: no HTTP server)")
+    listen = parser.add_mutually_exclusive_group()
+    listen.add_argument("--listen-address", type=listen_address_type, metavar="HOST:PORT",
+                        help=f"serve /metrics, /healthz, /readyz here, e.g. 127.0.0.1:8080 or [::1]:8080 {where}")
+    listen.add_argument("--listen-port", type=_port, metavar="PORT", help="same as --listen-address 0.0.0.0:PORT")
+    parser.set_defaults(default_listen=default_listen)
+
+
+def listen_address(args: argparse.Namespace) -> tuple[str, int] | None:
+    """Where the HTTP endpoints listen, from --listen-address / --listen-port / the command's default."""
+    from controller.http_endpoints import parse_listen_address
+
+    if args.listen_address is not None:
+        host, port = args.listen_address
+        return str(host), int(port)
+    if args.listen_port is not None:
+        return "0.0.0.0", int(args.listen_port)
+    return None if args.default_listen is None else parse_listen_address(args.default_listen)
+
+
+def check_tick_deadline(tick_deadline: float, prometheus_timeout: float) -> None:
+    if tick_deadline < prometheus_timeout:
+        raise ValueError(f"--tick-deadline ({tick_deadline:g}s) must be at least --prometheus-timeout"
+                         f" ({prometheus_timeout:g}s): a tick must have time for its Prometheus queries")
 
 
 def register(subparsers: Subparsers) -> None:
+    from controller.analysis.prometheus_auth import add_prometheus_arguments
+
     demo = subparsers.add_parser("demo", help="run a real rollout on the local stack (Envoy + Prometheus)")
     demo.add_argument("--scenario", choices=("healthy", "faulty"), default="healthy")
     demo.add_argument("--spec", type=Path, help="rollout spec to use (default rollout-specs/demo.yaml)")
@@ -31,11 +94,12 @@ def register(subparsers: Subparsers) -> None:
 
     run = subparsers.add_parser("run", help="run the controller in local mode (Envoy route file)")
     run.add_argument("--specs", type=Path, default=Path("rollout-specs"), help="directory of rollout specs")
-    run.add_argument("--prometheus", required=True, help="Prometheus base URL")
+    add_prometheus_arguments(run)
     run.add_argument("--envoy-routes-dir", type=Path, required=True, help="directory Envoy watches for routes")
     run.add_argument("--envoy-admin", required=True, help="Envoy admin URL, to confirm route updates")
     run.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
-    run.add_argument("--once", action="store_true", help="run one tick and exit")
+    run.add_argument("--once", action="store_true", help="run one tick and exit (1 if it failed or overran)")
+    add_loop_arguments(run, default_listen=None)
     run.set_defaults(handler=_run)
 
 
@@ -55,26 +119,74 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if summary["outcome"] == summary["expected_outcome"] else 1
 
 
+def _print_problems(problems: Sequence[SpecProblem]) -> None:
+    for problem in problems:
+        print(f"ignored: {problem}", file=sys.stderr)
+
+
 def _run(args: argparse.Namespace) -> int:
-    from controller.analysis.prometheus import PrometheusSource
+    from controller.analysis.prometheus_auth import prometheus_source_from_args
+    from controller.controller_loop import ControllerLoop, Outcome
+    from controller.controller_metrics import ControllerMetrics
     from controller.engine.runner import RolloutRunner
+    from controller.engine.scheduler import TickScheduler
+    from controller.http_endpoints import EndpointServer
     from controller.routing.envoy import EnvoyFileRouter
     from controller.spec_directory import SpecDirectory
-    from controller.state.file_store import FileStateStore
+    from controller.state.file_store import FileStateStore, StateDirLocked
+    from controller.state.local_info import write_local_info
 
     configure_logging(level="info")
-    specs = SpecDirectory(args.specs)
+    try:
+        source = prometheus_source_from_args(args)
+        check_tick_deadline(args.tick_deadline, source.timeout_seconds)
+    except ValueError as exc:
+        print(f"ramp run: {exc}", file=sys.stderr)
+        return 2
+    store = FileStateStore(args.state_dir)
+    try:
+        store.lock()
+        write_local_info(args.state_dir, envoy_admin=args.envoy_admin, envoy_routes_dir=args.envoy_routes_dir,
+                         specs=args.specs)
+    except StateDirLocked as exc:
+        print(f"ramp run: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"ramp run: state directory {args.state_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    metrics = ControllerMetrics(backends={"prometheus": lambda: (source.queries_sent, source.query_errors)})
     runner = RolloutRunner(
         router=EnvoyFileRouter(args.envoy_routes_dir, args.envoy_admin),
-        metrics=PrometheusSource(args.prometheus),
-        store=FileStateStore(args.state_dir),
+        metrics=source,
+        store=store,
+        observers=[metrics],
     )
-    while True:
-        if specs.refresh():
-            for problem in specs.problems:
-                print(f"ignored: {problem}", file=sys.stderr)
-            runner.set_rollouts(specs.rollouts)
-        runner.tick()
-        if args.once:
-            return 0
-        time.sleep(min(1.0, runner.base_interval() / 5))
+    loop = ControllerLoop(runner, specs=SpecDirectory(args.specs), metrics=metrics, tick_deadline=args.tick_deadline,
+                          interval=LOCAL_LOOP_INTERVAL, on_problems=_print_problems)
+    if args.once:
+        return 0 if loop.iterate() is Outcome.COMPLETED else 1
+    address = listen_address(args)
+    server = None
+    if address is not None:
+        try:
+            server = EndpointServer(metrics.registry, loop.health, loop.readiness, host=address[0], port=address[1])
+        except OSError as exc:
+            print(f"ramp run: cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}", file=sys.stderr)
+            store.unlock()
+            return 1
+        server.start()
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    scheduler = TickScheduler(loop)
+    try:
+        scheduler.start()
+        stop.wait()
+    finally:
+        scheduler.stop()
+        loop.wait_idle(args.tick_deadline)
+        if server is not None:
+            server.stop()
+        store.unlock()
+    return 0

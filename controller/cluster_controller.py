@@ -2,35 +2,41 @@
 
 Wiring: spec directory (re-read when files change) -> runner with the Istio backend (VirtualService
 routes + rollout state in the same update), Prometheus gates, Deployment availability, Events and
-metrics observers -> APScheduler ticks, acting only while this replica holds the leader Lease.
+metrics observers -> the ControllerLoop (each tick bounded by its deadline), driven by APScheduler,
+acting only while this replica holds the leader Lease. /healthz and /readyz come from the loop (see
+controller_loop) and from leader election.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
+import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
 from controller.analysis.prometheus import PrometheusSource
+from controller.controller_loop import DEFAULT_TICK_DEADLINE, ControllerLoop
 from controller.controller_metrics import ControllerMetrics
-from controller.engine.runner import RolloutRunner, TickEvent
+from controller.engine.runner import RolloutRunner
 from controller.engine.scheduler import TickScheduler
 from controller.http_endpoints import EndpointServer
 from controller.k8s.availability import DeploymentAvailability
 from controller.k8s.client import load_api_client
 from controller.k8s.events import EventRecorder, RolloutEventObserver
-from controller.k8s.leader import LeaderElector, LeaseConfig
+from controller.k8s.leader import LeaderElectionForbidden, LeaderElector, LeaseConfig
 from controller.routing.istio import IstioBackend
 from controller.spec_directory import SpecDirectory
 
 log = structlog.get_logger("ramp.controller")
-BASE_TICK_SECONDS = 1.0
+BASE_TICK_SECONDS = 1.0  # the loop's cadence; the runner decides which rollouts are due
 
 
 @dataclass(frozen=True)
@@ -45,38 +51,76 @@ class ControllerOptions:
     identity: str = ""
     listen_port: int = 8080
     listen_host: str = "0.0.0.0"
+    tick_deadline: float = DEFAULT_TICK_DEADLINE
+    prometheus_source: PrometheusSource | None = None  # built from the CLI's --prometheus* options; else from URL
 
 
-class ControllerLoop:
-    """One tick of the whole controller: pick up spec changes, then run the due rollouts."""
+class ElectionMonitor:
+    """Runs leader election (as LeaderElector.run does) and says whether it works, for /readyz and /healthz.
 
-    def __init__(self, specs: SpecDirectory, runner: RolloutRunner, metrics: ControllerMetrics) -> None:
-        self.specs = specs
-        self.runner = runner
-        self.metrics = metrics
-        self.last_tick_at: float | None = None
+    Broken: the election thread ended, RBAC forbids the Lease (not transient), or no lease request has
+    succeeded (won, renewed, or found another live holder) for a whole lease duration.
+    """
 
-    def base_interval(self) -> float:
-        return BASE_TICK_SECONDS  # the runner decides which rollouts are due on each base tick
+    def __init__(self, elector: LeaderElector, clock: Callable[[], float] = time.monotonic) -> None:
+        self.elector = elector
+        self._clock = clock
+        self._last_ok = clock()
+        self._error: str | None = None
+        self._forbidden = False
+        self.thread: threading.Thread | None = None
 
-    def tick(self) -> list[TickEvent]:
-        started = time.monotonic()
-        if self.specs.refresh():
-            for problem in self.specs.problems:
-                log.error("spec ignored", problem=str(problem))
-            self.runner.set_rollouts(self.specs.rollouts)
-            log.info("specs loaded", rollouts=[r.name for r in self.specs.rollouts])
-        events = self.runner.tick()
-        self.metrics.tick_seconds.observe(time.monotonic() - started)
-        self.last_tick_at = time.time()
-        return events
+    def start(self, stop: threading.Event) -> None:
+        self.thread = threading.Thread(target=self._run, args=(stop,), name="ramp-leader", daemon=True)
+        self.thread.start()
+
+    def _run(self, stop: threading.Event) -> None:
+        config = self.elector.config
+        try:
+            while not stop.is_set():
+                failures = self.elector.failures
+                try:
+                    self.elector.try_acquire_or_renew()
+                    if self.elector.failures == failures:
+                        self._last_ok, self._error, self._forbidden = self._clock(), None, False
+                    else:
+                        self._error = "the last lease request failed (see the logs)"
+                except LeaderElectionForbidden as exc:
+                    self._error, self._forbidden = str(exc), True
+                except Exception as exc:
+                    self._error = f"{type(exc).__name__}: {exc}"[:300]
+                    log.exception("leader election attempt failed")
+                stop.wait(config.retry_period)
+        finally:
+            self.elector.release()  # stops acting first; a successor takes over at once
+
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def status(self) -> tuple[bool, str]:
+        if not self.alive():
+            return False, "leader election thread stopped"
+        error = self._error
+        if self._forbidden and error is not None:
+            return False, error
+        quiet = self._clock() - self._last_ok
+        if quiet > self.elector.config.lease_duration:
+            return False, f"no successful lease request for {quiet:.0f}s: {error or 'none answered'}"
+        return True, "leader election working"
+
+    def join(self, timeout: float) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout=timeout)
 
 
 def run_controller(options: ControllerOptions, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     api = load_api_client(options.kubeconfig, options.context)
     backend = IstioBackend(api)
-    prometheus = PrometheusSource(options.prometheus)
+    prometheus = options.prometheus_source or PrometheusSource(options.prometheus)
+    if options.tick_deadline < prometheus.timeout_seconds:
+        raise ValueError(f"the tick deadline ({options.tick_deadline:g}s) must be at least the Prometheus timeout"
+                         f" ({prometheus.timeout_seconds:g}s)")
     metrics = ControllerMetrics(
         backends={
             "prometheus": lambda: (prometheus.queries_sent, prometheus.query_errors),
@@ -91,37 +135,62 @@ def run_controller(options: ControllerOptions, stop: threading.Event | None = No
         observers=[metrics, RolloutEventObserver(EventRecorder(api))],
     )
     specs = SpecDirectory(options.specs, options.namespaces)
-    loop = ControllerLoop(specs, runner, metrics)
     identity = options.identity or f"{socket.gethostname()}-{os.getpid()}"
     elector = LeaderElector(api, LeaseConfig(namespace=options.lease_namespace, name=options.lease_name,
                                              identity=identity))
     runner.may_write = elector.is_leader
-    election = threading.Thread(target=elector.run, args=(stop,), name="ramp-leader", daemon=True)
+    election = ElectionMonitor(elector)
+    loop = ControllerLoop(runner, specs=specs, metrics=metrics, should_act=elector.is_leader,
+                          leadership=election.status, tick_deadline=options.tick_deadline,
+                          interval=BASE_TICK_SECONDS)
 
     def healthy() -> tuple[bool, str]:
-        alive = election.is_alive()
-        return alive, "leader election running" if alive else "leader election thread stopped"
+        if not election.alive():
+            return False, "leader election thread stopped"
+        return loop.health()
 
-    def ready() -> tuple[bool, str]:
-        if not options.specs.is_dir():
-            return False, f"spec directory {options.specs} not found"
-        leader = elector.is_leader()
-        return True, f"{len(specs.rollouts)} rollouts, {len(specs.problems)} spec problems, leader={leader}"
-
-    server = EndpointServer(metrics.registry, healthy, ready, host=options.listen_host, port=options.listen_port)
+    server = EndpointServer(metrics.registry, healthy, loop.readiness, host=options.listen_host,
+                            port=options.listen_port)
     server.start()
-    scheduler = TickScheduler(loop, should_act=elector.is_leader)
+    scheduler = TickScheduler(loop)
     if threading.current_thread() is threading.main_thread():  # signals can only be handled there
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    election.start()
-    scheduler.start()
-    log.info("controller started", identity=identity, specs=str(options.specs), prometheus=options.prometheus)
+    election.start(stop)
+    log.info("controller starting", identity=identity, specs=str(options.specs), prometheus=prometheus.url,
+             tick_deadline=options.tick_deadline, listen=f"{options.listen_host}:{server.port}")
     try:
+        scheduler.start()
         stop.wait()
     finally:
+        stop.set()
         scheduler.stop()
-        election.join(timeout=15)  # run() releases the Lease on stop, so a successor takes over at once
+        loop.wait_idle(options.tick_deadline)  # a tick still running ends (or is left) before the Lease goes
+        election.join(timeout=15)  # it releases the Lease on stop, so a successor takes over at once
         server.stop()
         log.info("controller stopped", identity=identity)
     return 0
+
+
+def run_controller_from_args(args: argparse.Namespace) -> int:
+    """`ramp controller ...` (options registered in cli_cluster); exit 2 with a safe message for bad options."""
+    from controller.analysis.prometheus_auth import prometheus_source_from_args
+    from controller.cli_run import check_tick_deadline, listen_address
+    from controller.observability import configure_logging
+
+    configure_logging(level="info")
+    try:
+        source = prometheus_source_from_args(args)
+        check_tick_deadline(args.tick_deadline, source.timeout_seconds)
+    except ValueError as exc:
+        print(f"ramp controller: {exc}", file=sys.stderr)
+        return 2
+    host, port = listen_address(args) or ("0.0.0.0", 8080)
+    namespaces = frozenset(n.strip() for n in args.namespaces.split(",") if n.strip()) or None
+    options = ControllerOptions(
+        specs=args.specs, prometheus=source.url, kubeconfig=args.kubeconfig, context=args.context,
+        namespaces=namespaces, lease_namespace=args.lease_namespace, lease_name=args.lease_name,
+        identity=args.identity, listen_port=port, listen_host=host, tick_deadline=args.tick_deadline,
+        prometheus_source=source,
+    )  # fmt: skip
+    return run_controller(options)

@@ -4,9 +4,11 @@ healthy: v2 goes through the header step, 10%, 50% and 100%, and is promoted.
 faulty:  v2 answers 20% of requests with 500; the error-rate gate rolls it back and
          traffic returns to v1. Every process started here is stopped on exit.
 
-The controller's own metrics (ControllerMetrics) are served on 127.0.0.1 by an EndpointServer
-that the stack's Prometheus scrapes (job `ramp-controller`), so the Grafana dashboards in
-`dashboards/` have both the Istio metrics and the controller's metrics to show.
+The rollout is driven by the same ControllerLoop as `ramp run` and `ramp controller` (tick deadline,
+abandoned ticks, liveness). The controller's own metrics (ControllerMetrics) and the loop's /healthz and
+/readyz are served on 127.0.0.1 by an EndpointServer that the stack's Prometheus scrapes (job
+`ramp-controller`), so the Grafana dashboards in `dashboards/` have both the Istio metrics and the
+controller's metrics to show.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, TextIO
 from prometheus_client import CollectorRegistry
 
 from controller.analysis.prometheus import PrometheusSource
+from controller.controller_loop import DEFAULT_TICK_DEADLINE, ControllerLoop
 from controller.controller_metrics import ControllerMetrics
 from controller.demo_report import DemoRecorder, build_summary, print_summary
 from controller.engine.runner import ManagedRollout, RolloutRunner
@@ -36,6 +39,7 @@ from controller.plan import build_plan
 from controller.spec import RolloutSpec
 from controller.spec_loader import load_spec
 from controller.state.file_store import FileStateStore
+from controller.state.local_info import write_local_info
 
 DEMO_SPEC = Path(__file__).resolve().parent.parent / "rollout-specs" / "demo.yaml"
 SCENARIOS = {"healthy": 0.0, "faulty": 0.2}
@@ -63,30 +67,24 @@ class DemoRun:
     summary: dict[str, Any]
 
 
-class _TimedTicks:
-    """The runner as the scheduler ticks it, with each tick's duration recorded in the metrics."""
+class _LoopProbes:
+    """/healthz and /readyz of the demo's endpoint: the controller loop's, once it exists."""
 
-    def __init__(self, runner: RolloutRunner, metrics: ControllerMetrics) -> None:
-        self.runner = runner
-        self.metrics = metrics
+    def __init__(self) -> None:
+        self.loop: ControllerLoop | None = None
 
-    def tick(self) -> object:
-        with self.metrics.tick_seconds.time():
-            return self.runner.tick()
+    def health(self) -> tuple[bool, str]:
+        return (True, "starting the local stack") if self.loop is None else self.loop.health()
 
-    def base_interval(self) -> float:
-        return self.runner.base_interval()
+    def readiness(self) -> tuple[bool, str]:
+        return (False, "starting the local stack") if self.loop is None else self.loop.readiness()
 
 
 @contextmanager
-def _metrics_endpoint(registry: CollectorRegistry) -> Iterator[EndpointServer]:
+def _metrics_endpoint(registry: CollectorRegistry, probes: _LoopProbes) -> Iterator[EndpointServer]:
     """The controller's /metrics on a free loopback port, bound before the stack starts so that the
     stack's Prometheus can be told the target up front; stopped on exit."""
-
-    def alive() -> tuple[bool, str]:
-        return True, "demo running"
-
-    server = EndpointServer(registry, alive, alive, host="127.0.0.1", port=free_port()).start()
+    server = EndpointServer(registry, probes.health, probes.readiness, host="127.0.0.1", port=free_port()).start()
     try:
         yield server
     finally:
@@ -99,6 +97,7 @@ def run_demo(
     out: TextIO = sys.stdout,
     timeout: float = 300.0,
     on_finished: Callable[[DemoRun], None] | None = None,
+    tick_deadline: float = DEFAULT_TICK_DEADLINE,
 ) -> dict[str, Any]:
     """Run the demo rollout; `on_finished` (if given) runs after the rollout ends, before the stack stops."""
     spec = load_spec(spec_path or DEMO_SPEC)
@@ -108,7 +107,8 @@ def run_demo(
     print(f"Ramp demo ({scenario}): rolling out {spec.service} {spec.target} "
           f"({', '.join(s.label for s in rollout.plan.steps)}), tick {spec.schedule.interval:g}s", file=out)
     registry = CollectorRegistry()
-    with _metrics_endpoint(registry) as server, tempfile.TemporaryDirectory(prefix="ramp-demo-") as tmp:
+    probes = _LoopProbes()
+    with _metrics_endpoint(registry, probes) as server, tempfile.TemporaryDirectory(prefix="ramp-demo-") as tmp:
         work = Path(tmp)
         metrics_target = f"127.0.0.1:{server.port}"
         print("starting sample app versions, Envoy and Prometheus on 127.0.0.1 ...", file=out, flush=True)
@@ -136,6 +136,8 @@ def run_demo(
             metrics = ControllerMetrics(
                 registry=registry, backends={"prometheus": lambda: (source.queries_sent, source.query_errors)}
             )
+            write_local_info(work / "state", envoy_admin=stack.envoy_admin_url,
+                             envoy_routes_dir=stack.router.routes_dir)  # for `ramp status --state-dir`
             runner = RolloutRunner(
                 router=stack.router,
                 metrics=source,
@@ -143,7 +145,9 @@ def run_demo(
                 observers=[recorder, metrics],
             )
             runner.set_rollouts([rollout])
-            scheduler = TickScheduler(_TimedTicks(runner, metrics))
+            loop = ControllerLoop(runner, metrics=metrics, tick_deadline=tick_deadline)
+            probes.loop = loop
+            scheduler = TickScheduler(loop)
             with load:
                 scheduler.start()
                 try:
@@ -152,6 +156,7 @@ def run_demo(
                         time.sleep(0.2)
                 finally:
                     scheduler.stop()
+                    loop.wait_idle(tick_deadline)
             responses = load.results
             sampled = send_requests(stack.envoy_url + "/api/version", spec.fqdn, 200, random_seed=99)
             final_split = Counter(version or f"HTTP {status}" for status, version in sampled)

@@ -220,7 +220,7 @@ def test_specs_are_refreshed_each_iteration_and_a_missing_directory_is_not_ready
 def test_invalid_settings_are_refused(runner: FakeRunner) -> None:
     for bad in ({"tick_deadline": 0}, {"tick_deadline": float("nan")}, {"interval": -1.0}):
         with pytest.raises(ValueError):
-            ControllerLoop(runner, **bad)  # type: ignore[arg-type]
+            ControllerLoop(runner, **bad)
 
 
 def test_the_scheduler_drives_the_loop_and_never_runs_two_ticks_at_once(runner: FakeRunner) -> None:
