@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import urllib3
 import yaml
 from kubernetes.client.exceptions import ApiException
 
+from controller.deadline import Deadline
 from controller.k8s.client import (
     Conflict,
     Forbidden,
@@ -18,6 +21,8 @@ from controller.k8s.client import (
     KubeConfigError,
     KubeError,
     NotFound,
+    NotLeader,
+    RetryPolicy,
     Transient,
     backoff_delay,
     classify,
@@ -25,8 +30,9 @@ from controller.k8s.client import (
     with_retries,
 )
 from controller.routing.istio import IstioBackend
+from tests.fakes.kube_proxy import running_proxy
 from tests.k8s.emulator import KubeHarness
-from tests.k8s.helpers import VS, count, fail_next
+from tests.k8s.helpers import VS, G, V, count, custom_objects, fail_next
 
 ARGS = ("update", "virtualservices.networking.istio.io", "shop", "reviews")
 
@@ -164,3 +170,100 @@ def test_load_api_client_falls_back_to_kubeconfig_env_then_home(
     write_kubeconfig(elsewhere, "http://127.0.0.1:1")
     monkeypatch.setenv("KUBECONFIG", str(elsewhere))
     assert load_api_client().configuration.host == "http://127.0.0.1:1"
+
+
+# --- one actor at a time: the write guard, the leadership term, total deadlines ------------------------------
+
+
+class Guard:
+    """A write guard that allows `allow` calls (None: all), counting every question."""
+
+    def __init__(self, allow: int | None = None) -> None:
+        self.calls = 0
+        self.allow = allow
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        return self.allow is None or self.calls <= self.allow
+
+
+VS_BODY = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+           "metadata": {"name": "reviews", "namespace": "shop"}, "spec": {"hosts": ["reviews"]}}  # fmt: skip
+
+
+def writes(api: KubeApi) -> dict[str, Callable[[], object]]:
+    co = api.custom_objects
+    target = (G, V, "shop", VS)
+    res = "virtualservices.networking.istio.io"
+    return {
+        "create": lambda: api.retrying("create", res, "shop", "reviews", co.create_namespaced_custom_object,
+                                       *target, VS_BODY),
+        "update": lambda: api.retrying("update", res, "shop", "reviews", co.replace_namespaced_custom_object,
+                                       *target, "reviews", VS_BODY),
+        "patch": lambda: api.retrying("patch", res, "shop", "reviews", co.patch_namespaced_custom_object,
+                                      *target, "reviews", {"metadata": {"labels": {"a": "b"}}}),
+        "delete": lambda: api.retrying("delete", res, "shop", "reviews", co.delete_namespaced_custom_object,
+                                       *target, "reviews"),
+        "events": lambda: api.call("create", "events", "shop", "e1", api.core.create_namespaced_event, "shop",
+                                   {"metadata": {"name": "e1"}, "involvedObject": {}}),
+    }  # fmt: skip
+
+
+def test_a_replica_that_is_not_the_leader_sends_no_write_at_all(kube: KubeHarness) -> None:
+    guard = Guard(allow=0)
+    api = KubeApi(kube.api_client(), write_guard=guard)
+    for write in writes(api).values():
+        with pytest.raises(NotLeader, match="not the leader: write refused"):
+            write()
+    assert guard.calls == 5 and not issubclass(NotLeader, Transient)  # refused once each, never retried
+    assert [r for r in kube.requests() if str(getattr(r.method, "value", r.method)) != "GET"] == []
+    assert IstioBackend(api).read_routing("shop", "reviews").found is False  # reads are never guarded
+    assert guard.calls == 5 and api.stats.errors_by_kind == {"NotLeader": 5, "NotFound": 1}
+
+
+def test_the_guard_is_asked_before_every_retry_and_not_leader_is_never_retried(kube: KubeHarness) -> None:
+    custom_objects(kube).create_namespaced_custom_object(G, V, "shop", VS, VS_BODY)
+    guard = Guard(allow=2)
+    delays: list[float] = []
+    api = KubeApi(kube.api_client(), write_guard=guard,
+                  retry=RetryPolicy(attempts=10, sleep=delays.append, rng=random.Random(3)))  # fmt: skip
+    fail_next(kube, "put", 503, times=10)
+    with pytest.raises(NotLeader):
+        api.retrying("update", "virtualservices.networking.istio.io", "shop", "reviews",
+                     api.custom_objects.replace_namespaced_custom_object, G, V, "shop", VS, "reviews",
+                     dict(VS_BODY, metadata={"name": "reviews", "namespace": "shop"}))  # fmt: skip
+    assert count(kube, "put", VS) == 2 and guard.calls == 3  # 503, retry, 503, retry: refused before sending
+    assert api.stats.retries == 2 and len(delays) == 2
+
+
+def test_an_ended_leadership_term_refuses_writes_before_sending(kube: KubeHarness) -> None:
+    clock = [100.0]
+    term = Deadline(10.0, clock=lambda: clock[0])
+    api = KubeApi(kube.api_client(), write_guard=lambda: True, write_deadline=lambda: term)
+    writes(api)["create"]()
+    assert count(kube, "post", VS) == 1
+    clock[0] = 110.0
+    with pytest.raises(NotLeader, match="leadership term over"):
+        writes(api)["patch"]()
+    assert count(kube, "patch", VS) == 0
+
+
+def test_a_write_in_flight_when_the_term_ends_is_abandoned_not_retried(kube: KubeHarness) -> None:
+    with running_proxy(kube.url) as proxy:
+        proxy.faults.hold = 2.0  # the apiserver gets it 2 s late: after the term
+        api = KubeApi(proxy.api_client(5.0), write_guard=lambda: True, write_deadline=lambda: Deadline(0.5),
+                      retry=RetryPolicy(attempts=5, sleep=lambda _s: None))  # fmt: skip
+        started = time.monotonic()
+        with pytest.raises(NotLeader, match="abandoned at the end of the leadership term"):
+            writes(api)["create"]()
+        assert time.monotonic() - started < 0.5 + 1.5  # generous slack: it is the hold (2 s) it must not wait for
+        assert proxy.wait_idle(5.0)
+        assert proxy.count("POST", f"/{VS}") == 1 and api.stats.retries == 0  # delivered late, never re-sent
+
+
+def test_a_malformed_answer_is_a_typed_error_not_a_crash(kube: KubeHarness) -> None:
+    api = KubeApi(kube.api_client(), retry=RetryPolicy(sleep=lambda _s: None))
+    kube.emulator["get"] << {"kind": "Pod", "metadata": "not an object", "spec": 5}
+    with pytest.raises(KubeError, match="get pods shop/p failed") as failed:
+        api.retrying("get", "pods", "shop", "p", api.core.read_namespaced_pod, "p", "shop")
+    assert type(failed.value) is KubeError and api.stats.requests == {"get": 1}  # not retried: not transient

@@ -8,12 +8,14 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kubernetes import client
 from structlog.testing import capture_logs
 
 from controller.analysis.metrics import VersionMetrics
 from controller.engine.phases import Command, Phase
 from controller.engine.runner import ManagedRollout, RolloutRunner, TickEvent
+from controller.k8s.client import KubeApi
 from controller.k8s.events import PHASE_EVENTS, EventRecorder, ObjectRef, RolloutEventObserver
 from controller.state.file_store import FileStateStore
 from tests.k8s.emulator import KubeHarness
@@ -184,3 +186,20 @@ def test_record_truncates_long_messages_and_sets_the_uid(kube: KubeHarness) -> N
     assert len(event["message"]) == 1024 and event["type"] == "Warning"
     assert event["involvedObject"]["uid"] == "1234" and event["source"] == {"component": "ramp-test"}
     assert epoch(event["firstTimestamp"]) == 1_700_000_000.0
+
+
+@pytest.mark.parametrize("via", ["api_client", "kube_api"])
+def test_a_replica_that_is_not_the_leader_records_no_event(kube: KubeHarness, via: str) -> None:
+    leading = [True]
+    guard = lambda: leading[0]  # noqa: E731
+    if via == "kube_api":
+        recorder = EventRecorder(KubeApi(kube.api_client(), write_guard=guard))
+    else:
+        recorder = EventRecorder(kube.api_client(), write_guard=guard)
+    ref = ObjectRef(VS_API, "VirtualService", "shop")
+    assert recorder.record("prod", ref, "Progressing", "m") is True
+    leading[0] = False  # a former leader: its Events would suggest two controllers act
+    assert recorder.record("prod", ref, "RolledBack", "m", "Warning") is False
+    assert (recorder.recorded, recorder.suppressed, recorder.failures) == (1, 1, 0)
+    assert [e["reason"] for e in kube.objects("", "v1", "events")] == ["Progressing"]
+    assert len(kube.requests("post")) == 1  # nothing was sent

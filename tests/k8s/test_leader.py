@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import re
 import threading
 import time
@@ -38,7 +39,10 @@ class Clocks:
 
 
 class Replica:
-    def __init__(self, kube: KubeHarness, identity: str, clocks: Clocks, offset: float = 0.0, **config: Any) -> None:
+    def __init__(
+        self, kube: KubeHarness, identity: str, clocks: Clocks, offset: float = 0.0, wall_skew: float = 0.0,
+        **config: Any,
+    ) -> None:  # fmt: skip
         self.transitions: list[tuple[str, float]] = []
         api = kube.api_client()
         api.set_default_header(WHO, identity)
@@ -46,7 +50,7 @@ class Replica:
             api,
             LeaseConfig(namespace=NS, identity=identity, **config),
             clock=lambda: clocks.mono() + offset,  # monotonic clocks of different processes are unrelated
-            wall_clock=clocks.wall,
+            wall_clock=lambda: clocks.wall() + wall_skew,  # and wall clocks of different nodes disagree
             on_started_leading=lambda: self.transitions.append(("started", clocks.mono())),
             on_stopped_leading=lambda: self.transitions.append(("stopped", clocks.mono())),
         )
@@ -137,6 +141,51 @@ def test_a_leader_that_cannot_renew_stops_acting_before_anyone_can_take_over(kub
     clocks.advance(2.0)
     assert b.elector.try_acquire_or_renew() is True
     assert a.elector.try_acquire_or_renew() is False and not a.elector.is_leader()
+
+
+@pytest.mark.parametrize("skew", [600.0, -600.0], ids=["standby-10min-ahead", "standby-10min-behind"])
+def test_takeover_timing_does_not_depend_on_the_replicas_wall_clocks(kube: KubeHarness, skew: float) -> None:
+    """Expiry is measured on the standby's monotonic clock from when it saw the record change, never as
+    `now - renewTime` across machines: 10 minutes ahead it does not take over early (a renewTime 10 minutes
+    "old" is still live), 10 minutes behind it does not wait 10 minutes more."""
+    clocks = Clocks()
+    a, b = Replica(kube, "a", clocks), Replica(kube, "b", clocks, offset=-7.0, wall_skew=skew)
+    assert a.elector.try_acquire_or_renew() is True
+    for _ in range(20):  # 40s of renewals: b never takes over, though renewTime looks 10 min old (or in the future)
+        assert b.elector.try_acquire_or_renew() is False
+        clocks.advance(1.0)
+        assert b.elector.try_acquire_or_renew() is False
+        clocks.advance(1.0)
+        assert a.elector.try_acquire_or_renew() is True
+    assert b.elector.try_acquire_or_renew() is False
+    last_seen_change = clocks.mono()  # a dies right after this renewal; b saw it at once
+    took_over = None
+    while took_over is None and clocks.mono() < last_seen_change + 700:
+        clocks.advance(0.5)
+        if b.elector.try_acquire_or_renew():
+            took_over = clocks.mono()
+    assert took_over == last_seen_change + 15.0  # exactly lease_duration on b's own clock, whatever the skew
+    spec = lease(kube)["spec"]
+    assert spec["holderIdentity"] == "b" and spec["leaseTransitions"] == 1
+    written = datetime.datetime.fromisoformat(spec["acquireTime"].replace("Z", "+00:00")).timestamp()
+    assert written == pytest.approx(clocks.wall() + skew, abs=1e-3)  # renewTime is b's wall clock: for people only
+
+
+def test_the_write_deadline_is_the_leadership_term(kube: KubeHarness) -> None:
+    clocks = Clocks()
+    a, b = Replica(kube, "a", clocks, offset=33.0), Replica(kube, "b", clocks)
+    assert b.elector.write_deadline().expired  # never led
+    assert a.elector.try_acquire_or_renew() is True
+    assert a.elector.write_deadline().at == clocks.mono() + 33.0 + 10.0  # renew start + renew_deadline, a's clock
+    assert b.elector.try_acquire_or_renew() is False and b.elector.write_deadline().expired
+    term = a.elector.write_deadline()
+    for _ in range(12):  # is_leader() and the write deadline end at the same instant
+        clocks.advance(1.0)
+        assert a.elector.is_leader() == (not a.elector.write_deadline().expired) == (not term.expired)
+    assert not a.elector.is_leader() and term.expired
+    assert a.elector.try_acquire_or_renew() is True  # a new term
+    assert a.elector.write_deadline().remaining() == 10.0 and term.expired
+    assert a.elector.release() is True and a.elector.write_deadline().expired
 
 
 def test_transient_errors_keep_leadership_until_the_renew_deadline(kube: KubeHarness) -> None:
