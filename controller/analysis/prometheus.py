@@ -27,6 +27,7 @@ from controller.analysis.metrics import (
     RAW_REQUESTS,
     REQUESTS,
     MetricsSnapshot,
+    ProblemKey,
     VersionMetrics,
     WorkloadKey,
 )
@@ -202,6 +203,10 @@ class PrometheusSource:
     def _redact(self, text: str) -> str:
         return self._http.redact(text) if self._http is not None else redact_text(text)
 
+    def _safe(self, problems: dict[ProblemKey, str]) -> dict[ProblemKey, str]:
+        """Reasons quote the answer's labels: a hostile answer could echo our credentials there."""
+        return {key: self._redact(reason)[:300] for key, reason in problems.items()}
+
     def fetch(
         self, requests: Sequence[MetricsRequest], deadline: Deadline | None = None
     ) -> dict[MetricsRequest, MetricsSnapshot]:
@@ -229,7 +234,7 @@ class PrometheusSource:
                 by_reporter.setdefault(request.reporter, []).append(request)
         for reporter, members in by_reporter.items():
             series: dict[WorkloadKey, dict[str, VersionMetrics]] = {}
-            problems: dict[Any, str] = {}
+            problems: dict[ProblemKey, str] = {}
             wanted_requests = [m for m in members if m.cumulative_requests]
             wanted_latency = [m for m in members if m.cumulative_latency]
             try:
@@ -239,14 +244,14 @@ class PrometheusSource:
                     )
                     parsed = parse_vector(self._query(query, deadline), REQUESTS_METRIC, RAW_REQUESTS, histogram=False)
                     _add_series(series, parsed, histogram=False)
-                    problems.update(parsed.problems)
+                    problems.update(self._safe(parsed.problems))
                 if wanted_latency:
                     query = cumulative_latency_query(
                         [m.service for m in wanted_latency], [m.namespace for m in wanted_latency], reporter
                     )
                     parsed = parse_vector(self._query(query, deadline), LATENCY_METRIC, RAW_LATENCY, histogram=True)
                     _add_series(series, parsed, histogram=True)
-                    problems.update(parsed.problems)
+                    problems.update(self._safe(parsed.problems))
             except PrometheusError as exc:  # as for the windowed queries: no data, never a pass
                 for member in members:
                     result[member] = replace(result[member], error=str(exc))
@@ -275,7 +280,7 @@ class PrometheusSource:
         latency = parse_vector(latency_rows, LATENCY_METRIC, LATENCY, histogram=True)
         _add_requests(snapshot.by_workload, requests)
         _add_buckets(snapshot.by_workload, latency)
-        snapshot.problems = {**requests.problems, **latency.problems}
+        snapshot.problems = self._safe({**requests.problems, **latency.problems})
         return snapshot
 
     def _query(self, promql: str, deadline: Deadline | None) -> list[Any]:

@@ -13,7 +13,7 @@ from controller.analysis.gates import Verdict, evaluate_gates
 from controller.analysis.prometheus import MetricsRequest, PrometheusSource
 from controller.analysis.prometheus_auth import add_prometheus_arguments, prometheus_source_from_args
 from controller.redact import redact_text, redact_url, url_secrets
-from tests.fakes.prometheus import FakePrometheus, Reply
+from tests.fakes.prometheus import FakePrometheus, Reply, istio, sample, vector
 from tests.unit.engine_fixtures import spec
 
 TOKEN = "tok-3f9a7c1e55d2"
@@ -135,6 +135,16 @@ def test_a_prometheus_echoing_the_credentials_is_redacted(basic_prom: FakePromet
     sent = (basic_prom.authorizations[-1] or "").split(" ", 1)[1]
     assert error is not None and "HTTP 400: bad_data: Basic ***" in error
     assert sent not in error and no_secret(error)
+
+
+def test_a_bad_sample_quoting_the_token_in_a_label_is_redacted(bearer_prom: FakePrometheus, tmp_path: Path) -> None:
+    labels = istio("prod", "shop", "v2", response_code="503", pod=f"stolen-{TOKEN}")
+    bearer_prom.answer("istio_requests_total", vector(sample(labels, "NaN")))
+    source = PrometheusSource(bearer_prom.url, bearer_token_file=str(write(tmp_path / "token", TOKEN)))
+    report = evaluate_gates(SHOP, ("v1",), source.fetch([REQUEST])[REQUEST])
+    reason = report.reasons(Verdict.NO_DATA)
+    assert 'Prometheus returned NaN for istio_requests_total{' in reason and 'pod="stolen-***"' in reason
+    assert no_secret(reason)
 
 
 def test_unreachable_prometheus_with_url_credentials_keeps_them_out_of_the_reason() -> None:
