@@ -15,6 +15,7 @@ header it came with, is recorded. Slow answers stop as soon as the client goes a
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 import urllib.parse
@@ -70,7 +71,13 @@ def istio(namespace: str, service: str, version: str, **extra: str) -> dict[str,
 
 
 class FakePrometheus:
-    def __init__(self, *, bearer_token: str | None = None, basic_auth: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        bearer_token: str | None = None,
+        basic_auth: tuple[str, str] | None = None,
+        tls: tuple[str, str] | None = None,  # (certificate file, key file): serve https
+    ) -> None:
         self.rules: list[tuple[str, Reply | Callable[[str], Reply], bool]] = []
         self.queries: list[str] = []
         self.authorizations: list[str | None] = []
@@ -83,15 +90,21 @@ class FakePrometheus:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{self.scheme}://{host!s}:{port}"
 
     def url_with(self, userinfo: str) -> str:
-        return self.url.replace("http://", f"http://{userinfo}@")
+        return self.url.replace("://", f"://{userinfo}@", 1)
 
     def answer(
         self, contains: str, reply: Reply | dict[str, Any] | Callable[[str], Reply], *, prefix: bool = False
