@@ -202,8 +202,8 @@ class LocalStack:
         """Stop one version's app (its Envoy cluster stays; health checks then fail)."""
         proc = self._app_process(version)
         if proc is not None:
+            proc.stop(self._group.grace)  # still tracked if this raises: stop() retries it
             self._group.processes.remove(proc)
-            proc.stop(self._group.grace)
 
     def start_version(self, version: str) -> None:
         """Start a stopped version's app again, on its port, with its current knobs; waits for /health."""
@@ -211,8 +211,8 @@ class LocalStack:
         if current is not None and current.running:
             return
         if current is not None:
-            self._group.processes.remove(current)
             current.stop(self._group.grace)
+            self._group.processes.remove(current)
         proc = self._start_app(version, self.versions[version])
         proc.wait_http_ready(f"{self.app_url(version)}/health", self.ready_timeout)
 

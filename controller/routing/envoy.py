@@ -78,6 +78,7 @@ def _read_desired(path: Path) -> dict[tuple[str, str], DesiredRouting]:
         if not isinstance(items, list):
             raise ValueError(f"expected a list, got {type(items).__name__}")
         routings = [DesiredRouting.model_validate(item) for item in items]
+        render_route_configuration(routings)  # every stored routing must still render, or no write could
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, TypeError, RecursionError) as exc:  # pydantic's ValidationError is a ValueError
@@ -183,7 +184,10 @@ class EnvoyFileRouter:
         """
         key = (routing.namespace, routing.service)
         what = f"routing {routing.namespace}/{routing.service}"
-        render_route_configuration([routing])  # validate before touching anything
+        try:
+            render_route_configuration([routing])  # validate before touching anything
+        except ValueError as exc:
+            raise EnvoyRoutingError(f"{what}: not a valid routing ({exc}); nothing written") from None
         with self._lock:
             total = self._total(self.confirm_timeout, deadline, what)
             previous = self._routings.get(key)

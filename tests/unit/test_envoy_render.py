@@ -16,6 +16,7 @@ from controller.routing.envoy import (
     RANDOM_VALUE_HEADER,
     ROUTE_CONFIG_TYPE,
     EnvoyFileRouter,
+    EnvoyRoutingError,
     cluster_name,
     discovery_response,
     rds_config_source,
@@ -306,3 +307,35 @@ def test_read_back_of_hostile_dumps_never_crashes_nor_invents_routing() -> None:
             assert sum(w for _, w in served.weights) == 100
             assert set(served.versions) >= {v for v, _ in served.weights}
     assert outcomes["refused"] > 0 and outcomes["read"] > 0, outcomes
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not json",
+        b'{"a": 1}',
+        b"[" * 100_000,  # nesting deep enough to exhaust the parser
+        json.dumps([make((("v1", 50), ("v2", 40))).model_dump(mode="json")]).encode(),  # sums to 90
+        json.dumps([make().model_dump(mode="json")] * 2).encode(),  # the same service twice
+        b" " * (16 * 1024 * 1024 + 1),
+    ],
+    ids=["not-json", "object", "deep", "bad-weights", "duplicate", "oversized"],
+)
+def test_damaged_desired_file_is_refused_not_guessed(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "desired-routings.json").write_bytes(content)
+    with pytest.raises(EnvoyRoutingError, match="unreadable desired routings") as raised:
+        EnvoyFileRouter(tmp_path, "http://127.0.0.1:1")
+    assert "desired-routings.json" in str(raised.value) and len(str(raised.value)) < 600
+
+
+@pytest.mark.parametrize("content", ['{"version_info": "x"}', "[1]", '{"version_info": -4}', "\x00"])
+def test_damaged_routes_file_version_starts_afresh(tmp_path: Path, content: str) -> None:
+    (tmp_path / "routes.json").write_text(content)
+    assert EnvoyFileRouter(tmp_path, "http://127.0.0.1:1").version == 0
+
+
+def test_invalid_routing_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    router = EnvoyFileRouter(tmp_path, "http://127.0.0.1:1")
+    with pytest.raises(EnvoyRoutingError, match="not a valid routing"):
+        router.apply(make((("v1", 50), ("v2", 40))))
+    assert not (tmp_path / "routes.json").exists() and router.current("default", "demo") is None
