@@ -4,6 +4,10 @@ Prometheus is unreachable here on purpose: the rollout can enter its first step 
 needed) and must then hold on missing data. What is checked: exactly one replica acts, the
 other takes over when the leader stops, the rollout resumes without replaying its step, Events
 are recorded, and /healthz, /readyz, /metrics answer.
+
+Then a Prometheus that answers one byte per second (tests/fakes/prometheus.py): every tick still ends
+within its deadline, the missing-data policy applies (rollback for one rollout, hold for the other),
+no tick is abandoned, and /healthz stays 200 because the loop really is alive.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from pathlib import Path
 import yaml
 from kubernetes import client
 
+from controller.analysis.prometheus import PrometheusSource
 from controller.cluster_controller import ControllerOptions, run_controller
 from controller.local.ports import free_port
+from tests.fakes.prometheus import FakePrometheus, Reply, vector
 from tests.k8s.emulator import KubeHarness
 from tests.k8s.helpers import VS, create_deployment, stored
 
@@ -35,7 +41,10 @@ def wait_until(check: Callable[[], bool], timeout: float = 15.0) -> None:
     raise AssertionError("condition not reached in time")
 
 
-def start(kube: KubeHarness, tmp_path: Path, identity: str) -> tuple[threading.Event, threading.Thread, int]:
+def start(
+    kube: KubeHarness, tmp_path: Path, identity: str, prometheus: PrometheusSource | None = None,
+    tick_deadline: float = 20.0,
+) -> tuple[threading.Event, threading.Thread, int]:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         yaml.safe_dump(
@@ -59,6 +68,8 @@ def start(kube: KubeHarness, tmp_path: Path, identity: str) -> tuple[threading.E
         identity=identity,
         listen_port=port,
         listen_host="127.0.0.1",
+        prometheus_source=prometheus,
+        tick_deadline=tick_deadline,
     )
     stop = threading.Event()
     thread = threading.Thread(target=run_controller, args=(options, stop), daemon=True)
@@ -74,8 +85,8 @@ def holder(kube: KubeHarness) -> str | None:
     return lease.spec.holder_identity or None
 
 
-def rollout_state(kube: KubeHarness) -> dict[str, object] | None:
-    vs = stored(kube, VS, "default", "demo")
+def rollout_state(kube: KubeHarness, service: str = "demo") -> dict[str, object] | None:
+    vs = stored(kube, VS, "default", service)
     if vs is None:
         return None
     raw = vs["metadata"].get("annotations", {}).get("ramp.dev/state")
@@ -88,6 +99,8 @@ def get(port: int, path: str) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+    except OSError as exc:  # not listening yet (or any more)
+        return 0, str(exc)
 
 
 def test_two_replicas_one_acts_then_hand_over_resumes_without_replay(kube: KubeHarness, tmp_path: Path) -> None:
@@ -132,3 +145,46 @@ def test_two_replicas_one_acts_then_hand_over_resumes_without_replay(kube: KubeH
         stop_b.set()
         thread_a.join(20)
         thread_b.join(20)
+
+
+def test_a_prometheus_dripping_one_byte_a_second_never_wedges_the_controller(
+    kube: KubeHarness, tmp_path: Path
+) -> None:
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    fast = SPEC.replace("interval: 2s", "interval: 1s").replace("missing_data_timeout: 60s", "missing_data_timeout: 4s")
+    (specs / "demo.yaml").write_text(fast)
+    (specs / "steady.yaml").write_text(
+        fast.replace("service: demo", "service: steady").replace("on_missing_data: rollback", "on_missing_data: hold")
+    )
+    for service in ("demo", "steady"):
+        for version in ("v1", "v2"):
+            create_deployment(kube, "default", service, version, 1)
+    with FakePrometheus() as prom:
+        prom.answer("", Reply(body=vector(), bytes_per_second=1))  # ~60 s per answer, one byte at a time
+        source = PrometheusSource(prom.url, timeout_seconds=1.0)
+        stop, thread, port = start(kube, tmp_path, "replica-a", prometheus=source, tick_deadline=3.0)
+        try:
+            wait_until(lambda: get(port, "/healthz")[0] != 0)
+            health: list[int] = []
+
+            def rolled_back() -> bool:
+                health.append(get(port, "/healthz")[0])
+                return (rollout_state(kube) or {}).get("phase") == "RolledBack"
+
+            wait_until(rolled_back, timeout=40)
+            demo = rollout_state(kube)
+            assert demo is not None and str(demo["reason"]).startswith("no data for ")
+            assert "Prometheus" in str(demo["reason"])  # the reason names the unreachable source
+            steady = rollout_state(kube, "steady")  # the other rollout ticked too: it holds on missing data
+            assert steady is not None and steady["phase"] == "HeaderTest" and "no data" in str(steady["reason"])
+            assert set(health) == {200}  # the loop is alive: /healthz said so, truthfully, all along
+            metrics = get(port, "/metrics")[1]
+            assert "ramp_ticks_abandoned_total 0.0" in metrics  # every tick ended within its deadline
+            assert 'ramp_backend_errors_total{backend="prometheus"}' in metrics
+            assert 'ramp_backend_errors_total{backend="prometheus"} 0.0' not in metrics
+            assert get(port, "/readyz")[0] == 200
+        finally:
+            stop.set()
+            thread.join(30)
+    assert not thread.is_alive()

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
+from controller.analysis.metrics import MetricsSnapshot
+from controller.analysis.prometheus import MetricsRequest, PrometheusSource
 from controller.controller_loop import ControllerLoop, Outcome
 from controller.controller_metrics import ControllerMetrics
 from controller.deadline import Deadline
-from controller.engine.runner import ManagedRollout, TickEvent
+from controller.engine.runner import ManagedRollout, RolloutRunner, TickEvent
 from controller.engine.scheduler import TickScheduler
+from controller.http_endpoints import EndpointServer
 from controller.spec_directory import SpecDirectory
-from tests.unit.engine_fixtures import NO_APPROVAL_YAML
+from controller.state.file_store import FileStateStore
+from tests.fakes.prometheus import FakePrometheus, Reply, vector
+from tests.unit.engine_fixtures import NO_APPROVAL_YAML, RecordingRouter, spec
 
 TICK_DEADLINE = 0.3  # real seconds the loop waits for a hung tick
 
@@ -247,3 +254,73 @@ def test_the_scheduler_drives_the_loop_and_never_runs_two_ticks_at_once(runner: 
     assert sample(metrics, "ramp_ticks_abandoned_total") == 1
     assert "ramp_ticks_skipped_total" in generate_latest(metrics.registry).decode()
     assert not [e for e in logs if e.get("log_level") == "error" and e["event"] == "tick failed"]
+
+
+class DropsTheDeadline:
+    """Our own wrapper over the real PrometheusSource that loses the tick's deadline on the way, as a client
+    with per-read timeouts did: each query may then take the source's own timeout, longer than the tick."""
+
+    def __init__(self, source: PrometheusSource) -> None:
+        self.source = source
+
+    def fetch(
+        self, requests: Sequence[MetricsRequest], deadline: Deadline | None = None
+    ) -> dict[MetricsRequest, MetricsSnapshot]:
+        return self.source.fetch(requests)
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_a_tick_stuck_on_a_dripping_prometheus_turns_healthz_503_then_200_when_ticks_complete_again(
+    tmp_path: Path,
+) -> None:
+    """Real loop, runner, Prometheus client and HTTP endpoints; only the deadline is lost on the way."""
+    with FakePrometheus() as prom:
+        prom.answer("", Reply(body=vector(), bytes_per_second=1))  # one byte a second
+        source = PrometheusSource(prom.url, timeout_seconds=3.0)
+        metrics = ControllerMetrics()
+        runner = RolloutRunner(RecordingRouter(), DropsTheDeadline(source), FileStateStore(tmp_path),
+                               observers=[metrics])
+        runner.set_rollouts([ManagedRollout.from_spec(spec(NO_APPROVAL_YAML))])
+        loop = ControllerLoop(runner, metrics=metrics, tick_deadline=0.5, interval=0.1)  # liveness limit 1.5 s
+        server = EndpointServer(metrics.registry, loop.health, loop.readiness, host="127.0.0.1", port=0).start()
+        scheduler = TickScheduler(loop)
+        try:
+            scheduler.start()  # the first tick that queries Prometheus is abandoned after 0.5 s (it drips for 3 s)
+            seen: list[tuple[int, str]] = []
+
+            def healthz_is(status: int) -> bool:
+                seen.append(http_get(server.port, "/healthz"))
+                return seen[-1][0] == status
+
+            assert wait_until(lambda: healthz_is(503), timeout=10), seen[-3:]
+            body = seen[-1][1]
+            assert body.startswith("wedged: ") and "abandoned, still running" in body and "while ticking" in body
+            assert http_get(server.port, "/readyz")[0] == 503
+            text = http_get(server.port, "/metrics")[1]
+            assert "ramp_ticks_abandoned_total 1.0" in text
+            assert 'ramp_ticks_skipped_total{reason="previous_tick_running"} 0.0' not in text
+            prom.answer("", vector())  # Prometheus answers at once again: the stuck tick ends, ticks complete
+            assert wait_until(lambda: healthz_is(200), timeout=15), seen[-3:]
+            assert wait_until(lambda: loop.last_outcome is Outcome.COMPLETED and not loop._running_abandoned())
+            assert http_get(server.port, "/readyz")[0] == 200
+            assert loop.abandoned == 1  # the stuck tick was the only one; no two ticks ever ran at once
+        finally:
+            scheduler.stop()
+            loop.wait_idle(5)
+            server.stop()
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # bounded
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
