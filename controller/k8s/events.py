@@ -22,6 +22,7 @@ from typing import Any, Literal
 import structlog
 from kubernetes.client import ApiClient
 
+from controller.deadline import Deadline
 from controller.engine.phases import Phase, PhaseChange
 from controller.engine.runner import TickEvent
 from controller.k8s.client import REQUEST_TIMEOUT_ATTR, Forbidden, KubeApi, KubeStats, NotLeader
@@ -60,7 +61,7 @@ def _timestamp(epoch: float) -> str:
 
 class EventRecorder:
     """Creates Events. Given a KubeApi, uses its write guard and deadlines; given an ApiClient, its own
-    KubeApi (request timeout from the client, default 5s) guarded by `write_guard` when one is given."""
+    KubeApi (request timeout from the client, default 5s). `write_guard`/`write_deadline` override either."""
 
     def __init__(
         self,
@@ -69,14 +70,19 @@ class EventRecorder:
         clock: Callable[[], float] = time.time,
         instance: str | None = None,
         write_guard: Callable[[], bool] | None = None,
+        write_deadline: Callable[[], Deadline] | None = None,
     ) -> None:
         if isinstance(api_client, KubeApi):
             self.api = api_client
-            if write_guard is not None:
-                self.api.write_guard = write_guard
         else:
             timeout = float(getattr(api_client, REQUEST_TIMEOUT_ATTR, DEFAULT_TIMEOUT))
-            self.api = KubeApi(api_client, stats=KubeStats(), request_timeout=timeout, write_guard=write_guard)
+            self.api = KubeApi(api_client, stats=KubeStats(), request_timeout=timeout)
+        if write_guard is not None or write_deadline is not None:  # this recorder's own view of leadership
+            self.api = KubeApi(
+                self.api.api_client, stats=self.api.stats, request_timeout=self.api.request_timeout,
+                retry=self.api.retry, write_guard=write_guard or self.api.write_guard,
+                write_deadline=write_deadline or self.api.write_deadline,
+            )  # fmt: skip
         self.component = component
         self.instance = instance
         self._clock = clock

@@ -42,6 +42,7 @@ log = structlog.get_logger("ramp.leader")
 
 Callback = Callable[[], None]
 LEASES = "leases.coordination.k8s.io"
+MAX_LEASE_SECONDS = 3600  # a holder's declared leaseDurationSeconds beyond this is treated as this
 _Record = tuple[str | None, str, Any, int | None]  # resourceVersion, holder, renewTime, leaseDurationSeconds
 
 
@@ -187,7 +188,7 @@ class LeaderElector:
         if record != self._observed:
             self._observed, self._observed_at = record, now
         if holder and holder != self.config.identity:
-            duration = record[3] or self.config.lease_seconds
+            duration = self._declared_duration(record[3])
             if now < self._observed_at + duration:
                 return False  # held by a live leader as far as we can tell
             log.info("lease expired", lease=self._where, previous_holder=holder, unchanged_for=now - self._observed_at)
@@ -202,6 +203,13 @@ class LeaderElector:
             update["acquire_time"] = stamp
         self._replace(lease, update)
         return True
+
+    def _declared_duration(self, declared: object) -> float:
+        """The holder's leaseDurationSeconds, as client-go honours it; a missing or non-positive value means
+        our own, and an absurd one (a buggy or hostile writer) is capped so it cannot wedge election forever."""
+        if not isinstance(declared, int) or isinstance(declared, bool) or declared < 1:
+            return float(self.config.lease_seconds)
+        return float(min(declared, MAX_LEASE_SECONDS))
 
     def _request(self, verb: str, fn: Callable[..., Any], *args: Any) -> Any:
         """One Lease request within a total deadline of self._timeout; failures as KubeError."""

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes.client import CoordinationV1Api
 from structlog.testing import capture_logs
 
 from controller.engine.runner import ManagedRollout, RolloutRunner
 from controller.engine.scheduler import TickScheduler
-from controller.k8s.leader import LeaderElectionForbidden, LeaderElector, LeaseConfig
+from controller.k8s.leader import MAX_LEASE_SECONDS, LeaderElectionForbidden, LeaderElector, LeaseConfig
 from controller.state.file_store import FileStateStore
 from tests.k8s.emulator import KubeHarness
 from tests.unit.engine_fixtures import FakeClock, FixedMetrics, RecordingRouter, spec
@@ -186,6 +187,34 @@ def test_the_write_deadline_is_the_leadership_term(kube: KubeHarness) -> None:
     assert a.elector.try_acquire_or_renew() is True  # a new term
     assert a.elector.write_deadline().remaining() == 10.0 and term.expired
     assert a.elector.release() is True and a.elector.write_deadline().expired
+
+
+def test_an_absurd_lease_duration_cannot_wedge_election(kube: KubeHarness) -> None:
+    """A Lease left by a buggy or hostile writer declaring 10^9 s: honoured only up to MAX_LEASE_SECONDS."""
+    body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "ramp-controller"},
+            "spec": {"holderIdentity": "ghost", "leaseDurationSeconds": 10**9}}  # fmt: skip
+    CoordinationV1Api(kube.api_client()).create_namespaced_lease(NS, body, _preload_content=False)
+    clocks = Clocks()
+    b = Replica(kube, "b", clocks)
+    seen = clocks.mono()
+    assert b.elector.try_acquire_or_renew() is False
+    clocks.advance(MAX_LEASE_SECONDS - 0.5)
+    assert b.elector.try_acquire_or_renew() is False  # still within what we honour
+    clocks.advance(0.5)
+    assert b.elector.try_acquire_or_renew() is True and clocks.mono() == seen + MAX_LEASE_SECONDS
+    assert lease(kube)["spec"]["leaseDurationSeconds"] == 15
+
+
+def test_a_malformed_lease_is_a_failed_attempt_not_a_crash(kube: KubeHarness) -> None:
+    clocks = Clocks()
+    a = Replica(kube, "a", clocks)
+    assert a.elector.try_acquire_or_renew() is True
+    kube.emulator["get"] << {"kind": "Lease", "metadata": "not an object", "spec": 7}
+    for _ in range(5):
+        clocks.advance(2.0)
+        assert a.elector.try_acquire_or_renew() is False
+    assert a.elector.failures == 5 and not a.elector.is_leader()  # the renew deadline passed: it stopped acting
+    assert a.transitions == [("started", 100.0), ("stopped", 110.0)]
 
 
 def test_transient_errors_keep_leadership_until_the_renew_deadline(kube: KubeHarness) -> None:
