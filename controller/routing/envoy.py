@@ -235,6 +235,11 @@ class EnvoyFileRouter:
                 self._confirmed.pop(key, None)
             return served
 
+    def invalidate(self, namespace: str, service: str) -> None:
+        """Forget the confirmation: the next apply reads back what Envoy serves and rewrites unless it matches."""
+        with self._lock:
+            self._confirmed.pop((namespace, service), None)
+
     def envoy_route_version(self, timeout: float = 2.0) -> str | None:
         """The version_info Envoy currently reports for our route configuration (None if none)."""
         return self._config_dump_version(Deadline(timeout))

@@ -91,6 +91,19 @@ def test_local_http_get_is_bounded_in_total(admin: FakeEnvoyAdmin) -> None:
     assert isinstance(error, OSError) and elapsed < DEADLINE + SLACK, (error, elapsed)
 
 
+def test_invalidate_makes_the_next_apply_check_envoy_again(admin: FakeEnvoyAdmin, tmp_path: Path) -> None:
+    router = router_for(admin, tmp_path)
+    assert router.apply(routing(90, 10), Deadline(5)) is True
+    before = len(admin.requests)
+    assert router.apply(routing(90, 10), Deadline(5)) is False
+    assert len(admin.requests) == before  # confirmed: no admin call at all
+    router.invalidate(NAMESPACE, SERVICE)
+    assert router.confirmed(NAMESPACE, SERVICE) is None
+    assert router.apply(routing(90, 10), Deadline(5)) is False  # read back: Envoy serves it, nothing written
+    assert [r.split("?")[0] for r in admin.requests[before:]] == ["/config_dump"]
+    assert router.confirmed(NAMESPACE, SERVICE) == routing(90, 10)
+
+
 def test_never_confirming_envoy_raises_within_the_deadline(admin: FakeEnvoyAdmin, tmp_path: Path) -> None:
     admin.mode = "stale"  # a wedged Envoy: reports version 0 forever
     router = router_for(admin, tmp_path)
