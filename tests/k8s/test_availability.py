@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from controller.deadline import Deadline
 from controller.engine.runner import ManagedRollout
 from controller.k8s.availability import DeploymentAvailability
-from controller.k8s.client import Forbidden
+from controller.k8s.client import Forbidden, KubeApi, KubeError, RetryPolicy
 from controller.spec_loader import parse_spec_text
+from tests.fakes.kube_proxy import running_proxy
 from tests.k8s.emulator import KubeHarness
 from tests.k8s.helpers import create_deployment, create_pod, fail_next, kube_api
 
@@ -85,3 +89,35 @@ def test_pods_by_version_counts_ready_and_total_from_one_list(kube: KubeHarness)
     assert availability.pods_by_version("shop", "reviews") == {"v1": (2, 2), "v2": (1, 2)}
     pod_lists = [r for r in kube.requests("get") if r.url.path.endswith("/pods")]
     assert len(pod_lists) == 1 and pod_lists[0].url.query["labelSelector"] == "app=reviews"
+
+
+def test_a_dribbled_list_ends_at_the_callers_deadline_and_counts_as_unknown(kube: KubeHarness) -> None:
+    create_deployment(kube, "shop", "reviews", "v1", available=1)
+    with running_proxy(kube.url) as proxy:
+        proxy.faults.dribble_interval = 0.05
+        api = KubeApi(proxy.api_client(1.0), retry=RetryPolicy(attempts=10, sleep=time.sleep))
+        started = time.monotonic()
+        with pytest.raises(KubeError):
+            DeploymentAvailability(api).unavailable_versions([rollout("reviews", "shop")], deadline=Deadline(2.0))
+        assert time.monotonic() - started < 2.0 + 1.5  # generous slack; the dribbled answer would take far longer
+
+
+def test_a_reset_list_is_retried_and_read_whole(kube: KubeHarness) -> None:
+    create_deployment(kube, "shop", "reviews", "v1", available=1)
+    with running_proxy(kube.url) as proxy:
+        proxy.faults.reset_replies = 1
+        api = KubeApi(proxy.api_client(), retry=RetryPolicy(sleep=lambda _s: None))
+        assert DeploymentAvailability(api).unavailable_versions([rollout("reviews", "shop")]) == {
+            "reviews": frozenset({"v2"})
+        }
+        assert api.stats.errors_by_kind == {"Transient": 1} and api.stats.retries == 1
+
+
+@pytest.mark.parametrize(
+    "answer", [{"kind": "DeploymentList", "items": "garbage"}, {"kind": "Status"}, ["not", "an", "object"]]
+)
+def test_an_answer_that_is_not_a_list_is_an_error_not_no_deployments(kube: KubeHarness, answer: object) -> None:
+    create_deployment(kube, "shop", "reviews", "v1", available=1)
+    kube.emulator["get"] << answer
+    with pytest.raises(KubeError, match="LIST response"):
+        DeploymentAvailability(kube_api(kube)).unavailable_versions([rollout("reviews", "shop")])
