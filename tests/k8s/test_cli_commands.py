@@ -7,13 +7,19 @@ background thread) records in the state annotation.
 
 from __future__ import annotations
 
+import argparse
+import re
 from pathlib import Path
 
 import pytest
 
 from controller.analysis.metrics import VersionMetrics
 from controller.cli import main
+from controller.cli_set_weights import ClusterTarget
+from controller.engine.commands import CommandRequest
+from controller.engine.phases import Command
 from controller.observability import configure_logging
+from controller.routing.istio import IstioBackend
 from tests.k8s.cli_controller import (
     NS,
     SERVICE,
@@ -27,8 +33,8 @@ from tests.k8s.cli_controller import (
     ticking,
     write_kubeconfig,
 )
-from tests.k8s.emulator import KubeHarness
-from tests.k8s.helpers import VS, create_deployment, stored
+from tests.k8s.emulator import KubeHarness, ProxyAnswer
+from tests.k8s.helpers import VS, create_deployment, create_pod, kube_api, stored
 from tests.unit.engine_fixtures import NO_APPROVAL_YAML, FakeClock, FixedMetrics
 
 
@@ -65,6 +71,9 @@ def test_abort_after_promoted_reverts_to_the_baseline_and_is_recorded(
         runner.tick()
         clock.advance(5)
     assert served_weights(kube) == {"v1": 100}
+    assert ramp(kubeconfig, "status", SERVICE) == 0
+    out = capsys.readouterr().out
+    assert "rollout shop: RolledBack" in out and f"last command: abort ({state['last_command']['id']}) applied" in out
 
 
 def test_set_weights_after_promoted_is_an_override_kept_on_later_ticks_and_changes_only_the_versions_named(
@@ -170,3 +179,37 @@ def test_unmanaged_set_weights_edits_only_the_versions_named_and_refuses_bad_nam
     assert stored(kube, VS, NS, SERVICE) == before  # nothing written
     assert ramp(kubeconfig, "set-weights", SERVICE, "v1=0", "v3=0") == 1
     assert "all weights would be 0" in capsys.readouterr().err
+
+
+def test_a_command_written_between_the_check_and_the_write_is_never_replaced(
+    kube: KubeHarness, kubeconfig: str
+) -> None:
+    clock = FakeClock()
+    runner = make_controller(kube, clock, NO_APPROVAL_YAML, FixedMetrics(healthy("v1", "v2")))
+    runner.tick()
+    args = argparse.Namespace(namespace=NS, service=SERVICE, kubeconfig=kubeconfig, context=None, host=None)
+    target = ClusterTarget(args)
+    mine = CommandRequest(id="2-mine", command=Command.PROMOTE)
+    assert target.prepare(mine) is None  # nothing pending yet
+    other = CommandRequest(id="1-other", command=Command.ABORT, by="someone")
+    IstioBackend(kube_api(kube)).request_command(NS, SERVICE, other)  # lands before our write
+    refusal = target.submit(mine)
+    assert refusal is not None and refusal.startswith("another command is pending: abort (id 1-other)")
+    assert annotations(kube)["ramp.dev/command"] == other.encode()
+
+
+def test_ping_fails_a_version_whose_pods_answer_errors_or_too_slowly(
+    kube: KubeHarness, kubeconfig: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for version in ("v1", "v2", "v3"):
+        create_pod(kube, NS, f"shop-{version}-0", {"app": SERVICE, "version": version}, True, "Running")
+    kube.emulator.pod_proxy[f"{NS}/shop-v2-0"] = ProxyAnswer(500, b"boom")
+    kube.emulator.pod_proxy[f"{NS}/shop-v3-0"] = ProxyAnswer(delay=3.0)
+    assert ramp(kubeconfig, "ping", SERVICE, "--count", "1", "--timeout", "0.5", "--port", "8080") == 1
+    line = capsys.readouterr().out.strip()
+    assert re.search(r"shop: v1: 1/1 ready, HTTP 200 in \d+ ms; v2: 1/1 ready, HTTP 500 in \d+ ms FAILED; "
+                     r"v3: 1/1 ready, FAILED \(", line), line  # fmt: skip
+    proxied = sorted(str(r.url.path) for r in kube.requests("get") if "/proxy/" in str(r.url.path))
+    assert proxied == [f"/api/v1/namespaces/{NS}/pods/shop-{v}-0:8080/proxy/health" for v in ("v1", "v2", "v3")]
+    del kube.emulator.pod_proxy[f"{NS}/shop-v2-0"], kube.emulator.pod_proxy[f"{NS}/shop-v3-0"]
+    assert ramp(kubeconfig, "ping", SERVICE, "--count", "1") == 0
