@@ -109,7 +109,7 @@ def test_ramp_run_keeps_ticking_against_a_dripping_prometheus(tmp_path: Path) ->
             info = read_local_info(state)
             assert info is not None and info.envoy_admin == stack.envoy_admin_url
 
-            second = subprocess.run(argv[:-1] + [f"127.0.0.1:{free_port()}"], cwd=REPO, capture_output=True,
+            second = subprocess.run([*argv[:-1], f"127.0.0.1:{free_port()}"], cwd=REPO, capture_output=True,
                                     text=True, timeout=60)
             assert second.returncode == 1 and "in use by another ramp controller" in second.stderr
         finally:
