@@ -28,9 +28,11 @@ from controller.cli_common import (
     EXIT_QUEUED,
     EXIT_REFUSED,
     EXIT_USAGE,
+    finite,
     kube_flags,
     new_request_id,
     parse_weights,
+    printable,
     requester,
 )
 from controller.deadline import Deadline
@@ -41,6 +43,10 @@ if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 DEFAULT_WAIT_SECONDS = 30.0
+LOST = (
+    "the command is no longer pending but its outcome is not recorded (removed by hand, or a later command's "
+    "outcome replaced it: see `ramp status`)"
+)
 LOCAL_POLL_SECONDS = 0.2
 CLUSTER_POLL_SECONDS = 0.5
 
@@ -100,8 +106,8 @@ class CommandTarget(Protocol):
         without the controller (0: set-weights on an unmanaged service)."""
         ...
 
-    def submit(self, request: CommandRequest) -> str | None:
-        """Write the request; the refusal (another command pending) or None."""
+    def submit(self, request: CommandRequest) -> tuple[int, str] | None:
+        """Write the request; (exit code, message) when refused (another command pending) or not written."""
         ...
 
     def poll(self, request_id: str) -> Poll: ...
@@ -110,8 +116,8 @@ class CommandTarget(Protocol):
 def _command(args: argparse.Namespace) -> int:
     command: Command = args.command_value
     name = f"ramp {command.value}"
-    if args.wait < 0 or args.wait != args.wait:
-        print(f"{name}: --wait must be >= 0 seconds", file=sys.stderr)
+    if not finite(args.wait) or args.wait < 0:
+        print(f"{name}: --wait must be a number of seconds >= 0", file=sys.stderr)
         return EXIT_USAGE
     weights = None
     if command == Command.SET_WEIGHTS:
@@ -127,17 +133,15 @@ def _command(args: argparse.Namespace) -> int:
     target = _target(args)
     ended = target.prepare(request)
     if ended is None:
-        pending = target.submit(request)
-        if pending is not None:
-            ended = (EXIT_REFUSED, f"refused: {pending}")
+        ended = target.submit(request)
     if ended is not None:
         code, message = ended
         if code == EXIT_OK:
-            print(message)
+            print(printable(message, 2000))
         else:
-            print(f"{name} {args.service}: {message}", file=sys.stderr)
+            print(f"{name} {printable(args.service, 100)}: {printable(message, 2000)}", file=sys.stderr)
         return code
-    what = f"{command.value} (id {request.id}) for {args.service}"
+    what = f"{command.value} (id {request.id}) for {printable(args.service, 100)}"
     if args.no_wait:
         print(f"{what} queued; the controller applies or refuses it on its next tick")
         return EXIT_OK
@@ -151,16 +155,16 @@ def _wait(target: CommandTarget, request: CommandRequest, what: str, seconds: fl
         poll = target.poll(request.id)
         if poll.outcome is not None:
             if poll.outcome.applied:
-                print(poll.outcome.reason)
+                print(printable(poll.outcome.reason, 2000))
                 return EXIT_OK
-            print(f"ramp {request.command.value}: refused: {poll.outcome.reason}", file=sys.stderr)
+            print(f"ramp {request.command.value}: refused: {printable(poll.outcome.reason, 2000)}", file=sys.stderr)
             return EXIT_REFUSED
         if poll.lost is not None:
-            print(f"ramp {request.command.value}: {what}: {poll.lost}", file=sys.stderr)
+            print(f"ramp {request.command.value}: {what}: {printable(poll.lost)}", file=sys.stderr)
             return EXIT_REFUSED
         problem = poll.problem or problem
         if deadline.expired:
-            note = f" (last read failed: {problem})" if problem else ""
+            note = f" (last read failed: {printable(problem, 300)})" if problem else ""
             print(
                 f"{what} is still queued: the controller has not ticked within {seconds:g}s (is it running?){note}; "
                 "it is applied or refused on its next tick (`ramp status` shows it)",
@@ -215,13 +219,15 @@ class LocalTarget:
             return EXIT_REFUSED, f"no rollout {self.rollout!r} in {self.state_dir}"
         return active_refusal(state, request)
 
-    def submit(self, request: CommandRequest) -> str | None:
+    def submit(self, request: CommandRequest) -> tuple[int, str] | None:
         from controller.state.file_store import CommandPending
 
         try:
             self.store.request(self.rollout, request)
         except CommandPending as exc:
-            return f"another command is pending: {exc}"
+            return EXIT_REFUSED, f"refused: another command is pending: {exc}"
+        except OSError as exc:
+            return EXIT_REFUSED, f"cannot write the command into {self.state_dir}: {exc.strerror or exc}"
         return None
 
     def poll(self, request_id: str) -> Poll:
@@ -243,7 +249,7 @@ class LocalTarget:
                 return Poll(outcome=_outcome(state, request_id))
         except (StateStoreError, OSError) as exc:
             return Poll(problem=str(exc))
-        return Poll(lost="the command was removed without a recorded outcome")
+        return Poll(lost=LOST)
 
 
 def _outcome(state: RolloutState | None, request_id: str) -> CommandOutcome | None:

@@ -68,6 +68,20 @@ def parse_weights(items: list[str]) -> dict[str, int]:
     return weights
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: object, limit: int = 500) -> str:
+    """Text from outside (state, annotations, answers) made safe for a terminal: control characters (escape
+    sequences, bidi overrides) shown as `?`, at most `limit` characters."""
+    shown = _CONTROL.sub("?", str(text))
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def finite(value: float) -> bool:
+    return value == value and value not in (float("inf"), float("-inf"))
+
+
 def new_request_id() -> str:
     """A fresh command id: time-ordered, unique enough to recognise this command's outcome."""
     return f"{int(time.time())}-{secrets.token_hex(4)}"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from controller.cli_common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, kube_flags
+from controller.cli_common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, finite, kube_flags, printable
 from controller.deadline import Deadline, DeadlineExceeded
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class Probe:
 
     def describe(self) -> str:
         if self.status is None:
-            return f"FAILED ({self.error[:120]})"
+            return f"FAILED ({printable(self.error, 120)})"
         return f"HTTP {self.status} in {self.seconds * 1000:.0f} ms" + ("" if self.ok else " FAILED")
 
 
@@ -74,16 +74,19 @@ class VersionHealth:
         return self.ready > 0 and bool(self.probes) and all(p.ok for p in self.probes)
 
     def describe(self, version: str) -> str:
-        text = f"{version}: {self.ready}/{self.total} ready"
+        text = f"{printable(version, 63)}: {self.ready}/{self.total} ready"
         if self.probes:
             text += ", " + ", ".join(p.describe() for p in self.probes)
         return text + ("" if self.ready else " DOWN")
 
 
 def _ping(args: argparse.Namespace) -> int:
-    if args.count < 0 or not args.timeout > 0 or not args.interval >= 0 or not args.path.startswith("/"):
-        print("ramp ping: --count >= 0, --timeout > 0, --interval >= 0 and a --path starting with / please",
-              file=sys.stderr)  # fmt: skip
+    bad_port = args.port is not None and not 0 < args.port < 65536
+    numbers_ok = finite(args.timeout) and finite(args.interval) and args.timeout > 0 and args.interval >= 0
+    path_ok = args.path.startswith("/") and args.path.isascii() and args.path.isprintable() and " " not in args.path
+    if args.count < 0 or not numbers_ok or not path_ok or bad_port:
+        print("ramp ping: needs --count >= 0, --timeout > 0, --interval >= 0 (finite), --port 1-65535 and a --path "
+              "of printable ASCII starting with /", file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
     if args.state_dir is not None:
         from controller.cli_local import LocalControllerView

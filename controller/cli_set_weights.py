@@ -14,7 +14,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from controller.cli_commands import Poll, active_refusal
+from controller.cli_commands import LOST, Poll, active_refusal
 from controller.cli_common import EXIT_OK, EXIT_REFUSED, kube_api
 from controller.cli_status import RELATIVE_WEIGHTS_ANNOTATION, parse_recorded, relative_weights
 from controller.engine.commands import CommandError, CommandRequest
@@ -72,13 +72,13 @@ class ClusterTarget:
             )
         return None
 
-    def submit(self, request: CommandRequest) -> str | None:
+    def submit(self, request: CommandRequest) -> tuple[int, str] | None:
         from controller.state.file_store import CommandPending
 
         try:
             self.backend.request_command(self.namespace, self.service, request)
         except CommandPending as exc:
-            return f"another command is pending: {exc}"
+            return EXIT_REFUSED, f"refused: another command is pending: {exc}"
         return None
 
     def poll(self, request_id: str) -> Poll:
@@ -86,7 +86,7 @@ class ClusterTarget:
 
         try:
             routing = self.backend.read_routing(self.namespace, self.service)
-        except KubeError as exc:
+        except (KubeError, ValueError) as exc:  # unreachable, or a malformed object: read again until the wait ends
             return Poll(problem=str(exc))
         last = routing.state.last_command if routing.state is not None else None
         if last is not None and last.id == request_id:
@@ -96,16 +96,15 @@ class ClusterTarget:
         if not routing.found:
             return Poll(lost="the VirtualService was deleted before the controller applied the command")
         # The controller writes the outcome and removes the command in the same update.
-        return Poll(lost="the command was removed without a recorded outcome" + (
-            f" ({routing.state_error})" if routing.state_error else ""))  # fmt: skip
+        return Poll(lost=LOST + (f" ({routing.state_error})" if routing.state_error else ""))
 
     def _set_directly(self, request: CommandRequest, routing: ClusterRouting) -> tuple[int, str]:
         from controller.k8s.availability import DeploymentAvailability
         from controller.routing.model import DesiredRouting
 
         given = dict(request.weights or {})
-        current = relative_weights(dict(routing.weights), parse_recorded(routing.annotations.get(
-            RELATIVE_WEIGHTS_ANNOTATION)))  # fmt: skip
+        live = {v: w for v, w in routing.weights if isinstance(w, int) and w >= 0}  # nothing negative from outside
+        current = relative_weights(live, parse_recorded(routing.annotations.get(RELATIVE_WEIGHTS_ANNOTATION)))
         merged = {**current, **given}
         if sum(merged.values()) <= 0:
             return EXIT_REFUSED, "refused: all weights would be 0: at least one version must carry traffic"

@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from controller.cli_common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, kube_api, kube_flags
+from controller.cli_common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, kube_api, kube_flags, printable
+from controller.deadline import Deadline
 from controller.engine.phases import RolloutState
 from controller.routing.model import HeaderRoute
 from controller.weights import display_percentages, integer_percentages
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 RELATIVE_WEIGHTS_ANNOTATION = "ramp.dev/relative-weights"
+LOCAL_STATUS_SECONDS = 6.0
 
 
 def register(subparsers: Subparsers) -> None:
@@ -95,8 +97,8 @@ def status_rows(
 def render_table(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'VERSION':<10} {'WEIGHT':>6} {'PERCENTAGE':>10}  {'STATUS':<28} PODS"]
     for row in rows:
-        lines.append(f"{row['version']:<10} {row['weight']:>6} {row['percentage']:>9.1f}%  {row['status']:<28} "
-                     f"{row['pods']}")  # fmt: skip
+        lines.append(f"{printable(row['version'], 63):<10} {row['weight']:>6} {row['percentage']:>9.1f}%  "
+                     f"{printable(row['status'], 200):<28} {row['pods']}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -116,7 +118,7 @@ def command_line(state: RolloutState) -> str | None:
         return None
     at = time.strftime("%H:%M:%S", time.localtime(last.at))
     verdict = "applied" if last.applied else "REFUSED"
-    return f"last command: {last.command} ({last.id or 'no id'}) {verdict} at {at}: {last.reason}"
+    return f"last command: {last.command} ({last.id or 'no id'}) {verdict} at {at}: {printable(last.reason)}"
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -147,17 +149,18 @@ def _status(args: argparse.Namespace) -> int:
         return EXIT_REFUSED if routing.state_error else EXIT_OK
     print(render_table(rows))
     if state is not None:
-        print(f"\nrollout {state.rollout}: {state.phase.value}, step {state.step + 1}: {state.reason}")
+        print(f"\nrollout {printable(state.rollout, 100)}: {state.phase.value}, step {state.step + 1}: "
+              f"{printable(state.reason)}")  # fmt: skip
         for line in e_value_lines(state, "as of the last state write "):
             print(line)
-        extra: list[str | None] = [command_line(state), state.drift and f"drift: {state.drift}"]
+        extra: list[str | None] = [command_line(state), state.drift and f"drift: {printable(state.drift)}"]
         for note in extra:
             if note:
                 print(note)
     if routing.command:
-        print(f"pending command: {routing.command[:200]}")
+        print(f"pending command: {printable(routing.command, 300)}")
     if routing.state_error:
-        print(f"\nrollout state unreadable: {routing.state_error}", file=sys.stderr)
+        print(f"\nrollout state unreadable: {printable(routing.state_error)}", file=sys.stderr)
         return EXIT_REFUSED
     return EXIT_OK
 
@@ -175,7 +178,8 @@ def _local_status(args: argparse.Namespace) -> int:
             print(f"no rollout {args.service!r} in {args.state_dir}", file=sys.stderr)
             return EXIT_REFUSED
     view = LocalControllerView.load(args.state_dir)
-    docs = [_local_doc(view, state) for state in states]
+    envoy_reads = Deadline(LOCAL_STATUS_SECONDS)  # every Envoy read of this command together, however many rollouts
+    docs = [_local_doc(view, state, envoy_reads) for state in states]
     if args.output == "json":
         print(json.dumps({"rollouts": docs, "damaged": problems, "routing_problem": view.problem}, indent=2))
     else:
@@ -186,11 +190,12 @@ def _local_status(args: argparse.Namespace) -> int:
         if view.problem and states:
             print(f"\nnote: {view.problem}")
     for name, problem in problems.items():
-        print(f"rollout {name}: state DAMAGED (the controller fails safe to the baseline): {problem}", file=sys.stderr)
+        print(f"rollout {printable(name, 100)}: state DAMAGED (the controller fails safe to the baseline): "
+              f"{printable(problem)}", file=sys.stderr)  # fmt: skip
     return EXIT_REFUSED if args.service and problems else EXIT_OK
 
 
-def _local_doc(view: LocalControllerView, state: RolloutState) -> dict[str, Any]:
+def _local_doc(view: LocalControllerView, state: RolloutState, deadline: Deadline) -> dict[str, Any]:
     """One rollout: its state, and what Envoy serves for it (or why that is unknown)."""
     from controller.local.availability import EnvoyAvailabilityError
     from controller.routing.envoy import EnvoyRoutingError
@@ -207,11 +212,11 @@ def _local_doc(view: LocalControllerView, state: RolloutState) -> dict[str, Any]
 
     pods: dict[str, tuple[int, int]] = {}
     try:
-        pods = pods_from_endpoints(view.endpoints(state.rollout))
+        pods = pods_from_endpoints(view.endpoints(state.rollout, deadline))
     except EnvoyAvailabilityError as exc:
         doc["pods_error"] = str(exc)
     try:
-        served = view.router_routing(state.rollout)
+        served = view.router_routing(state.rollout, deadline)
     except EnvoyRoutingError as exc:
         doc["routing_error"] = str(exc)
         return doc
@@ -224,22 +229,24 @@ def _local_doc(view: LocalControllerView, state: RolloutState) -> dict[str, Any]
 
 def _print_local(state: RolloutState, doc: dict[str, Any]) -> None:
     where = f" ({doc['namespace']}/{doc['service']})" if doc.get("service") else ""
-    print(f"rollout {state.rollout}{where}: {state.phase.value}, step {state.step + 1}: {state.reason}")
+    print(f"rollout {printable(state.rollout, 100)}{where}: {state.phase.value}, step {state.step + 1}: "
+          f"{printable(state.reason)}")  # fmt: skip
     if "versions" in doc:
         print(render_table(doc["versions"]))
     for key in ("routing_error", "pods_error"):
         if doc.get(key):
-            print(f"{key.replace('_', ' ')}: {doc[key]}")
+            print(f"{key.replace('_', ' ')}: {printable(doc[key])}")
     for gate in state.last_gates:
         value = "n/a" if gate.value is None else f"{gate.value:.2f}"
         e = state.e_values.get(gate.gate)
         evidence = "" if e is None else f" e-value={e.value:.3g} (rolls back at {e.limit:g})"
-        print(f"  gate {gate.gate:<16} {gate.verdict:<8} value={value}{evidence}")
+        print(f"  gate {printable(gate.gate, 64):<16} {printable(gate.verdict, 16):<8} value={value}{evidence}")
     lines: list[str | None] = [
         command_line(state),
-        state.unconfirmed and f"routing UNCONFIRMED: {state.unconfirmed}",
-        state.drift and f"drift: {state.drift}",
-        state.last_apply_error and f"last apply error ({state.apply_failures} in a row): {state.last_apply_error}",
+        state.unconfirmed and f"routing UNCONFIRMED: {printable(state.unconfirmed)}",
+        state.drift and f"drift: {printable(state.drift)}",
+        state.last_apply_error
+        and f"last apply error ({state.apply_failures} in a row): {printable(state.last_apply_error)}",
     ]
     for line in lines:
         if line:

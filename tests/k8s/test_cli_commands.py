@@ -194,7 +194,8 @@ def test_a_command_written_between_the_check_and_the_write_is_never_replaced(
     other = CommandRequest(id="1-other", command=Command.ABORT, by="someone")
     IstioBackend(kube_api(kube)).request_command(NS, SERVICE, other)  # lands before our write
     refusal = target.submit(mine)
-    assert refusal is not None and refusal.startswith("another command is pending: abort (id 1-other)")
+    assert refusal is not None and refusal[0] == 1
+    assert refusal[1].startswith("refused: another command is pending: abort (id 1-other)")
     assert annotations(kube)["ramp.dev/command"] == other.encode()
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from controller.analysis.metrics import VersionMetrics
 from controller.cli import build_parser, main
-from controller.cli_commands import LocalTarget
+from controller.cli_commands import LOST, LocalTarget
 from controller.cli_common import new_request_id, parse_weights
 from controller.engine.commands import CommandRequest
 from controller.engine.phases import Command, Phase
@@ -126,7 +126,7 @@ def test_a_command_removed_without_an_outcome_is_reported(tmp_path: Path) -> Non
     assert target.prepare(request) is None and target.submit(request) is None
     assert target.poll(request.id).outcome is None and target.poll(request.id).lost is None
     local.store.clear_command("shop")
-    assert target.poll(request.id).lost == "the command was removed without a recorded outcome"
+    assert target.poll(request.id).lost == LOST
 
 
 @pytest.mark.parametrize(

@@ -146,3 +146,24 @@ def test_local_ping_requests_every_endpoint_envoy_lists(
         assert app_v1.requests.count("/ready") == 2 and app_v2.requests.count("/ready") == 2
     assert main(["ping", "shop", "--state-dir", str(tmp_path), "--count", "1"]) == 1
     assert "no local controller info" in capsys.readouterr().err
+
+
+def test_text_from_a_state_file_cannot_drive_the_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hostile = "\x1b]0;owned\x07\x1b[2J\u202egnirts"
+    last = CommandOutcome(id="1-ab", command="pause", applied=True, reason=hostile, at=1e9)
+    damaged = state("shop", last_command=last, drift=hostile).model_copy(update={"reason": hostile})
+    FileStateStore(tmp_path).save(damaged)
+    assert main(["status", "shop", "--state-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert "?]0;owned??[2J?gnirts" in out
+
+
+@pytest.mark.parametrize("wait", ["inf", "nan", "-1"])
+def test_a_wait_that_is_not_a_finite_number_of_seconds_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], wait: str
+) -> None:
+    FileStateStore(tmp_path).save(state("shop"))
+    assert main(["pause", "shop", "--state-dir", str(tmp_path), f"--wait={wait}"]) == 2
+    assert "--wait must be a number of seconds >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "shop.command").exists()
