@@ -120,6 +120,7 @@ class ControllerLoop:
         self._created = clock()
         self._ticks = 0
         self._current: _Tick | None = None
+        self._rollouts_stale = False
         self.last_completed: float | None = None  # monotonic end of the last completed iteration
         self.last_duration: float | None = None
         self.last_outcome: Outcome | None = None
@@ -183,8 +184,11 @@ class ControllerLoop:
             if self.specs is not None:
                 tick.doing = f"reading specs in {self.specs.path}"
                 if self.specs.refresh():
+                    self._rollouts_stale = True  # until the runner has them (set_rollouts may fail: retried)
                     self._on_problems(self.specs.problems)
+                if self._rollouts_stale:
                     self.runner.set_rollouts(self.specs.rollouts)
+                    self._rollouts_stale = False
                     log.info("specs loaded", rollouts=[r.name for r in self.specs.rollouts])
             acting = self.acting()
             if acting:

@@ -188,3 +188,26 @@ def test_a_prometheus_dripping_one_byte_a_second_never_wedges_the_controller(
             stop.set()
             thread.join(30)
     assert not thread.is_alive()
+
+
+def test_readiness_says_when_leader_election_is_broken_while_liveness_stays_up(
+    kube: KubeHarness, tmp_path: Path
+) -> None:
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "demo.yaml").write_text(SPEC)
+    forbidden = {"on": True}
+    kube.emulator[lambda request: forbidden["on"] and "/leases" in str(request.url)] << 403
+    stop, thread, port = start(kube, tmp_path, "replica-a")
+    try:
+        wait_until(lambda: get(port, "/readyz")[1].startswith("not ready: leader election broken"))
+        status, body = get(port, "/readyz")
+        assert status == 503 and "leader election forbidden (HTTP 403" in body and "RBAC" in body
+        assert "leader=False" in body and holder(kube) is None
+        assert get(port, "/healthz")[0] == 200  # the loop is alive (standby): restarting would not fix RBAC
+        forbidden["on"] = False  # RBAC fixed: the replica acquires the Lease and becomes ready
+        wait_until(lambda: get(port, "/readyz")[0] == 200)
+        assert get(port, "/readyz")[1].startswith("leader, 1 rollouts, 0 spec problems, leader=True")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()

@@ -54,6 +54,7 @@ class FakeRunner:
         self.release = threading.Event()
         self.fail: Exception | None = None
         self.rollouts: list[ManagedRollout] = []
+        self.fail_set_rollouts = 0
         self._lock = threading.Lock()
 
     def tick(self, deadline: Deadline | None = None) -> list[TickEvent]:
@@ -79,6 +80,9 @@ class FakeRunner:
         return 5.0
 
     def set_rollouts(self, rollouts: Sequence[ManagedRollout]) -> None:
+        if self.fail_set_rollouts:
+            self.fail_set_rollouts -= 1
+            raise ConnectionError("store.track failed")
         self.rollouts = list(rollouts)
 
 
@@ -222,6 +226,15 @@ def test_specs_are_refreshed_each_iteration_and_a_missing_directory_is_not_ready
     assert loop.iterate() is Outcome.COMPLETED and runner.rollouts == []
     ready, body = loop.readiness()
     assert not ready and f"spec directory {specs_dir} not found" in body
+
+
+def test_a_spec_change_the_runner_could_not_take_is_handed_over_again(runner: FakeRunner, tmp_path: Path) -> None:
+    (tmp_path / "shop.yaml").write_text(NO_APPROVAL_YAML)
+    loop, _ = make_loop(runner, FakeClock(), specs=SpecDirectory(tmp_path))
+    runner.fail_set_rollouts = 1
+    assert loop.iterate() is Outcome.FAILED and runner.rollouts == [] and runner.calls == 0
+    assert loop.iterate() is Outcome.COMPLETED  # the directory did not change since, but the runner gets it now
+    assert [r.name for r in runner.rollouts] == ["shop"] and runner.calls == 1
 
 
 def test_invalid_settings_are_refused(runner: FakeRunner) -> None:

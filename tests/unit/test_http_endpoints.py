@@ -8,10 +8,15 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
+from controller import cli_run
+from controller.cli import build_parser, main
+from controller.cli_run import listen_address
+from controller.controller_loop import DEFAULT_TICK_DEADLINE
 from controller.http_endpoints import EndpointServer, listen_address_type, parse_listen_address
 
 
@@ -172,3 +177,34 @@ def test_listen_address_parsing() -> None:
             parse_listen_address(bad)
     with pytest.raises(Exception, match="HOST:PORT"):
         listen_address_type("nope")
+
+
+def test_listen_flags_of_ramp_controller_and_ramp_run(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    ctl = ["controller", "--specs", "specs", "--prometheus", "http://127.0.0.1:9"]
+    assert listen_address(parser.parse_args(ctl)) == ("0.0.0.0", 8080)
+    assert listen_address(parser.parse_args([*ctl, "--listen-port", "9090"])) == ("0.0.0.0", 9090)  # the alias
+    assert listen_address(parser.parse_args([*ctl, "--listen-address", "[::1]:8081"])) == ("::1", 8081)
+    for bad in (["--listen-port", "1", "--listen-address", "a:1"], ["--listen-port", "70000"],
+                ["--listen-address", "8080"], ["--tick-deadline", "0"], ["--tick-deadline", "nan"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*ctl, *bad])
+    run = ["run", "--prometheus", "http://127.0.0.1:9", "--envoy-routes-dir", "r", "--envoy-admin", "http://127.0.0.1:9"]
+    assert listen_address(parser.parse_args(run)) is None  # ramp run: no server unless asked
+    assert listen_address(parser.parse_args([*run, "--listen-address", "127.0.0.1:0"])) == ("127.0.0.1", 0)
+    assert parser.parse_args(run).tick_deadline == DEFAULT_TICK_DEADLINE == cli_run.DEFAULT_TICK_DEADLINE
+
+
+@pytest.mark.parametrize("command", ["run", "controller"])
+def test_a_tick_deadline_shorter_than_the_prometheus_timeout_is_refused(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [command, "--prometheus", "http://127.0.0.1:9", "--prometheus-timeout", "10", "--tick-deadline", "5"]
+    if command == "run":
+        argv += ["--envoy-routes-dir", str(tmp_path / "r"), "--envoy-admin", "http://127.0.0.1:9",
+                 "--state-dir", str(tmp_path / "state")]
+    else:
+        argv += ["--specs", str(tmp_path)]
+    assert main(argv) == 2
+    assert "--tick-deadline (5s) must be at least --prometheus-timeout (10s)" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()  # refused before touching anything
