@@ -164,7 +164,13 @@ class ControllerLoop:
             return Outcome.BUSY
         thread = threading.Thread(target=self._work, args=(tick,), name=f"ramp-tick-{tick.number}", daemon=True)
         tick.thread = thread
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:  # no thread left (resource limits): a failed tick, never a stuck "current" one
+            tick.error = f"cannot start the tick's thread: {exc}"
+            log.error("tick failed", tick=tick.number, error=tick.error)
+            self._finish(tick, acting=False)
+            return tick.outcome
         if tick.done.wait(tick.deadline.remaining()):
             return tick.outcome
         with self._lock:

@@ -237,6 +237,21 @@ def test_a_spec_change_the_runner_could_not_take_is_handed_over_again(runner: Fa
     assert [r.name for r in runner.rollouts] == ["shop"] and runner.calls == 1
 
 
+def test_a_tick_whose_thread_cannot_start_fails_and_the_next_one_runs(
+    runner: FakeRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class NoThreads(threading.Thread):
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread")
+
+    loop, metrics = make_loop(runner, FakeClock())
+    with monkeypatch.context() as patch:
+        patch.setattr(threading, "Thread", NoThreads)
+        assert loop.iterate() is Outcome.FAILED
+    assert sample(metrics, "ramp_tick_errors_total") == 1 and "can't start new thread" in str(loop.last_error)
+    assert loop.iterate() is Outcome.COMPLETED and runner.calls == 1  # not stuck behind a tick that never ran
+
+
 def test_invalid_settings_are_refused(runner: FakeRunner) -> None:
     for bad in ({"tick_deadline": 0}, {"tick_deadline": float("nan")}, {"interval": -1.0}):
         with pytest.raises(ValueError):

@@ -63,3 +63,20 @@ def test_endpoints_serve_metrics_health_and_readiness() -> None:
         assert urllib.request.urlopen(f"{base}/readyz").status == 200
     finally:
         server.stop()
+
+
+def test_tick_metrics_start_at_zero_and_cover_the_tick_deadline() -> None:
+    metrics = ControllerMetrics()
+    text = generate_latest(metrics.registry).decode()
+    for line in (
+        'ramp_ticks_skipped_total{reason="standby"} 0.0',
+        'ramp_ticks_skipped_total{reason="previous_tick_running"} 0.0',
+        "ramp_ticks_abandoned_total 0.0",
+        "ramp_tick_errors_total 0.0",
+        "ramp_last_loop_iteration_timestamp_seconds 0.0",
+    ):
+        assert line in text
+    metrics.tick_seconds.observe(25.0)  # a tick that overran a 20 s deadline still lands in a finite bucket
+    text = generate_latest(metrics.registry).decode()
+    assert 'ramp_tick_duration_seconds_bucket{le="20.0"} 0.0' in text
+    assert 'ramp_tick_duration_seconds_bucket{le="30.0"} 1.0' in text
