@@ -169,8 +169,16 @@ def _local_status(args: argparse.Namespace) -> int:
     from controller.cli_local import LocalControllerView
     from controller.state.file_store import FileStateStore
 
+    if not args.state_dir.is_dir():
+        print(f"no state directory {printable(args.state_dir)} (give the one `ramp run --state-dir` uses)",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_REFUSED
     store = FileStateStore(args.state_dir)
-    states, problems = store.states_and_problems()
+    try:
+        states, problems = store.states_and_problems()
+    except OSError as exc:
+        print(f"cannot read {printable(args.state_dir)}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_REFUSED
     if args.service:
         states = [s for s in states if s.rollout == args.service]
         problems = {name: p for name, p in problems.items() if name == args.service}

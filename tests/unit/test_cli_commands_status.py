@@ -167,3 +167,8 @@ def test_a_wait_that_is_not_a_finite_number_of_seconds_is_refused(
     assert main(["pause", "shop", "--state-dir", str(tmp_path), f"--wait={wait}"]) == 2
     assert "--wait must be a number of seconds >= 0" in capsys.readouterr().err
     assert not (tmp_path / "shop.command").exists()
+
+
+def test_status_of_a_missing_state_directory_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--state-dir", str(tmp_path / "nope")]) == 1
+    assert "no state directory " in capsys.readouterr().err
