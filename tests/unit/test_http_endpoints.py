@@ -7,7 +7,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,19 @@ from controller.http_endpoints import EndpointServer, listen_address_type, parse
 
 def http_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("ramp-http")]
+
+
+def handlers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "ramp-http-handler"]
+
+
+def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # bounded
+        if check():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -208,3 +221,19 @@ def test_a_tick_deadline_shorter_than_the_prometheus_timeout_is_refused(
     assert main(argv) == 2
     assert "--tick-deadline (5s) must be at least --prometheus-timeout (10s)" in capsys.readouterr().err
     assert not (tmp_path / "state").exists()  # refused before touching anything
+
+
+def test_a_client_that_never_reads_its_response_is_cut_at_the_write_deadline(registry: CollectorRegistry) -> None:
+    huge = "x" * 32_000_000  # far more than the socket buffers hold
+    endpoint = EndpointServer(registry, lambda: (True, huge), lambda: (True, "ready"), host="127.0.0.1", port=0,
+                              write_timeout=0.5).start()
+    try:
+        with socket.create_connection(("127.0.0.1", endpoint.port), timeout=5) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert eventually(lambda: len(handlers()) == 1)  # the handler is writing, the client not reading
+            assert eventually(lambda: not handlers(), timeout=10)  # it gave up at the write deadline
+        assert endpoint.stats.served == 0  # cut, not served
+        assert get(endpoint.port, "/readyz") == (200, b"ready\n")  # and the slot was given back
+    finally:
+        endpoint.stop()
