@@ -125,6 +125,8 @@ def _print_problems(problems: Sequence[SpecProblem]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import structlog
+
     from controller.analysis.prometheus_auth import prometheus_source_from_args
     from controller.controller_loop import ControllerLoop, Outcome
     from controller.controller_metrics import ControllerMetrics
@@ -180,6 +182,9 @@ def _run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     scheduler = TickScheduler(loop)
+    log = structlog.get_logger("ramp.run")
+    log.info("controller starting", specs=str(args.specs), prometheus=source.url, state_dir=str(args.state_dir),
+             tick_deadline=args.tick_deadline, listen=None if server is None else server.port)
     try:
         scheduler.start()
         stop.wait()
