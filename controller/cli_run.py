@@ -133,6 +133,7 @@ def _run(args: argparse.Namespace) -> int:
     from controller.engine.runner import RolloutRunner
     from controller.engine.scheduler import TickScheduler
     from controller.http_endpoints import EndpointServer
+    from controller.local.availability import EnvoyAvailability
     from controller.routing.envoy import EnvoyFileRouter
     from controller.spec_directory import SpecDirectory
     from controller.state.file_store import FileStateStore, StateDirLocked
@@ -162,6 +163,7 @@ def _run(args: argparse.Namespace) -> int:
         metrics=source,
         store=store,
         observers=[metrics],
+        availability=EnvoyAvailability(args.envoy_admin),  # never route to a version Envoy sees as down
     )
     loop = ControllerLoop(runner, specs=SpecDirectory(args.specs), metrics=metrics, tick_deadline=args.tick_deadline,
                           interval=LOCAL_LOOP_INTERVAL, on_problems=_print_problems)

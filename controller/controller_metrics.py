@@ -14,11 +14,12 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from controller.analysis.gates import Verdict
-from controller.engine.phases import Phase
+from controller.engine.phases import Command, Phase
 from controller.engine.runner import TickEvent
 
 TICK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, float("inf"))
 SKIP_REASONS = ("standby", "previous_tick_running")
+COMMANDS = frozenset(c.value for c in Command)
 VERDICT_VALUE = {Verdict.PASS: 1.0, Verdict.HOLD: 0.5, Verdict.NO_DATA: 0.0, Verdict.FAIL: -1.0}
 
 
@@ -110,6 +111,34 @@ class ControllerMetrics:
             "Unix time the controller loop last completed an iteration (a tick or a standby pass)",
             registry=self.registry,
         )
+        self.drift = Counter(
+            "ramp_routing_drift",
+            "Ticks where the data plane served other routing than the rollout's state (then repaired)",
+            labels,
+            registry=self.registry,
+        )
+        self.damaged = Counter(
+            "ramp_state_damaged",
+            "Damaged stored states (unreadable, or not fitting the plan): failed safe to the baseline",
+            labels,
+            registry=self.registry,
+        )
+        self.unconfirmed = Gauge(
+            "ramp_routing_unconfirmed",
+            "1 while the data plane has not confirmed the rollout's routing (the step's clock stands still)",
+            labels,
+            registry=self.registry,
+        )
+        self.state_save_errors = Counter(
+            "ramp_state_save_errors", "Ticks whose state could not be saved (nothing new applied)", labels,
+            registry=self.registry,
+        )  # fmt: skip
+        self.commands = Counter(
+            "ramp_commands",
+            "People's commands by outcome (applied or refused)",
+            [*labels, "command", "outcome"],
+            registry=self.registry,
+        )
         for reason in SKIP_REASONS:  # start at 0, so increase() sees the first skip
             self.ticks_skipped.labels(reason=reason)
         if backends:
@@ -123,6 +152,8 @@ class ControllerMetrics:
             self._seen.add((event.rollout.name, spec.namespace))
             for cause in ("missing_data", "aborted", "other", *(f"gate:{g.display_name}" for g in spec.gates)):
                 self.rollbacks.labels(**key, cause=cause)
+            for counter in (self.drift, self.damaged, self.state_save_errors):
+                counter.labels(**key)
         state = event.decision.state
         for version, weight in event.decision.routing.weights:
             self.weight.labels(**key, version=version).set(weight)
@@ -138,5 +169,20 @@ class ControllerMetrics:
                     self.gate_evalue.labels(**key, gate=result.gate).set(result.e_value)
         if event.phase_changed and state.phase == Phase.ROLLED_BACK:
             self.rollbacks.labels(**key, cause=rollback_cause(state.reason)).inc()
+        self._observe_safety(event, key)
+
+    def _observe_safety(self, event: TickEvent, key: dict[str, str]) -> None:
+        state = event.decision.state
+        if event.drift is not None:
+            self.drift.labels(**key).inc()
+        if event.damaged is not None:
+            self.damaged.labels(**key).inc()
+        if event.store_error is not None:
+            self.state_save_errors.labels(**key).inc()
+        self.unconfirmed.labels(**key).set(0.0 if state.unconfirmed is None else 1.0)
+        outcome = state.last_command
+        if outcome is not None and outcome.at == event.at:  # decided in this tick
+            command = outcome.command if outcome.command in COMMANDS else "unreadable"
+            self.commands.labels(**key, command=command, outcome="applied" if outcome.applied else "refused").inc()
 
     __call__ = observe

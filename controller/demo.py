@@ -143,6 +143,7 @@ def run_demo(
                 metrics=source,
                 store=FileStateStore(work / "state"),
                 observers=[recorder, metrics],
+                availability=stack.availability,
             )
             runner.set_rollouts([rollout])
             loop = ControllerLoop(runner, metrics=metrics, tick_deadline=tick_deadline)

@@ -36,7 +36,9 @@ class RoutingReadBack(Protocol):
 
 
 class VersionAvailability(Protocol):
-    def unavailable_versions(self, rollouts: Sequence[ManagedRollout]) -> dict[str, frozenset[str]]:
+    def unavailable_versions(
+        self, rollouts: Sequence[ManagedRollout], deadline: Deadline | None = None
+    ) -> dict[str, frozenset[str]]:
         """Per rollout name, the versions with no ready pods (batched: one call per tick)."""
         ...
 

@@ -153,7 +153,7 @@ class RolloutRunner:
         due = [r for r in candidates if r.name in states]
         active = [r for r in due if states[r.name].phase in ACTIVE_PHASES]
         snapshots = self._fetch(active, deadline)
-        unavailable = self._unavailable([r for r in due if not states[r.name].terminal])
+        unavailable = self._unavailable([r for r in due if not states[r.name].terminal], deadline)
         events = []
         for rollout in due:
             self._last_tick[rollout.name] = mono
@@ -195,11 +195,11 @@ class RolloutRunner:
         missing = MetricsSnapshot(window_seconds=0.0, error="no answer for this rollout")
         return {name: fetched.get(request, missing) for name, request in requests.items()}
 
-    def _unavailable(self, rollouts: list[ManagedRollout]) -> dict[str, frozenset[str]]:
+    def _unavailable(self, rollouts: list[ManagedRollout], deadline: Deadline | None) -> dict[str, frozenset[str]]:
         if self.availability is None or not rollouts:
             return {}
         try:
-            return self.availability.unavailable_versions(rollouts)
+            return self.availability.unavailable_versions(rollouts, deadline=deadline)
         except Exception as exc:  # unknown pod health: treat every version of these rollouts as unavailable
             log.warning("pod availability unknown", error=_short(exc))
             return {r.name: frozenset(v.name for v in r.spec.versions) for r in rollouts}

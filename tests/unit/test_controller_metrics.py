@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -80,3 +81,33 @@ def test_tick_metrics_start_at_zero_and_cover_the_tick_deadline() -> None:
     text = generate_latest(metrics.registry).decode()
     assert 'ramp_tick_duration_seconds_bucket{le="20.0"} 0.0' in text
     assert 'ramp_tick_duration_seconds_bucket{le="30.0"} 1.0' in text
+
+
+def test_safety_metrics_count_damage_unconfirmed_routing_and_command_outcomes(tmp_path: Path) -> None:
+    from controller.engine.commands import CommandRequest
+    from controller.engine.phases import Command
+
+    metrics = ControllerMetrics()
+    clock, router = FakeClock(), RecordingRouter()
+    source = FixedMetrics({"v1": VersionMetrics(200, 0), "v2": VersionMetrics(100, 0)})
+    store = FileStateStore(tmp_path)
+    runner = RolloutRunner(router, source, store, clock=clock, observers=[metrics])
+    runner.set_rollouts([ManagedRollout.from_spec(spec(NO_APPROVAL_YAML))])
+    runner.tick()
+    clock.advance(5)
+    sound = json.loads((tmp_path / "shop.state.json").read_text())
+    (tmp_path / "shop.state.json").write_text(json.dumps({**sound, "step": 99}))
+    runner.tick()  # damaged: failed safe to the baseline
+    clock.advance(5)
+    store.request("shop", CommandRequest(id="p", command=Command.PROMOTE))
+    router.fail_next = 1
+    runner.tick()  # refused (the rollout Failed), and the baseline routing was not confirmed this tick
+    text = generate_latest(metrics.registry).decode()
+    assert 'ramp_state_damaged_total{namespace="prod",rollout="shop"} 1.0' in text
+    assert 'ramp_routing_unconfirmed{namespace="prod",rollout="shop"} 1.0' in text
+    assert 'ramp_commands_total{command="promote",namespace="prod",outcome="refused",rollout="shop"} 1.0' in text
+    assert 'ramp_routing_drift_total{namespace="prod",rollout="shop"} 0.0' in text
+    clock.advance(5)
+    runner.tick()
+    text = generate_latest(metrics.registry).decode()
+    assert 'ramp_routing_unconfirmed{namespace="prod",rollout="shop"} 0.0' in text
