@@ -5,13 +5,25 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from controller.analysis.metrics import VersionMetrics
 from controller.engine.phases import Phase
 from controller.engine.runner import ManagedRollout, RolloutRunner
 from controller.k8s.availability import DeploymentAvailability
 from controller.routing.istio import IstioBackend
 from tests.k8s.emulator import KubeHarness
-from tests.k8s.helpers import DR, VS, assert_valid, count, create_deployment, kube_api, set_available, stored
+from tests.k8s.helpers import (
+    DR,
+    VS,
+    assert_valid,
+    count,
+    create_deployment,
+    fail_next,
+    kube_api,
+    set_available,
+    stored,
+)
 from tests.unit.engine_fixtures import NO_APPROVAL_YAML, FakeClock, FixedMetrics, spec
 
 HEALTHY = {"v1": VersionMetrics(200, 0, {}), "v2": VersionMetrics(100, 0, {})}
@@ -133,3 +145,91 @@ def test_a_steady_tick_reads_each_namespace_once_and_writes_nothing(kube: KubeHa
     calls = {m: after[m] - before[m] for m in after}
     listed = [r for r in kube.requests("get")[before["get"] :] if str(r.url.path).endswith("/virtualservices")]
     assert calls == {"get": 1, "put": 0, "post": 0} and len(listed) == 1  # one LIST, no GET per rollout
+
+
+TWENTY_SECOND_STEPS = """
+service: shop
+namespace: prod
+versions: [{name: v1, weight: 100}, {name: v2, weight: 0}]
+target: v2
+steps:
+  - {weight: 10, duration: 20s}
+  - {weight: 50, duration: 20s}
+gates: [{metric: error_rate, max: 2}]
+schedule: {interval: 5s}
+"""
+SKEW_ROLLOUT = ManagedRollout.from_spec(spec(TWENTY_SECOND_STEPS))
+
+
+def replica(kube: KubeHarness, true_time: FakeClock, wall_offset: float, mono_offset: float) -> RolloutRunner:
+    """A controller process whose wall clock is `wall_offset` off the true time (its monotonic clock: any origin)."""
+    backend = IstioBackend(kube_api(kube))
+    runner = RolloutRunner(
+        router=backend, metrics=FixedMetrics(dict(HEALTHY)), store=backend,
+        clock=lambda: true_time() + wall_offset, monotonic=lambda: true_time() + mono_offset,
+    )  # fmt: skip
+    runner.set_rollouts([SKEW_ROLLOUT])
+    return runner
+
+
+@pytest.mark.parametrize("skew", [600.0, -600.0])
+def test_a_replica_with_a_skewed_wall_clock_takes_over_a_step_without_shortening_it(
+    kube: KubeHarness, skew: float
+) -> None:
+    true_time = FakeClock()
+    interval = SKEW_ROLLOUT.spec.schedule.interval
+    a = replica(kube, true_time, wall_offset=0.0, mono_offset=50.0)
+    entered = true_time()
+    assert a.tick()[0].decision.state.step == 0  # the 20 s step is entered and confirmed
+    for _ in range(2):  # A runs the step for 10 s, then dies
+        true_time.advance(interval)
+        event = a.tick()[0]
+        assert event.decision.state.step == 0
+        confirmed = event.decision.state.step_elapsed
+    assert confirmed == 10.0 and "step_elapsed" not in stored_state(kube)  # per-tick time is not persisted
+    b = replica(kube, true_time, wall_offset=skew, mono_offset=-7777.0)  # wall clock 10 minutes off
+    ended, counted_by_b = None, 0.0
+    for _ in range(20):
+        true_time.advance(interval)
+        event = b.tick()[0]
+        if event.decision.state.step == 1:
+            ended = true_time()
+            break
+        counted_by_b = event.decision.state.step_elapsed
+    assert ended is not None
+    # B's first tick counts nothing (no earlier tick of its own), then every interval: the step ends on the tick
+    # where B's confirmed time reaches 20 s. A's 10 s were not persisted, so they are observed again.
+    assert counted_by_b + interval == 20.0
+    # At least the step's 20 s; at most 20 s + B's first (uncounted) interval + the 10 s A observed unpersisted.
+    assert 20.0 <= ended - entered <= 20.0 + interval + confirmed
+    history = stored_state(kube)["history"]
+    assert [(c["step"], c["at"]) for c in history] == [(0, entered), (1, ended + skew)]  # B stamps its own wall time
+
+
+def test_a_step_whose_writes_always_conflict_never_runs_without_its_routing(kube: KubeHarness) -> None:
+    clock = FakeClock()
+    interval = SKEW_ROLLOUT.spec.schedule.interval
+    runner = replica(kube, clock, 0.0, 0.0)
+    for _ in range(4):  # step 0 entered, then 15 s of it: the next tick moves to step 1
+        runner.tick()
+        clock.advance(interval)
+    fail_next(kube, "put", 409, times=4 * 5)  # every attempt of the next 4 ticks: 5 conflicting PUTs each
+    for _ in range(4):
+        event = runner.tick()[0]
+        clock.advance(interval)
+        state = event.decision.state
+        assert state.step == 1 and state.unconfirmed is not None and "Conflict" in state.unconfirmed
+        assert state.step_elapsed == 0.0 and event.routing_written is False  # its time does not count
+        saved = stored_state(kube)
+        assert saved["step"] == 0 and [c["step"] for c in saved["history"]] == [0]  # not claimed as run
+        assert routing_in_cluster(kube)[1] == (("v1", 90), ("v2", 10))  # step 0's routing still serves
+    confirming = clock()
+    event = runner.tick()[0]  # the write goes through: step 1's routing is in place from now on
+    assert event.routing_written is True and event.decision.state.unconfirmed is None
+    assert routing_in_cluster(kube)[1] == (("v1", 50), ("v2", 50))
+    for _ in range(10):
+        clock.advance(interval)
+        if runner.tick()[0].decision.state.phase == Phase.PROMOTED:
+            break
+    promoted_at = next(c["at"] for c in stored_state(kube)["history"] if c["phase"] == "Promoted")
+    assert 20.0 <= promoted_at - confirming <= 20.0 + interval
