@@ -1,16 +1,26 @@
 """Cluster mode: one VirtualService per service is both the TrafficRouter and the StateStore.
 
 The rollout state lives in the `ramp.dev/state` annotation of the VirtualService whose routes it
-describes, and is written in the SAME update as the weights: the cluster never holds weights
-without the state that explains them, and a restarted controller resumes exactly there.
+describes (codec and 32 KiB cap in `state_codec`), and is written in the SAME update as the weights:
+the cluster never holds weights without the state that explains them, and a restarted controller
+resumes exactly there.
 
-Per tick the runner calls `load` (one GET per rollout, cached), `pending_command`, `save` and
-`clear_command` (both only staged in memory) and `apply`, which makes the only writes: the
-DestinationRule when subsets are missing, then the VirtualService with routes + state + cleared
-command merged into the object read (see `istio_merge` for the merge rules). Nothing is
-written when nothing changed. Writes are PUTs carrying the resourceVersion read; on 409 the
-object is re-read and Ramp's parts re-merged over the fresh object, so a foreign change made in
-between is never lost.
+Per tick the runner calls `begin_tick` (one LIST per namespace), `load` (the listed object, else a
+GET), `pending_command`, `save` and `clear_command` (both only staged in memory) and `apply`, which
+makes the only writes: the DestinationRule when subsets are missing, then the VirtualService with
+routes + state + cleared command merged into the object read (see `istio_merge` for the merge rules).
+Nothing is written when nothing changed. Writes are PUTs carrying the resourceVersion read; on 409
+the object is re-read and Ramp's parts re-merged over the fresh object (only while this replica may
+still write, and never past the caller's deadline: see `istio_requests`), so a foreign change made in
+between is never lost. `apply` returns only once the object the apiserver stored holds the routing
+and the state (RoutingNotConfirmed otherwise); `observed` reads the routing back for drift detection
+and `invalidate` makes the next `apply` re-read and rewrite.
+
+Everything read is hostile until checked (`istio_shape`): a malformed object is a MalformedObject
+naming the object and the field, for its rollout only, and is never written over; a malformed LIST
+item leaves the batched read in place for the others. A damaged state annotation is a StateStoreError
+(a StateDamaged): the runner fails safe to the baseline, and `quarantine` keeps the damaged text
+(truncated to 16 KiB) in `ramp.dev/state-damaged`, written with that fail-safe state.
 
 A state saved by a tick whose write failed stays in memory, tied to the resourceVersion it was
 based on: the next `load` returns it (with its apply-failure count) while nobody else changed

@@ -249,3 +249,19 @@ def test_a_command_written_between_our_read_and_our_write_is_never_replaced(kube
     assert isinstance(outcome.get("error"), CommandPending)
     vs = stored(kube, VS, "prod", "shop")
     assert vs is not None and json.loads(vs["metadata"]["annotations"]["ramp.dev/command"])["command"] == "abort"
+
+
+def test_a_readable_state_that_does_not_fit_the_plan_fails_safe_and_is_kept_aside(kube: KubeHarness) -> None:
+    target = rollout("shop")
+    unfit = RolloutState(rollout="shop", spec_digest=target.digest, phase=Phase.PROGRESSING, step=7,
+                         step_started_at=1.0).model_dump_json()  # step 8 of a 3-step plan: gates would be off
+    primary = {"name": "ramp-primary", "route": [{"destination": {"host": "shop", "subset": "v2"}, "weight": 100}]}
+    custom_objects(kube).create_namespaced_custom_object(
+        G, V, "prod", VS, vs_body("shop", [primary], {"ramp.dev/state": unfit})
+    )
+    runner, _ = make_runner(kube_api(kube), FakeClock(), "shop")
+    event = runner.tick()[0]
+    assert event.damaged is not None and "step index 7, but the plan has 3 steps" in event.damaged
+    assert event.decision.phase == Phase.FAILED and weights(kube, "shop") == [("v1", 100)]
+    notes = (stored(kube, VS, "prod", "shop") or {})["metadata"]["annotations"]
+    assert notes["ramp.dev/state-damaged"] == unfit and json.loads(notes["ramp.dev/state"])["phase"] == "Failed"
