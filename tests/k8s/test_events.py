@@ -13,6 +13,7 @@ from kubernetes import client
 from structlog.testing import capture_logs
 
 from controller.analysis.metrics import VersionMetrics
+from controller.engine.commands import CommandRequest
 from controller.engine.phases import Command, Phase
 from controller.engine.runner import ManagedRollout, RolloutRunner, TickEvent
 from controller.k8s.client import KubeApi
@@ -100,7 +101,7 @@ def test_approval_pause_and_resume_are_recorded(kube: KubeHarness, tmp_path: Pat
     for _ in range(5):
         rig.tick()
     assert rig.store.load("shop").phase == Phase.PAUSED  # type: ignore[union-attr]
-    rig.store.request("shop", Command.RESUME)
+    rig.store.request("shop", CommandRequest(command=Command.RESUME))
     rig.run_until_terminal()
     assert [e["reason"] for e in rig.events()] == ["HeaderTest", "Progressing", "Paused", "Progressing", "Promoted"]
     assert summary(rig.events()) == rig.history()
@@ -169,6 +170,9 @@ def test_routing_failures_are_reported_once_per_distinct_error(kube: KubeHarness
     rig.tick()
     rig.tick()  # the same error again: no second event
     rig.tick()  # applied: recovered
+    for _ in range(10):  # steps count only confirmed time: the header step now runs its full duration
+        if rig.tick().decision.phase == Phase.PROGRESSING:
+            break
     rig.router.fail_next = 1
     rig.tick()  # fails again after recovering: reported again
     routing = [e for e in rig.events() if e["reason"] == "RoutingFailed"]
