@@ -62,15 +62,20 @@ def weights(kube: KubeHarness, service: str) -> list[tuple[str, int]]:
     return [(d["destination"]["subset"], d["weight"]) for d in vs["spec"]["http"][-1]["route"]]
 
 
-def test_hostile_objects_affect_only_their_own_rollout_and_a_damaged_state_fails_safe(kube: KubeHarness) -> None:
+def test_hostile_objects_affect_only_their_own_rollout_and_a_damaged_state_fails_safe(
+    kube: KubeHarness, capsys: pytest.CaptureFixture[str]
+) -> None:
     api = custom_objects(kube)
     malformed = api.create_namespaced_custom_object(G, V, "prod", VS, vs_body("broken", {"ramp-primary": {}}))
     damaged_raw = '{"rollout": "damaged", "phase": "Sideways", "step": 99}'
     primary = {"name": "ramp-primary", "route": [{"destination": {"host": "damaged", "subset": "v2"}, "weight": 100}]}
     notes = {"ramp.dev/state": damaged_raw}
     api.create_namespaced_custom_object(G, V, "prod", VS, vs_body("damaged", [primary], notes))
+    odd = vs_body("odd", [primary])
+    odd["metadata"]["annotations"] = ["ramp.dev/state"]  # not a mapping: nothing can be read from it
+    odd_before = api.create_namespaced_custom_object(G, V, "prod", VS, odd)
     clock = FakeClock()
-    runner, _ = make_runner(kube_api(kube), clock, "good", "broken", "damaged")
+    runner, _ = make_runner(kube_api(kube), clock, "good", "broken", "damaged", "odd")
     real = kube.objects(G, V, VS)
     answer_next(kube, "list", {"kind": "List", "items": [*real, "junk", {"metadata": ["x"]}]})  # first tick only
     by_tick: list[dict[str, Any]] = []
@@ -83,6 +88,9 @@ def test_hostile_objects_affect_only_their_own_rollout_and_a_damaged_state_fails
         assert error is not None and "VirtualService prod/broken: spec.http must be a list, got a mapping" in error
         assert events["broken"].routing_written is False
     assert stored(kube, VS, "prod", "broken") == malformed
+    assert all("odd" not in events for events in by_tick)  # unreadable: it waits, logged with the field
+    assert "VirtualService prod/odd: metadata.annotations must be a mapping, got a list" in capsys.readouterr().out
+    assert stored(kube, VS, "prod", "odd") == odd_before
     first = by_tick[0]["damaged"]  # the damaged one: fails safe to the baseline, the damage kept aside
     assert first.damaged is not None and "is unreadable" in first.damaged
     assert first.decision.phase == Phase.FAILED and first.routing_written is True and first.apply_error is None
