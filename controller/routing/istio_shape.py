@@ -89,9 +89,15 @@ def check_virtual_service(obj: object, where: str) -> None:
             raise _fail(where, f"{field}.name", "a string", name)
         if isinstance(name, str) and name.startswith(MANAGED_ROUTE_PREFIX):
             continue  # Ramp's own: re-rendered on write, checked when read back
-        matches = route.get("match")
-        if matches is not None and not (isinstance(matches, list) and all(isinstance(m, Mapping) for m in matches)):
-            raise _fail(where, f"{field}.match", "a list of mappings", matches)
+        for part in ("match", "route"):  # written back as found: a real apiserver would refuse them anyway
+            value = route.get(part)
+            if value is None:
+                continue
+            if not isinstance(value, list):
+                raise _fail(where, f"{field}.{part}", "a list of mappings", value)
+            for at, item in enumerate(value):
+                if not isinstance(item, Mapping):
+                    raise _fail(where, f"{field}.{part}[{at}]", "a mapping", item)
 
 
 def check_destination_rule(obj: object, where: str) -> None:

@@ -73,6 +73,10 @@ MALFORMED = {
                           "spec.http[0].name must be a string, got a list"),
     "match-a-string": (with_spec(http=[foreign_route(match="x-debug")]),
                        "spec.http[0].match must be a list of mappings, got a string"),
+    "foreign-route-a-mapping": (with_spec(http=[foreign_route(route={"destination": {"host": "debug"}})]),
+                                "spec.http[0].route must be a list of mappings, got a mapping"),
+    "foreign-destination-a-string": (with_spec(http=[foreign_route(route=["debug"])]),
+                                     "spec.http[0].route[0] must be a mapping, got a string"),
     "hosts-a-string": (with_spec(hosts="reviews"), "spec.hosts must be a list of strings, got a string"),
     "spec-a-list": ({**good_vs(), "spec": [1, 2]}, "spec must be a mapping, got a list"),
     "too-many-routes": (with_spec(http=[foreign_route(name=f"r{i}", match=[{"uri": {"prefix": f"/{i}"}}])
