@@ -16,7 +16,9 @@ EVERY write request (create/update/replace/patch/delete), including each retry a
 (its late result is ignored) and reported as `NotLeader`, never retried. Bytes already sent cannot be
 recalled: a write delivered late by the network carries the resourceVersion it was based on, so the
 apiserver rejects it (409) once the successor has written; if the successor has not written yet, the
-successor's own write conflicts, re-reads and re-asserts its routing.
+successor's own write conflicts, re-reads and re-asserts its routing. Safe by default: a `LeaderElector`
+registers itself on the ApiClient it campaigns with, and every KubeApi on that client without an explicit
+guard/deadline uses the elector's `is_leader`/`write_deadline`.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 REQUEST_TIMEOUT_ATTR = "ramp_request_timeout"
 # Every KubeApi wrapping the same ApiClient shares one KubeStats, kept on the client under this attribute.
 STATS_ATTR = "ramp_kube_stats"
+# A LeaderElector campaigning with an ApiClient registers itself there: writes through that client are guarded.
+LEADERSHIP_ATTR = "ramp_leadership"
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 # Requests that change the cluster: refused when the write guard says this replica may not write.
 WRITE_VERBS = frozenset({"create", "update", "replace", "patch", "delete"})
@@ -202,8 +206,8 @@ class KubeApi:
         write_deadline: Callable[[], Deadline] | None = None,
     ) -> None:
         self.api_client = api_client
-        self.write_guard = write_guard
-        self.write_deadline = write_deadline
+        self._write_guard = write_guard
+        self._write_deadline = write_deadline
         install(api_client)
         if stats is None:
             stats = getattr(api_client, STATS_ATTR, None)
@@ -217,6 +221,30 @@ class KubeApi:
         self.custom_objects = k8s_client.CustomObjectsApi(api_client)
         self.apps = k8s_client.AppsV1Api(api_client)
         self.core = k8s_client.CoreV1Api(api_client)
+
+    @property
+    def write_guard(self) -> Callable[[], bool] | None:
+        """The explicit guard, else the `is_leader` of the elector campaigning with this client, else None."""
+        if self._write_guard is not None:
+            return self._write_guard
+        guard = getattr(getattr(self.api_client, LEADERSHIP_ATTR, None), "is_leader", None)
+        return guard if callable(guard) else None
+
+    @write_guard.setter
+    def write_guard(self, guard: Callable[[], bool] | None) -> None:
+        self._write_guard = guard
+
+    @property
+    def write_deadline(self) -> Callable[[], Deadline] | None:
+        """The explicit term, else the `write_deadline` of the elector campaigning with this client, else None."""
+        if self._write_deadline is not None:
+            return self._write_deadline
+        term = getattr(getattr(self.api_client, LEADERSHIP_ATTR, None), "write_deadline", None)
+        return term if callable(term) else None
+
+    @write_deadline.setter
+    def write_deadline(self, term: Callable[[], Deadline] | None) -> None:
+        self._write_deadline = term
 
     @classmethod
     def wrap(cls, api: ApiClient | KubeApi) -> KubeApi:
@@ -235,10 +263,11 @@ class KubeApi:
                                                               "exceeded before the request"))  # fmt: skip
             budget, limit = min((budget, limit), (deadline.remaining(), "deadline"))
         if verb in WRITE_VERBS:
-            if self.write_guard is not None and not self.write_guard():
+            guard, term_of = self.write_guard, self.write_deadline
+            if guard is not None and not guard():
                 raise self._failed(verb, NotLeader(*target, None, "this replica is not the leader: write refused"))
-            if self.write_deadline is not None:
-                term = self.write_deadline().remaining()
+            if term_of is not None:
+                term = term_of().remaining()
                 if term <= 0:
                     raise self._failed(verb, NotLeader(*target, None, "leadership term over: write refused"))
                 budget, limit = min((budget, limit), (term, "leadership"))

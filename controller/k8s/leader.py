@@ -14,7 +14,8 @@ Only the leader ticks rollouts, so two replicas never write routing at the same 
   clock skew between nodes cannot shorten that gap; only a rate difference between monotonic clocks
   could, by a negligible fraction.
 - `write_deadline()` is the current leadership term as a `Deadline` (same instant `is_leader()` turns False):
-  a `KubeApi` given it cuts every write's total deadline to it, so no write outlives the term.
+  a `KubeApi` given it cuts every write's total deadline to it, so no write outlives the term. The elector
+  registers itself on its ApiClient: every KubeApi on that client is guarded by it unless given its own guard.
 - every Lease request has a TOTAL deadline (renew_deadline / 2 at most, see `deadline_call`): a partitioned
   or dribbling apiserver cannot hold an attempt, and a late answer to an abandoned request is ignored.
 - `release()` on shutdown stops acting first, then empties the holder, so a successor takes over on its
@@ -35,7 +36,16 @@ import structlog
 from kubernetes.client import ApiClient, CoordinationV1Api, V1Lease, V1LeaseSpec, V1ObjectMeta
 
 from controller.deadline import Deadline
-from controller.k8s.client import REQUEST_TIMEOUT_ATTR, Conflict, Forbidden, KubeError, NotFound, Transient, classify
+from controller.k8s.client import (
+    LEADERSHIP_ATTR,
+    REQUEST_TIMEOUT_ATTR,
+    Conflict,
+    Forbidden,
+    KubeError,
+    NotFound,
+    Transient,
+    classify,
+)
 from controller.k8s.deadline_call import CallTimedOut, install, run_with_deadline
 
 log = structlog.get_logger("ramp.leader")
@@ -107,6 +117,7 @@ class LeaderElector:
         self.config = config
         self._api = CoordinationV1Api(api_client)
         install(api_client)
+        setattr(api_client, LEADERSHIP_ATTR, self)  # every KubeApi on this client now writes only while we lead
         self._clock = clock
         self._wall_clock = wall_clock
         self._on_started = on_started_leading

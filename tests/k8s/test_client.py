@@ -29,6 +29,7 @@ from controller.k8s.client import (
     load_api_client,
     with_retries,
 )
+from controller.k8s.leader import LeaderElector, LeaseConfig
 from controller.routing.istio import IstioBackend
 from tests.fakes.kube_proxy import running_proxy
 from tests.k8s.emulator import KubeHarness
@@ -267,3 +268,22 @@ def test_a_malformed_answer_is_a_typed_error_not_a_crash(kube: KubeHarness) -> N
     with pytest.raises(KubeError, match="get pods shop/p failed") as failed:
         api.retrying("get", "pods", "shop", "p", api.core.read_namespaced_pod, "p", "shop")
     assert type(failed.value) is KubeError and api.stats.requests == {"get": 1}  # not retried: not transient
+
+
+def test_an_elector_guards_every_kube_api_on_its_client_by_default(kube: KubeHarness) -> None:
+    shared = kube.api_client()
+    made_before = KubeApi(shared)  # e.g. the IstioBackend, built before the elector
+    elector = LeaderElector(shared, LeaseConfig(namespace="ramp-system", identity="a"))
+    made_after = KubeApi(shared)
+    for api in (made_before, made_after):
+        assert api.write_guard == elector.is_leader and api.write_deadline == elector.write_deadline
+        with pytest.raises(NotLeader):
+            writes(api)["create"]()
+    assert count(kube, "post", VS) == 0
+    assert elector.try_acquire_or_renew() is True
+    writes(made_before)["create"]()
+    assert count(kube, "post", VS) == 1
+    assert KubeApi(kube.api_client()).write_guard is None  # another client (a CLI) is not the elector's
+    explicit = KubeApi(shared, write_guard=lambda: False)
+    with pytest.raises(NotLeader):
+        writes(explicit)["patch"]()

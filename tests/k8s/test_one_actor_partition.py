@@ -5,7 +5,7 @@ emulator through their own fault-injecting proxies. The leader "a" has read the 
 about to write its next step when its requests start being held HOLD seconds before delivery (a partition
 whose packets still arrive). "b" takes the Lease once it expires and writes a later step.
 
-Guarded (`write_guard=elector.is_leader`, `write_deadline=elector.write_deadline`): a's in-flight write is
+Guarded (the elector's `is_leader` and `write_deadline`, which it installs on its ApiClient): a's in-flight write is
 abandoned at the end of its term (NotLeader), its late delivery is rejected or overwritten, and nothing a
 writes lands after b's first write. Unguarded (the control, the behaviour observed before the guard): a's
 write is answered 409 late, a re-reads b's fresh object and writes its own stale step over b's.
@@ -74,12 +74,12 @@ def start_replica(stack: ExitStack, kube: KubeHarness, identity: str, guarded: b
     proxy = stack.enter_context(running_proxy(kube.url))
     client = proxy.api_client(REQUEST_TIMEOUT)
     elector = LeaderElector(client, LeaseConfig(namespace="ramp-system", identity=identity, **LEASE))
+    # Guarded: the writes share the elector's client, which the elector guards by itself (its default). The
+    # control writes through a client of its own, unguarded, as every write was before the guard existed.
     api = KubeApi(
-        client,
+        client if guarded else proxy.api_client(REQUEST_TIMEOUT),
         request_timeout=REQUEST_TIMEOUT,
         retry=RetryPolicy(attempts=5, base_delay=0.1, max_delay=0.3),
-        write_guard=elector.is_leader if guarded else None,
-        write_deadline=elector.write_deadline if guarded else None,
     )
     backend = IstioBackend(api)
     backend.track({"reviews": ("shop", "reviews")})
