@@ -261,7 +261,7 @@ class KubeApi:
             if deadline.remaining() <= 0:
                 raise self._failed(verb, KubeDeadlineExceeded(*target, None, f"deadline of {deadline.seconds:g}s "
                                                               "exceeded before the request"))  # fmt: skip
-            budget, limit = min((budget, limit), (deadline.remaining(), "deadline"))
+            budget, limit = _tighter(budget, limit, deadline.remaining(), "deadline")
         if verb in WRITE_VERBS:
             guard, term_of = self.write_guard, self.write_deadline
             if guard is not None and not guard():
@@ -270,7 +270,7 @@ class KubeApi:
                 term = term_of().remaining()
                 if term <= 0:
                     raise self._failed(verb, NotLeader(*target, None, "leadership term over: write refused"))
-                budget, limit = min((budget, limit), (term, "leadership"))
+                budget, limit = _tighter(budget, limit, term, "leadership")
         given = kwargs.get("_request_timeout")
         if isinstance(given, int | float) and not isinstance(given, bool) and 0 < given < budget:
             budget, limit = float(given), "request"
@@ -313,6 +313,11 @@ class KubeApi:
             on_retry=lambda _exc: self.stats.retry(),
             deadline=deadline,
         )
+
+
+def _tighter(budget: float, limit: str, other: float, other_limit: str) -> tuple[float, str]:
+    """The smaller time budget, with what imposes it (the request timeout, the caller's deadline, the term)."""
+    return (other, other_limit) if other < budget else (budget, limit)
 
 
 def _in_cluster() -> bool:

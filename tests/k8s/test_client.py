@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from controller.k8s.client import (
     load_api_client,
     with_retries,
 )
+from controller.k8s.deadline_call import CallTimedOut, run_with_deadline
 from controller.k8s.leader import LeaderElector, LeaseConfig
 from controller.routing.istio import IstioBackend
 from tests.fakes.kube_proxy import running_proxy
@@ -287,3 +289,22 @@ def test_an_elector_guards_every_kube_api_on_its_client_by_default(kube: KubeHar
     explicit = KubeApi(shared, write_guard=lambda: False)
     with pytest.raises(NotLeader):
         writes(explicit)["patch"]()
+
+
+def test_run_with_deadline_abandons_a_late_call_and_ignores_its_result() -> None:
+    release, finished = threading.Event(), threading.Event()
+    results: list[str] = []
+
+    def late() -> str:
+        release.wait(5)
+        results.append("done")
+        finished.set()
+        return "late result"
+
+    with pytest.raises(CallTimedOut, match="total deadline of 0.1s"):
+        run_with_deadline(late, 0.1)
+    release.set()
+    assert finished.wait(5) and results == ["done"]  # it did finish; nobody received its result
+    assert run_with_deadline(lambda x: x * 2, 1.0, 21) == 42
+    with pytest.raises(ZeroDivisionError):  # the call's own exception reaches the caller
+        run_with_deadline(lambda: 1 / 0, 1.0)
