@@ -301,7 +301,7 @@ def test_run_with_deadline_abandons_a_late_call_and_ignores_its_result() -> None
         finished.set()
         return "late result"
 
-    with pytest.raises(CallTimedOut, match="total deadline of 0.1s"):
+    with pytest.raises(CallTimedOut, match=r"total deadline of 0\.1s"):
         run_with_deadline(late, 0.1)
     release.set()
     assert finished.wait(5) and results == ["done"]  # it did finish; nobody received its result
