@@ -71,6 +71,10 @@ class TickStep:
     def run(self, damaged: str | None = None) -> TickEvent:
         rollout, store = self.rollout, self.runner.store
         request, unreadable = self._command()
+        done = self.state.last_command
+        if request is not None and request.id and done is not None and done.id == request.id:
+            request = None  # already decided (its removal failed last time): never applied twice
+            unreadable = done
         state = self.state if unreadable is None else self.state.model_copy(update={"last_command": unreadable})
         decision = decide(
             rollout.plan, rollout.spec, state, self.report, self.now, request, self.unavailable, self.elapsed
@@ -97,7 +101,10 @@ class TickStep:
                                  damaged=damaged, store_error=error)  # fmt: skip
             event_args["store_error"] = error  # a move to the baseline is applied all the same
         if request is not None or unreadable is not None:
-            store.clear_command(rollout.name)
+            try:
+                store.clear_command(rollout.name)
+            except Exception as exc:  # the outcome is saved; the command is seen again and refused as done
+                log.error("command not cleared", rollout=rollout.name, error=_short(exc))
         written, apply_error, drift = self._apply(decision.routing)
         saved = self._confirmed(decision.state, apply_error, drift)
         if saved != decision.state and self._blocked() is None and "store_error" not in event_args:
@@ -144,6 +151,10 @@ class TickStep:
             update = {"unconfirmed": error, "apply_failures": state.apply_failures + 1, "last_apply_error": error}
         elif state.unconfirmed is not None or state.apply_failures:
             update = {"unconfirmed": None, "apply_failures": 0, "last_apply_error": None}
+            if state.step_elapsed == 0 and state.history and state.history[-1].step == state.step:
+                # The step's routing is in place only now: its history and start say so, not the first attempt.
+                entered = state.history[-1].model_copy(update={"at": self.now})
+                update |= {"step_started_at": self.now, "history": [*state.history[:-1], entered]}
         if drift is not None:
             update["drift"] = drift
         return state.model_copy(update=update) if update else state

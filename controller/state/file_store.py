@@ -23,8 +23,8 @@ from typing import IO, Protocol
 from pydantic import ValidationError
 
 from controller.atomic_file import atomic_write
-from controller.engine.commands import MAX_COMMAND_BYTES, CommandError, CommandRequest
-from controller.engine.phases import RolloutState
+from controller.engine.commands import MAX_COMMAND_BYTES, CommandError, CommandRequest, as_request
+from controller.engine.phases import Command, RolloutState
 from controller.engine.state_check import StateDamaged
 
 MAX_STATE_BYTES = 1024 * 1024
@@ -143,8 +143,9 @@ class FileStateStore:
     def save(self, state: RolloutState) -> None:
         atomic_write(self._state_path(state.rollout), state.model_dump_json(indent=1).encode())
 
-    def request(self, rollout: str, command: CommandRequest) -> None:
+    def request(self, rollout: str, command: CommandRequest | Command) -> None:
         """Queue `command`; CommandPending while an earlier one has not been applied or refused yet."""
+        command = as_request(command)
         path = self._command_path(rollout)
         self.directory.mkdir(parents=True, exist_ok=True)
         try:

@@ -4,7 +4,6 @@ drift after a rollout, one controller per state directory, tick deadlines, bound
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,16 +140,17 @@ def test_damaged_states_of_every_kind_fail_safe_and_are_kept_aside(tmp_path: Pat
         assert state is not None and state.phase == Phase.FAILED and "state damaged" in state.reason, label
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories")
-def test_unwritable_state_directory_holds_with_a_clear_error(tmp_path: Path) -> None:
+def test_unusable_state_directory_is_a_clear_error_and_only_ever_the_baseline(tmp_path: Path) -> None:
+    blocked = tmp_path / "state"
+    blocked.write_text("a file where the state directory should be")  # unreadable and unwritable, even for root
     clock, router = FakeClock(), RecordingRouter()
-    runner = runner_for(tmp_path, router, clock)
-    tmp_path.chmod(0o500)
-    try:
-        event = runner.tick()[0]
-    finally:
-        tmp_path.chmod(0o700)
-    assert event.store_error is not None and router.applied == []
+    runner = runner_for(blocked, router, clock)
+    for _ in range(3):
+        events = runner.tick()
+        clock.advance(5)
+        assert len(events) == 1 and events[0].store_error is not None and "state not saved" in events[0].store_error
+        assert events[0].damaged is not None and "Not a directory" in events[0].damaged
+    assert router.applied == [ROLLOUT.plan.baseline]  # no crash, no progress: only the fail-safe baseline
 
 
 def test_state_that_cannot_be_saved_holds_instead_of_applying(tmp_path: Path) -> None:
@@ -241,3 +241,18 @@ def test_history_is_bounded_over_many_rollouts(tmp_path: Path) -> None:
     assert state is not None and state.phase == Phase.PROMOTED
     assert len(state.history) == MAX_HISTORY and state.dropped_history > 500
     assert (tmp_path / "shop.state.json").stat().st_size < 32 * 1024
+
+
+def test_history_says_when_a_step_was_really_entered(tmp_path: Path) -> None:
+    clock, router = FakeClock(), RecordingRouter()
+    runner = runner_for(tmp_path, router, clock)
+    for _ in range(2):  # header step entered (t=1000), observed 5 s
+        runner.tick()
+        clock.advance(5)
+    router.fail_next = 2  # the 10 % step's first two writes fail (t=1010, t=1015)
+    for _ in range(3):
+        runner.tick()
+        clock.advance(5)
+    state = FileStateStore(tmp_path).load("shop")
+    assert state is not None and (state.step, state.unconfirmed) == (1, None)
+    assert state.history[-1].step == 1 and state.history[-1].at == 1020.0 == state.step_started_at
