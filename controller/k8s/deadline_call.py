@@ -14,7 +14,8 @@ short-lived worker thread and waits at most the deadline for it:
 
 Abandoning cannot un-send bytes already on the wire: a write delivered late can still reach the apiserver.
 Writes are therefore also made safe by the apiserver's resourceVersion precondition (see `KubeApi`).
-A connect still in progress is bounded by the per-operation timeout (at most the deadline).
+A connect still in progress is bounded by the per-operation timeout (at most the deadline); name resolution
+cannot be interrupted, so its worker may outlive the deadline, but the caller never does.
 """
 
 from __future__ import annotations
@@ -101,7 +102,9 @@ def install(api_client: ApiClient) -> None:
     if not isinstance(manager, urllib3.PoolManager) or getattr(manager, _INSTALLED_ATTR, False):
         return
     classes = dict(getattr(manager, "pool_classes_by_scheme", {}))
-    classes.update({"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool})
+    tracked = {HTTPConnectionPool: _TrackedHTTPPool, HTTPSConnectionPool: _TrackedHTTPSPool}
+    # Only the standard pools are swapped (a SOCKS proxy's pools are left alone: still bounded for the caller).
+    classes = {scheme: tracked.get(pool, pool) for scheme, pool in classes.items()}
     manager.pool_classes_by_scheme = classes
     manager.clear()  # pools made before this point would not register their connections
     setattr(manager, _INSTALLED_ATTR, True)
