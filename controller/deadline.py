@@ -20,14 +20,15 @@ class DeadlineExceeded(TimeoutError):
 class Deadline:
     seconds: float
     clock: Callable[[], float] = time.monotonic
-    started: float = field(default=-1.0)
+    started: float | None = field(default=None)
 
     def __post_init__(self) -> None:
-        if self.started < 0:
+        if self.started is None:
             self.started = self.clock()
 
     @property
     def at(self) -> float:
+        assert self.started is not None
         return self.started + self.seconds
 
     def remaining(self) -> float:

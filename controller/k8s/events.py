@@ -24,7 +24,7 @@ from kubernetes.client import ApiClient
 
 from controller.deadline import Deadline
 from controller.engine.phases import Phase, PhaseChange
-from controller.engine.runner import TickEvent
+from controller.engine.ports import TickEvent
 from controller.k8s.client import REQUEST_TIMEOUT_ATTR, Forbidden, KubeApi, KubeStats, NotLeader
 
 log = structlog.get_logger("ramp.events")
@@ -176,7 +176,7 @@ class RolloutEventObserver:
 
     def __init__(self, recorder: EventRecorder) -> None:
         self.recorder = recorder
-        self._seen_history: dict[str, int] = {}
+        self._last_change: dict[str, tuple[Phase, int, str]] = {}
         self._routing_errors: dict[str, set[str]] = {}
 
     def __call__(self, event: TickEvent) -> None:
@@ -192,6 +192,7 @@ class RolloutEventObserver:
             reason, kind = PHASE_EVENTS[change.phase]
             self.recorder.record(spec.namespace, involved, reason, change.reason or change.phase.value, kind)
         name = event.rollout.name
+        self._safety_events(event, involved)
         if event.apply_error is None:
             self._routing_errors.pop(name, None)
             return
@@ -201,12 +202,31 @@ class RolloutEventObserver:
             message = f"routing for phase {event.decision.phase.value} not applied: {event.apply_error}"
             self.recorder.record(spec.namespace, involved, "RoutingFailed", message, "Warning")
 
+    def _safety_events(self, event: TickEvent, involved: ObjectRef) -> None:
+        """Drift, damaged or unsaveable state (Warning), and what became of a person's command."""
+        namespace = event.rollout.spec.namespace
+        if event.drift is not None:
+            self.recorder.record(namespace, involved, "RoutingDrift", f"{event.drift}; repaired", "Warning")
+        if event.damaged is not None:
+            self.recorder.record(namespace, involved, "StateDamaged", event.decision.state.reason, "Warning")
+        if event.store_error is not None:
+            self.recorder.record(namespace, involved, "StateNotSaved", event.store_error, "Warning")
+        outcome = event.decision.state.last_command
+        if outcome is not None and outcome.at == event.at:
+            message = f"{outcome.command}: {outcome.reason}"
+            if outcome.applied:
+                self.recorder.record(namespace, involved, "CommandApplied", message, "Normal")
+            else:
+                self.recorder.record(namespace, involved, "CommandRefused", message, "Warning")
+
     def _changes(self, event: TickEvent) -> list[PhaseChange]:
-        """The phase/step changes made in this tick: history entries stamped with the tick's time."""
-        history = event.decision.state.history
+        """The phase/step changes made in this tick: history entries stamped with the tick's time (history is
+        bounded, so entries are matched by content, not position; an entry re-stamped when its routing was
+        confirmed later is not reported twice)."""
         name = event.rollout.name
-        already = self._seen_history.get(name, 0)
-        if already > len(history):  # the state started over (e.g. a new state file)
-            already = 0
-        self._seen_history[name] = len(history)
-        return [change for change in history[already:] if change.at == event.at]
+        fresh = [change for change in event.decision.state.history if change.at == event.at]
+        last = self._last_change.get(name)
+        changes = [c for c in fresh if (c.phase, c.step, c.reason) != last]
+        if fresh:
+            self._last_change[name] = (fresh[-1].phase, fresh[-1].step, fresh[-1].reason)
+        return changes

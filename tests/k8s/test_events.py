@@ -103,9 +103,12 @@ def test_approval_pause_and_resume_are_recorded(kube: KubeHarness, tmp_path: Pat
     assert rig.store.load("shop").phase == Phase.PAUSED  # type: ignore[union-attr]
     rig.store.request("shop", CommandRequest(command=Command.RESUME))
     rig.run_until_terminal()
-    assert [e["reason"] for e in rig.events()] == ["HeaderTest", "Progressing", "Paused", "Progressing", "Promoted"]
-    assert summary(rig.events()) == rig.history()
+    reasons = [e["reason"] for e in rig.events()]
+    assert reasons == ["HeaderTest", "Progressing", "Paused", "Progressing", "CommandApplied", "Promoted"]
+    phase_events = [e for e in rig.events() if not e["reason"].startswith("Command")]
+    assert summary(phase_events) == rig.history()
     assert rig.events()[2]["message"] == "step 3/4: waiting for manual approval"
+    assert rig.events()[4]["message"] == "resume: approved by user"  # what became of the person's command
 
 
 def test_rollback_is_a_warning_naming_the_gate_and_value(kube: KubeHarness, tmp_path: Path) -> None:
@@ -207,3 +210,26 @@ def test_a_replica_that_is_not_the_leader_records_no_event(kube: KubeHarness, vi
     assert (recorder.recorded, recorder.suppressed, recorder.failures) == (1, 1, 0)
     assert [e["reason"] for e in kube.objects("", "v1", "events")] == ["Progressing"]
     assert len(kube.requests("post")) == 1  # nothing was sent
+
+
+def test_damaged_state_drift_and_refused_commands_are_warning_events(kube: KubeHarness, tmp_path: Path) -> None:
+    import json as _json
+
+    from tests.unit.test_runner_safety import DriftingDataPlane
+
+    rig = Rig(kube, tmp_path)
+    rig.router = DriftingDataPlane()
+    rig.runner.router = rig.router
+    rig.tick()
+    sound = _json.loads((tmp_path / "shop.state.json").read_text())
+    (tmp_path / "shop.state.json").write_text(_json.dumps({**sound, "step": 42}))
+    rig.tick()  # damaged: failed safe to the baseline
+    rig.store.request("shop", CommandRequest(id="p1", command=Command.PROMOTE))
+    rig.tick()  # refused: the rollout Failed
+    rig.router.serving = rig.router.serving.model_copy(update={"weights": (("v1", 50), ("v2", 50))})  # type: ignore[union-attr]
+    rig.tick()  # drift, repaired
+    found = {e["reason"]: (e["type"], e["message"]) for e in rig.events()}
+    assert found["StateDamaged"][0] == "Warning" and "step index 42" in found["StateDamaged"][1]
+    assert found["CommandRefused"][0] == "Warning" and found["CommandRefused"][1].startswith("promote: ")
+    assert found["RoutingDrift"][0] == "Warning" and "v1=50% v2=50%" in found["RoutingDrift"][1]
+    assert found["Failed"][0] == "Warning"
