@@ -16,6 +16,7 @@ from pathlib import Path
 
 from controller.analysis.metrics import MetricsSnapshot, VersionMetrics
 from controller.analysis.prometheus import MetricsRequest
+from controller.deadline import Deadline
 from controller.engine.runner import RolloutRunner
 from controller.routing.model import DesiredRouting
 from controller.spec_directory import SpecDirectory
@@ -27,7 +28,7 @@ class JournalRouter:
         self.journal = journal
         self.current: dict[str, DesiredRouting] = {}
 
-    def apply(self, routing: DesiredRouting) -> bool:
+    def apply(self, routing: DesiredRouting, deadline: Deadline | None = None) -> bool:
         if self.current.get(routing.service) == routing:
             return False
         line = json.dumps({"service": routing.service, "routing": routing.model_dump(mode="json")}) + "\n"
@@ -40,7 +41,9 @@ class JournalRouter:
 
 
 class ScriptedMetrics:
-    def fetch(self, requests: Sequence[MetricsRequest]) -> dict[MetricsRequest, MetricsSnapshot]:
+    def fetch(
+        self, requests: Sequence[MetricsRequest], deadline: Deadline | None = None
+    ) -> dict[MetricsRequest, MetricsSnapshot]:
         out = {}
         for request in requests:
             snapshot = MetricsSnapshot(window_seconds=request.window_seconds)
