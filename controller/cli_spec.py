@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from controller.plan import Plan, build_plan
-from controller.routing.crd_schema import CRD_ENV_VAR, IstioSchemas, crd_file_candidates, find_crd_file
+from controller.routing.crd_schema import CRD_ENV_VAR, IstioSchemas
 from controller.routing.istio_render import destination_rule, virtual_service
 from controller.routing.model import DesiredRouting
 from controller.spec import RolloutSpec
@@ -56,7 +56,7 @@ def register(subparsers: Subparsers) -> None:
     plan.add_argument(
         "--crds",
         metavar="PATH",
-        help=f"Istio networking CRD file (default: ${CRD_ENV_VAR}, else <repo>/../shared/reference/)",
+        help=f"Istio networking CRD file (default: ${CRD_ENV_VAR}, else the copy shipped with Ramp)",
     )
     plan.set_defaults(handler=run_plan)
 
@@ -165,18 +165,11 @@ def plan_states(plan: Plan) -> list[PlanState]:
     return states
 
 
-def _crd_schemas(option: str | None) -> tuple[IstioSchemas | None, str | None]:
-    """(schemas, None), (None, note) when the file is absent, or raises FileNotFoundError for --crds."""
-    if option is not None:
-        return IstioSchemas.load(Path(option)), None
-    found = find_crd_file()
-    if found is None:
-        where = ", ".join(str(p) for p in crd_file_candidates())
-        return None, (
-            f"note: Istio CRD file not found (looked at {where}); manifests were not validated "
-            f"(set {CRD_ENV_VAR} or pass --crds)"
-        )
-    return IstioSchemas.load(found), None
+def _crd_schemas(option: str | None) -> IstioSchemas:
+    """The CRDs to validate against: --crds, else $RAMP_ISTIO_CRDS, else the packaged copy.
+
+    Always validates: a missing file raises FileNotFoundError (reported, exit 1), never a silent skip."""
+    return IstioSchemas.load(Path(option) if option is not None else None)
 
 
 Rendered = list[tuple[PlanState, list[dict[str, Any]]]]
@@ -220,24 +213,21 @@ def run_plan(args: argparse.Namespace) -> int:
         _err(f"{args.spec}: cannot plan this rollout: {exc}")
         return 1
     try:
-        schemas, note = _crd_schemas(args.crds)
+        schemas = _crd_schemas(args.crds)
     except (OSError, ValueError, yaml.YAMLError) as exc:
         _err(f"ramp plan: cannot load Istio CRDs: {exc}")
         return 1
-    if note:
-        _err(note)
-    if schemas is not None:
-        errors = [
-            f"{args.spec}: {state.state}: {manifest['kind']} {manifest['metadata']['name']}: {error}"
-            for state, manifests in rendered
-            for manifest in manifests
-            for error in schemas.validate(manifest)
-        ]
-        if errors:
-            for error in errors:
-                _err(error)
-            _err(f"ramp plan: {_plural(len(errors), 'manifest error')} against {schemas.path}")
-            return 1
+    errors = [
+        f"{args.spec}: {state.state}: {manifest['kind']} {manifest['metadata']['name']}: {error}"
+        for state, manifests in rendered
+        for manifest in manifests
+        for error in schemas.validate(manifest)
+    ]
+    if errors:
+        for error in errors:
+            _err(error)
+        _err(f"ramp plan: {_plural(len(errors), 'manifest error')} against {schemas.path}")
+        return 1
     if args.output == "json":
         print(_render_json(rendered))
     else:

@@ -1,9 +1,9 @@
 """Validate manifests against Istio's published networking CRDs, strictly.
 
-The CRD file (VirtualService, DestinationRule, Gateway as published by istio/api)
-is reference data that lives beside the repository, at
-``<repo root>/../shared/reference/istio-networking-crds.yaml``; set
-``RAMP_ISTIO_CRDS`` to use another copy. It is read, never copied into the project.
+The CRD file (VirtualService, DestinationRule, Gateway as published by istio/api) ships with
+the package: ``controller/schemas/istio-networking-crds.yaml`` (its header names the source,
+version and licence, Apache-2.0), so validation never depends on anything outside the package.
+Set ``RAMP_ISTIO_CRDS`` (or ``ramp plan --crds``) to validate against another copy, e.g. a newer Istio.
 
 Validation is stricter than the API server on purpose: Kubernetes silently prunes
 unknown fields of structural schemas, which hides typos (``wieght: 10`` would
@@ -32,8 +32,7 @@ from jsonschema import Draft4Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
 CRD_ENV_VAR = "RAMP_ISTIO_CRDS"
-CRD_RELATIVE_PATH = Path("shared", "reference", "istio-networking-crds.yaml")
-REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGED_CRD_FILE = Path(__file__).resolve().parent.parent / "schemas" / "istio-networking-crds.yaml"
 
 _JUNCTORS = ("allOf", "anyOf", "oneOf", "not")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -51,11 +50,11 @@ _OBJECT_META_FIELDS = frozenset(
 
 
 def crd_file_candidates() -> list[Path]:
-    """Where the CRD file is looked for, in order (the env var, if set, is the only place)."""
+    """Where the CRD file is looked for: the env var if set (then the only place), else the packaged copy."""
     override = os.environ.get(CRD_ENV_VAR)
     if override:
         return [Path(override)]
-    return [REPO_ROOT.parent / CRD_RELATIVE_PATH, Path.cwd().parent / CRD_RELATIVE_PATH]
+    return [PACKAGED_CRD_FILE]
 
 
 def find_crd_file() -> Path | None:

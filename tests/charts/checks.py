@@ -12,7 +12,7 @@ _MONITOR_ENDPOINT_FIELDS = frozenset({"port", "path", "interval", "scrapeTimeout
 
 
 def service_monitor_problems(monitor: dict[str, Any]) -> list[str]:
-    """No schema for monitoring.coreos.com ships with kubernetes-validate or shared/reference: check it by hand."""
+    """No schema for monitoring.coreos.com ships with kubernetes-validate or with Ramp: check it by hand."""
     problems: list[str] = []
     if monitor.get("apiVersion") != "monitoring.coreos.com/v1":
         problems.append(f"apiVersion {monitor.get('apiVersion')!r}")
