@@ -60,6 +60,8 @@ def _routing(spec: RolloutSpec, weights: dict[str, int], headers: tuple[HeaderRo
         versions=names,
         header_routes=headers,
         weights=tuple((n, weights.get(n, 0)) for n in names),
+        extra_hosts=tuple(spec.hosts),
+        gateways=spec.bound_gateways,
     )
 
 

@@ -16,7 +16,9 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from controller.spec_rules import (
     DNS_LABEL_PATTERN,
+    MAX_EXTRA_HOSTS,
     MAX_GATES,
+    MAX_GATEWAYS,
     MAX_INTERVAL,
     MAX_MISSING_DATA_TIMEOUT,
     MAX_STEP_DURATION,
@@ -25,6 +27,7 @@ from controller.spec_rules import (
     MAX_WINDOW,
     MIN_INTERVAL,
     MIN_WINDOW,
+    check_gateway,
     check_header_name,
     check_header_value,
     check_host,
@@ -68,6 +71,20 @@ Host = Annotated[
     str,
     AfterValidator(check_host),
     WithJsonSchema({"type": "string", "maxLength": 253, "description": "RFC 1123 DNS name, no wildcard"}),
+]
+
+_DNS_NAME = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+Gateway = Annotated[
+    str,
+    AfterValidator(check_gateway),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": rf"^(mesh|([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?{_DNS_NAME})$",
+            "maxLength": 317,
+            "description": "An Istio Gateway as [namespace/]name, or mesh (the sidecars)",
+        }
+    ),
 ]
 
 
@@ -243,6 +260,12 @@ _NO_GATES = (
 )
 
 
+_NO_GATEWAYS = ": omit gateways for mesh only, or list them (e.g. [mesh, shop/public-gateway])"
+
+
+Gateways = Annotated[list[Gateway], AfterValidator(count_between("gateways", 1, MAX_GATEWAYS, _NO_GATEWAYS))]
+
+
 def _default_gates() -> list[Gate]:
     return [Gate(metric="error_rate", max=1.0), Gate(metric="latency", quantile="p99", max=500.0)]
 
@@ -254,6 +277,22 @@ class RolloutSpec(StrictModel):
     service: DnsName
     namespace: DnsName = "default"
     host: Host | None = Field(default=None, description="Default: <service>.<namespace>.svc.cluster.local")
+    hosts: Annotated[list[Host], AfterValidator(count_between("hosts", 0, MAX_EXTRA_HOSTS))] = Field(
+        default_factory=list,
+        description=(
+            "Extra hosts the VirtualService serves besides host, e.g. shop.example.com on an ingress gateway "
+            f"(at most {MAX_EXTRA_HOSTS}); the routes still send to host's subsets"
+        ),
+        json_schema_extra={"maxItems": MAX_EXTRA_HOSTS},
+    )
+    gateways: Gateways | None = Field(
+        default=None,
+        description=(
+            "Gateways the VirtualService is bound to ([namespace/]name, or mesh for the sidecars); "
+            f"default: mesh only (at most {MAX_GATEWAYS})"
+        ),
+        json_schema_extra={"minItems": 1, "maxItems": MAX_GATEWAYS},
+    )
     versions: Annotated[list[VersionWeight], AfterValidator(count_between("versions", 1, MAX_VERSIONS))] = Field(
         description=f"Current traffic, relative weights (1 to {MAX_VERSIONS} versions)",
         json_schema_extra={"minItems": 1, "maxItems": MAX_VERSIONS},
@@ -282,6 +321,11 @@ class RolloutSpec(StrictModel):
     @property
     def fqdn(self) -> str:
         return self.host or f"{self.service}.{self.namespace}.svc.cluster.local"
+
+    @property
+    def bound_gateways(self) -> tuple[str, ...]:
+        """The gateways to bind, as written; () = Istio's default, mesh only."""
+        return tuple(self.gateways or ())
 
     @property
     def baseline(self) -> dict[str, int]:

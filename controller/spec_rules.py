@@ -159,6 +159,36 @@ def validate_host(host: object) -> str | None:
     return None
 
 
+MAX_GATEWAYS = 10
+MAX_EXTRA_HOSTS = 20
+MESH_GATEWAY = "mesh"
+
+
+def validate_gateway(gateway: object) -> str | None:
+    """None for Istio's reserved `mesh` or a `[namespace/]name` Gateway reference, else the reason.
+
+    The namespace is a DNS label and the name a DNS subdomain, as Kubernetes names them; no wildcard.
+    """
+    if not isinstance(gateway, str):
+        return "gateway must be a string"
+    if gateway == MESH_GATEWAY:
+        return None
+    if "*" in gateway:
+        return f"gateway {_shown(gateway)} has a wildcard: name one Gateway as [namespace/]name, or mesh"
+    namespace, slash, name = gateway.rpartition("/")
+    if slash and (len(namespace) > 63 or not _DNS_LABEL.fullmatch(namespace)):
+        return f"gateway {_shown(gateway)}: namespace {_shown(namespace)} is not a DNS label: {DNS_LABEL_RULE}"
+    if slash and name == MESH_GATEWAY:
+        return f"gateway {_shown(gateway)}: mesh is reserved for the sidecars and takes no namespace: write mesh"
+    labels_ok = all(len(label) <= 63 and _DNS_LABEL.fullmatch(label) for label in name.split("."))
+    if not name or len(name) > 253 or not labels_ok:
+        return (
+            f"gateway {_shown(gateway)} is not [namespace/]name with a DNS name (dot-separated labels of "
+            f"{DNS_LABEL_RULE}), nor the reserved mesh"
+        )
+    return None
+
+
 def _check(rule: Callable[[object], str | None]) -> Callable[[str], str]:
     def check(value: str) -> str:
         reason = rule(value)
@@ -171,6 +201,7 @@ def _check(rule: Callable[[object], str | None]) -> Callable[[str], str]:
 
 check_version_name = _check(validate_version_name)
 check_host = _check(validate_host)
+check_gateway = _check(validate_gateway)
 
 
 # --- header matches --------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ def semantic_problems(spec: RolloutSpec) -> list[tuple[Path, str]]:
         problems.append(
             (("versions",), f"no version other than target {spec.target!r} carries traffic to roll back to")
         )
+    problems.extend(_binding_problems(spec))
     if spec.steps is not None:
         problems.extend(_step_problems(spec, seen))
     if spec.analysis.window < spec.schedule.interval:
@@ -54,6 +55,36 @@ def semantic_problems(spec: RolloutSpec) -> list[tuple[Path, str]]:
             problems.append(
                 (("gates", i), f"gate name {gate.display_name!r} is used twice: a statistical gate needs its own name")
             )
+    return problems
+
+
+def _canonical_host(host: str, namespace: str) -> str:
+    """Istio's reading of a host: a short name (no dot) is `<name>.<namespace>.svc.cluster.local`."""
+    return host if "." in host else f"{host}.{namespace}.svc.cluster.local"
+
+
+def _binding_problems(spec: RolloutSpec) -> list[tuple[Path, str]]:
+    """Extra hosts and gateways: each once; an extra host is not the spec's own host again."""
+    problems: list[tuple[Path, str]] = []
+    own = _canonical_host(spec.fqdn, spec.namespace)
+    seen: dict[str, int] = {}
+    for i, host in enumerate(spec.hosts):
+        canonical = _canonical_host(host, spec.namespace)
+        if canonical == own:
+            problems.append(
+                (("hosts", i), f"{host!r} is the service's own host {spec.fqdn}, always served: list only extra hosts")
+            )
+        elif canonical in seen:
+            problems.append((("hosts", i), f"host {host!r} is listed twice (first at hosts[{seen[canonical]}])"))
+        seen.setdefault(canonical, i)
+    gateways: dict[str, int] = {}
+    for i, gateway in enumerate(spec.gateways or []):
+        full = gateway if "/" in gateway or gateway == "mesh" else f"{spec.namespace}/{gateway}"
+        if full in gateways:
+            problems.append(
+                (("gateways", i), f"gateway {gateway!r} is listed twice (first at gateways[{gateways[full]}])")
+            )
+        gateways.setdefault(full, i)
     return problems
 
 
@@ -158,6 +189,15 @@ def _absolute_limit(gate: Gate) -> bool:
 def spec_warnings(spec: RolloutSpec) -> list[tuple[Path, str]]:
     """Sound but doubtful choices as (field path, reason); `ramp validate` prints them without failing."""
     warnings: list[tuple[Path, str]] = []
+    if spec.gateways is not None and "mesh" not in spec.gateways:
+        warnings.append(
+            (
+                ("gateways",),
+                f"mesh is not listed: callers inside the mesh reach {spec.fqdn} without Ramp's routes, so the "
+                f"Service spreads them over every version's pods, {spec.target!r} included; add mesh unless "
+                "only the gateways listed may reach the service",
+            )
+        )
     if any(_absolute_limit(gate) for gate in spec.gates):
         return warnings
     for i, step in enumerate(spec.effective_steps):

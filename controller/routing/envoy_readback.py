@@ -191,6 +191,9 @@ def parse_virtual_host(
         versions=tuple(versions),
         header_routes=tuple(header_routes),
         weights=tuple((v, percentages.get(v, 0)) for v in _ordered(weight_order, versions)),
+        # Istio-only bindings Envoy has no notion of: as asked (they never change what requests experience).
+        extra_hosts=template.extra_hosts if template is not None else (),
+        gateways=template.gateways if template is not None else (),
     )
 
 

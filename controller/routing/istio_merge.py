@@ -7,8 +7,8 @@ Ramp owns only what it manages. In a VirtualService that is the http routes name
     [Ramp's header routes] + [foreign http routes, original order] + [ramp-primary]
 
 Fields a person added to a Ramp route other than name/match/route (retries, timeout, headers,
-...) are kept on the re-rendered route. Everything else (hosts - ours appended if missing -,
-gateways, exportTo, tcp/tls routes, foreign metadata) is left exactly as it was. A foreign
+...) are kept on the re-rendered route. Everything else (exportTo, tcp/tls routes, foreign metadata,
+hosts and gateways - the spec's appended when missing, never one removed -) is left exactly as it was. A foreign
 route that matches every request and sits before ramp-primary would silently take all traffic
 away from Ramp's weights, so it is refused with `RouteShadowingError` instead of written.
 """
@@ -46,6 +46,7 @@ __all__ = [
 COMMAND_ANNOTATION = "ramp.dev/command"
 OWNED_ROUTE_FIELDS = frozenset({"name", "match", "route"})
 _CLUSTER_SUFFIX = "svc.cluster.local"
+MESH_GATEWAY = "mesh"  # Istio's reserved name for the sidecars (the default binding)
 
 
 class IstioMergeError(ValueError):
@@ -99,6 +100,39 @@ def canonical_host(host: str, namespace: str) -> str:
 def _has_host(hosts: list[Any], host: str, namespace: str) -> bool:
     wanted = canonical_host(host, namespace)
     return any(isinstance(h, str) and canonical_host(h, namespace) == wanted for h in hosts)
+
+
+def _full_gateway(gateway: str, namespace: str) -> str:
+    """Istio's reading of a gateway: a name without a namespace is in the VirtualService's namespace."""
+    return gateway if "/" in gateway or gateway == MESH_GATEWAY else f"{namespace}/{gateway}"
+
+
+def _bind(obj: Mapping[str, Any], spec: dict[str, Any], routing: DesiredRouting) -> None:
+    """Add Ramp's host, extra hosts and gateways that are missing; never remove or reorder one.
+
+    A VirtualService without gateways is bound to mesh (Istio's default): when Ramp adds gateways, mesh is
+    written out so the callers it already served keep being served.
+    """
+    hosts = spec["hosts"]
+    if not isinstance(hosts, list):
+        raise IstioMergeError(f"{object_ref(obj)}: spec.hosts is not a list; nothing was written")
+    for host in (routing.host, *routing.extra_hosts):
+        if not _has_host(hosts, host, routing.namespace):
+            hosts.append(host)
+    if not routing.gateways:
+        return
+    found = spec.get("gateways")
+    if found is None or found == []:
+        found = [MESH_GATEWAY]
+    if not isinstance(found, list) or not all(isinstance(g, str) for g in found):
+        raise IstioMergeError(
+            f"{object_ref(obj)}: spec.gateways is not a list of strings ({str(found)[:80]}), so Ramp cannot add "
+            f"{', '.join(routing.gateways)}; fix it (nothing was written)"
+        )
+    bound = {_full_gateway(g, routing.namespace) for g in found}
+    missing = [g for g in routing.gateways if _full_gateway(g, routing.namespace) not in bound]
+    if missing:
+        spec["gateways"] = [*found, *missing]
 
 
 # --- VirtualService ---------------------------------------------------------------------------
@@ -167,9 +201,7 @@ def merge_virtual_service(
         spec: dict[str, Any] = merged["spec"]
         if spec.get("hosts") is None:
             spec["hosts"] = []
-        hosts = spec["hosts"]
-        if not _has_host(hosts, routing.host, routing.namespace):
-            hosts.append(routing.host)
+        _bind(merged, spec, routing)
         http, foreign = merge_http(list(spec.get("http") or []), routing)
         check_shadowing(merged, foreign)
         spec["http"] = http

@@ -46,7 +46,11 @@ def virtual_service(routing: DesiredRouting) -> dict[str, Any]:
         "apiVersion": API_VERSION,
         "kind": "VirtualService",
         "metadata": {"name": routing.service, "namespace": routing.namespace, "labels": dict(MANAGED_BY)},
-        "spec": {"hosts": [routing.host], "http": managed_http_routes(routing)},
+        "spec": {
+            "hosts": [routing.host, *routing.extra_hosts],
+            **({"gateways": list(routing.gateways)} if routing.gateways else {}),
+            "http": managed_http_routes(routing),
+        },
     }
 
 

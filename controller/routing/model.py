@@ -38,6 +38,8 @@ class DesiredRouting(BaseModel):
     versions: tuple[str, ...] = Field(description="Every version that has a subset")
     header_routes: tuple[HeaderRoute, ...] = ()
     weights: tuple[tuple[str, int], ...] = Field(description="(version, percent) in spec order")
+    extra_hosts: tuple[str, ...] = Field(default=(), description="Hosts served besides `host` (e.g. on an ingress)")
+    gateways: tuple[str, ...] = Field(default=(), description="Gateways bound; () = Istio's default, mesh only")
 
     def weight_of(self, version: str) -> int:
         return dict(self.weights).get(version, 0)

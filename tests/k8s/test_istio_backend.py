@@ -12,7 +12,7 @@ from controller.engine.phases import Phase, RolloutState
 from controller.plan import build_plan
 from controller.routing.istio import IstioBackend
 from controller.routing.istio_merge import IstioMergeError, RouteShadowingError
-from controller.routing.istio_render import managed_http_routes
+from controller.routing.istio_render import managed_http_routes, virtual_service
 from controller.routing.model import DesiredRouting
 from tests.k8s.emulator import KubeHarness
 from tests.k8s.helpers import (
@@ -285,3 +285,92 @@ def test_an_untracked_apply_touches_routes_only_and_is_idempotent(kube: KubeHarn
     puts = count(kube, "put", VS)
     assert IstioBackend(kube_api(kube)).apply(routings()[2]) is False
     assert count(kube, "put", VS) == puts
+
+
+# --- ingress bindings: gateways and extra hosts ---------------------------------------------------------
+
+INGRESS_GATEWAY = "istio-system/ingress"
+
+
+def ingress_routings(gateways: tuple[str, ...] = ("mesh", INGRESS_GATEWAY)) -> list[DesiredRouting]:
+    """The three-version plan, as a spec with `hosts: [shop.example.com]` and `gateways` would plan it."""
+    spec = three_versions().model_copy(update={"hosts": ["shop.example.com"], "gateways": list(gateways)})
+    return build_plan(spec).all_routings()
+
+
+def test_a_created_virtual_service_is_bound_to_the_specs_gateways_and_hosts(kube: KubeHarness) -> None:
+    b = backend(kube)
+    for index, routing in enumerate(ingress_routings()):
+        b.load("reviews")
+        b.save(state_at(index))
+        b.apply(routing)
+        vs = stored(kube, VS, "shop", "reviews")
+        assert_valid(vs)
+        assert vs is not None
+        assert vs["spec"]["hosts"] == [FQDN, "shop.example.com"]
+        assert vs["spec"]["gateways"] == ["mesh", INGRESS_GATEWAY]
+        assert vs["spec"]["http"] == managed_http_routes(routing)
+    assert count(kube, "post", VS) == 1
+
+
+def test_gateways_and_hosts_merge_into_a_foreign_virtual_service_without_disturbing_it(kube: KubeHarness) -> None:
+    original = foreign_virtual_service()  # hosts [reviews.example.com], gateways [mesh, shop/public-gateway]
+    custom_objects(kube).create_namespaced_custom_object(G, V, "shop", VS, copy.deepcopy(original))
+    b = backend(kube)
+    # "public-gateway" is shop/public-gateway (the VirtualService's namespace), already bound: not added again
+    for index, routing in enumerate(ingress_routings(("public-gateway", INGRESS_GATEWAY, "mesh"))):
+        b.load("reviews")
+        b.save(state_at(index))
+        b.apply(routing)
+        vs = stored(kube, VS, "shop", "reviews")
+        assert_valid(vs)
+        assert vs is not None
+        assert vs["spec"]["hosts"] == ["reviews.example.com", FQDN, "shop.example.com"]  # theirs first, ours once
+        assert vs["spec"]["gateways"] == ["mesh", "shop/public-gateway", INGRESS_GATEWAY]
+        http = vs["spec"]["http"]
+        headers = len(routing.header_routes)
+        assert [r["name"] for r in http][headers:] == ["x-debug", "legacy", "ramp-primary"]
+        assert json.dumps(http[headers]) == json.dumps(original["spec"]["http"][0])
+        assert json.dumps(http[headers + 1]) == json.dumps(original["spec"]["http"][2])
+        for key in ("exportTo", "tcp"):
+            assert json.dumps(vs["spec"][key]) == json.dumps(original["spec"][key])
+        assert vs["metadata"]["labels"] == {"team": "books"}
+    puts = count(kube, "put", VS)
+    assert IstioBackend(kube_api(kube)).apply(ingress_routings()[-1]) is False  # already bound: nothing to write
+    assert count(kube, "put", VS) == puts
+
+
+def test_adding_gateways_keeps_the_implicit_mesh_binding_and_nothing_is_ever_unbound(kube: KubeHarness) -> None:
+    """A VirtualService without gateways serves the mesh: binding it to an ingress gateway must not take
+    the mesh callers away from the routes they use, and a gateway the spec no longer lists stays bound."""
+    mesh_only = foreign_virtual_service()
+    del mesh_only["spec"]["gateways"]
+    custom_objects(kube).create_namespaced_custom_object(G, V, "shop", VS, mesh_only)
+    b = IstioBackend(kube_api(kube))
+    assert b.apply(ingress_routings((INGRESS_GATEWAY,))[0]) is True
+    vs = stored(kube, VS, "shop", "reviews")
+    assert_valid(vs)
+    assert vs is not None and vs["spec"]["gateways"] == ["mesh", INGRESS_GATEWAY]
+    b.apply(routings()[2])  # a routing without bindings (e.g. set-weights, or the spec dropped them)
+    vs = stored(kube, VS, "shop", "reviews")
+    assert vs is not None and vs["spec"]["gateways"] == ["mesh", INGRESS_GATEWAY]
+    assert vs["spec"]["hosts"] == ["reviews.example.com", FQDN, "shop.example.com"]
+    assert vs["spec"]["http"][-1]["route"] == managed_http_routes(routings()[2])[-1]["route"]
+
+
+def test_a_mesh_only_binding_asks_for_no_write_on_a_virtual_service_without_gateways(kube: KubeHarness) -> None:
+    custom_objects(kube).create_namespaced_custom_object(G, V, "shop", VS, virtual_service(routings()[0]))
+    b = IstioBackend(kube_api(kube))
+    assert b.apply(ingress_routings(("mesh",))[0]) is True  # the extra host is added...
+    vs = stored(kube, VS, "shop", "reviews")
+    assert vs is not None and "gateways" not in vs["spec"]  # ...but mesh is already the default binding
+    assert vs["spec"]["hosts"] == [FQDN, "shop.example.com"]
+
+
+def test_gateways_that_are_not_a_list_of_strings_are_refused_and_nothing_is_written(kube: KubeHarness) -> None:
+    broken = foreign_virtual_service()
+    broken["spec"]["gateways"] = "mesh"
+    created = custom_objects(kube).create_namespaced_custom_object(G, V, "shop", VS, broken)
+    with pytest.raises(IstioMergeError, match=r"VirtualService shop/reviews: spec\.gateways is not a list of strings"):
+        IstioBackend(kube_api(kube)).apply(ingress_routings()[0])
+    assert count(kube, "put", VS) == 0 and stored(kube, VS, "shop", "reviews") == created

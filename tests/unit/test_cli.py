@@ -62,6 +62,7 @@ def test_validate_examples_ok(capsys: pytest.CaptureFixture[str], in_repo: None)
         [
             "ok  rollout-specs/defaults.yaml (rollout checkout: 4 steps)",
             "ok  rollout-specs/demo.yaml (rollout demo: 4 steps)",
+            "ok  rollout-specs/ingress.yaml (rollout storefront: 4 steps)",
             "ok  rollout-specs/statistical.yaml (rollout payments: 4 steps)",
             "ok  rollout-specs/three-versions.yaml (rollout reviews: 5 steps)",
         ],
