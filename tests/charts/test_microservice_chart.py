@@ -55,7 +55,24 @@ def desired_routing(values: dict[str, Any], release_namespace: str) -> DesiredRo
         versions=tuple(names),
         header_routes=header_routes,
         weights=tuple((n, percentages[n]) for n in names),
+        extra_hosts=tuple(values.get("hosts") or ()),
+        gateways=tuple(values.get("gateways") or ()),
     )
+
+
+def expected_container(values: dict[str, Any], version: dict[str, Any]) -> dict[str, Any]:
+    """What a version's container runs, by the rules in values.yaml: its own image fields, else the top-level
+    ones; its own resources, else the top-level ones; its own command, else the top-level command while it runs
+    the top-level repository, else its image's ENTRYPOINT (no command)."""
+    top, own = values["image"], version.get("image", {})
+    repository = own.get("repository", top["repository"])
+    command = values["command"] if repository == top["repository"] else []
+    return {
+        "image": f"{repository}:{own.get('tag') or top.get('tag') or '0.1.0'}",
+        "imagePullPolicy": own.get("pullPolicy", top["pullPolicy"]),
+        "command": version.get("command", command),
+        "resources": version.get("resources", values["resources"]),
+    }
 
 
 def primary_weights(vs: dict[str, Any]) -> list[tuple[str, int]]:
@@ -115,10 +132,26 @@ def _versions(draw: st.DrawFn) -> list[dict[str, Any]]:
     return [{"name": f"v{i + 1}", "weight": w} for i, w in enumerate(weights)]
 
 
+_HOSTS = ["shop.example.com", "api.shop.example.com", "svc", "svc.other", "a-b.example.org"]
+_GATEWAYS = ["mesh", "istio-system/public-gateway", "ingress", "ns2/gw.internal", "edge"]
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(versions=_versions(), header_index=st.one_of(st.none(), st.integers(0, 6)))
-def test_chart_apportionment_equals_the_controllers(versions: list[dict[str, Any]], header_index: int | None) -> None:
+@given(
+    versions=_versions(),
+    header_index=st.one_of(st.none(), st.integers(0, 6)),
+    hosts=st.lists(st.sampled_from(_HOSTS), max_size=4, unique=True),
+    gateways=st.lists(st.sampled_from(_GATEWAYS), max_size=4, unique=True),
+)
+def test_chart_apportionment_equals_the_controllers(
+    versions: list[dict[str, Any]], header_index: int | None, hosts: list[str], gateways: list[str]
+) -> None:
+    """Weights, header route, extra hosts and gateways: the chart renders what the controller renders."""
     values: dict[str, Any] = {"service": "svc", "namespace": "ns", "versions": versions}
+    if hosts:
+        values["hosts"] = hosts
+    if gateways:
+        values["gateways"] = gateways
     if header_index is not None:
         target = versions[header_index % len(versions)]["name"]
         values["headerRoute"] = {"value": target, "version": target}
@@ -127,6 +160,53 @@ def test_chart_apportionment_equals_the_controllers(versions: list[dict[str, Any
     assert rendered.one("VirtualService") == virtual_service(routing)
     assert rendered.one("DestinationRule") == destination_rule(routing)
     assert sum(w for _, w in primary_weights(rendered.one("VirtualService"))) == 100
+    vs_spec = rendered.one("VirtualService")["spec"]
+    assert vs_spec["hosts"] == ["svc.ns.svc.cluster.local", *hosts]
+    assert vs_spec.get("gateways", []) == gateways
+
+
+def test_ingress_values_bind_the_gateways_and_serve_the_extra_hosts() -> None:
+    """Independent of the controller: the literal VirtualService of ci/ingress-values.yaml."""
+    vs = render_ci(MICRO_CHART / "ci" / "ingress-values.yaml").one("VirtualService")
+    assert vs["spec"]["hosts"] == ["storefront.shop.svc.cluster.local", "shop.example.com"]
+    assert vs["spec"]["gateways"] == ["mesh", "istio-system/public-gateway"]
+    destinations = {d["destination"]["host"] for route in vs["spec"]["http"] for d in route["route"]}
+    assert destinations == {"storefront.shop.svc.cluster.local"}
+    defaults = render_ci(MICRO_CHART / "ci" / "two-versions-values.yaml").one("VirtualService")
+    assert defaults["spec"]["hosts"] == ["reviews.shop.svc.cluster.local"] and "gateways" not in defaults["spec"]
+
+
+def test_each_version_runs_its_own_release() -> None:
+    """Literal images, commands and resources of ci/per-version-images-values.yaml."""
+    rendered = render_ci(MICRO_CHART / "ci" / "per-version-images-values.yaml")
+    containers = {
+        d["metadata"]["labels"]["version"]: d["spec"]["template"]["spec"]["containers"][0]
+        for d in rendered.of_kind("Deployment")
+    }
+    sample_app = ["python", "-m", "services.sample_app"]
+    default_resources = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "200m", "memory": "64Mi"}}
+    v1, v2, v3, v4 = (containers[v] for v in ("v1", "v2", "v3", "v4"))
+    assert (v1["image"], v1["imagePullPolicy"], v1["command"]) == ("ramp:0.1.0", "IfNotPresent", sample_app)
+    assert v1["resources"] == default_resources
+    assert (v2["image"], v2["imagePullPolicy"], v2["command"]) == ("ramp:0.2.0", "Always", sample_app)
+    assert v2["resources"] == {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "128Mi"}}
+    assert {"name": "LATENCY_MS", "value": "5"} in v2["env"] and {"name": "LATENCY_MS", "value": "5"} not in v1["env"]
+    assert (v3["image"], v3["imagePullPolicy"]) == ("registry.example.com/shop/ratings:3.0.0-rc.1", "IfNotPresent")
+    assert "command" not in v3  # another repository: its image's own ENTRYPOINT
+    assert (v4["image"], v4["command"]) == ("registry.example.com/shop/ratings:4.0.0", ["/app/ratings", "--serve"])
+    versions = {d["metadata"]["labels"]["version"]: d["metadata"]["labels"] for d in rendered.of_kind("Deployment")}
+    assert [versions[v]["app.kubernetes.io/version"] for v in ("v1", "v2", "v3", "v4")] == [
+        "0.1.0", "0.2.0", "3.0.0-rc.1", "4.0.0",
+    ]  # fmt: skip
+    assert {d["spec"]["replicas"] for d in rendered.of_kind("Deployment")} == {3, 1, 0}
+
+
+def test_values_without_per_version_releases_render_as_before() -> None:
+    """Backwards compatible: the chart defaults run the top-level image with the sample app command."""
+    rendered = render(MICRO_CHART, {}, MICRO_NAMESPACE)
+    (container,) = rendered.one("Deployment")["spec"]["template"]["spec"]["containers"]
+    assert (container["image"], container["command"]) == ("ramp:0.1.0", ["python", "-m", "services.sample_app"])
+    assert container["resources"] == rendered.values["resources"]
 
 
 def _deployments(rendered: Rendered) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
@@ -151,7 +231,9 @@ def test_one_deployment_per_version(path: Path) -> None:
         pod = deployment["spec"]["template"]["spec"]
         assert_hardened(pod)
         (container,) = pod["containers"]
-        assert container["command"] == ["python", "-m", "services.sample_app"]
+        wanted = expected_container(rendered.values, version)
+        assert {**container, "command": container.get("command", [])}.items() >= wanted.items()
+        assert deployment["metadata"]["labels"]["app.kubernetes.io/version"] == wanted["image"].rpartition(":")[2]
         env = {e["name"]: e["value"] for e in container["env"]}
         assert len(env) == len(container["env"]), "no variable set twice"
         assert env == {"VERSION": version["name"], "PORT": "8080", "HOST": "0.0.0.0", **version.get("env", {})}
@@ -186,8 +268,13 @@ def test_replicas_zero_is_kept() -> None:
             {"versions": [{"name": "v1", "weight": 1}], "headerRoute": {"value": "v9", "version": "v9"}},
             'headerRoute.version: "v9" is not one of the versions (v1)',
         ),
+        (
+            {"namespace": "apps", "hosts": ["apps-svc.example.com", "sample.apps.svc.cluster.local"]},
+            'hosts: "sample.apps.svc.cluster.local" is listed twice (the service\'s own host',
+        ),
+        ({"namespace": "apps", "gateways": ["gw", "apps/gw"]}, 'gateways: "apps/gw" is listed twice'),
     ],
-    ids=["duplicate-version", "zero-weights", "header-to-unknown-version"],
+    ids=["duplicate-version", "zero-weights", "header-to-unknown-version", "own-host-again", "same-gateway-twice"],
 )
 def test_microservice_template_checks(values: dict[str, Any], complaint: str) -> None:
     assert complaint in render_error(MICRO_CHART, values)
@@ -206,10 +293,26 @@ def test_microservice_template_checks(values: dict[str, Any], complaint: str) ->
         ({"headerRoute": {"version": "v1"}}, "/headerRoute"),
         ({"headerRoute": {"value": "v1", "version": "v1", "match": "glob"}}, "/headerRoute/match"),
         ({"weights": {"v1": 100}}, "weights"),
+        ({"hosts": ["*.example.com"]}, "/hosts/0"),
+        ({"hosts": ["Shop.example.com"]}, "/hosts/0"),
+        ({"hosts": ["a.example.com", "a.example.com"]}, "/hosts"),
+        ({"hosts": "a.example.com"}, "/hosts"),
+        ({"gateways": ["shop/mesh"]}, "/gateways/0"),
+        ({"gateways": ["a/b/c"]}, "/gateways/0"),
+        ({"gateways": ["Public"]}, "/gateways/0"),
+        ({"versions": [{"name": "v1", "weight": 1, "image": {"repository": "x"}}]}, "/versions/0/image"),
+        ({"versions": [{"name": "v1", "weight": 1, "image": {"tag": "a:b"}}]}, "/versions/0/image/tag"),
+        ({"versions": [{"name": "v1", "weight": 1, "image": {"tag": "1", "digest": "x"}}]}, "/versions/0/image"),
+        ({"versions": [{"name": "v1", "weight": 1, "command": "run"}]}, "/versions/0/command"),
+        ({"versions": [{"name": "v1", "weight": 1, "resources": {"limit": {}}}]}, "/versions/0/resources"),
+        ({"versions": [{"name": "v1", "weight": 1, "resources": {"limits": {"cpu": "lots"}}}]}, "/versions/0/"),
     ],
     ids=[
         "weight-string", "weight-negative", "weight-fraction", "no-versions", "name-uppercase",
         "env-overrides-version", "env-number", "header-without-value", "header-bad-match", "unknown-top-level-key",
+        "host-wildcard", "host-uppercase", "host-twice", "hosts-not-a-list", "namespaced-mesh", "gateway-two-slashes",
+        "gateway-uppercase", "image-without-tag", "image-tag-with-colon", "image-unknown-field", "command-not-a-list",
+        "resources-misspelt", "resources-bad-quantity",
     ],
 )  # fmt: skip
 def test_microservice_schema_rejects_bad_values(values: dict[str, Any], complaint: str) -> None:

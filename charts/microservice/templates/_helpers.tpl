@@ -15,18 +15,56 @@
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end }}
 
+{{/*
+One version's container settings, as JSON: its own image (repository defaults to the top-level one, tag
+required), pullPolicy, resources and command, each falling back to the top-level value. The command falls
+back to the top-level `command` only while the version runs the top-level repository; a version with its
+own repository runs its image's ENTRYPOINT/CMD unless it sets `command`. Call with (list $ $version).
+*/}}
+{{- define "microservice.versionContainer" -}}
+{{- $root := index . 0 }}
+{{- $version := index . 1 }}
+{{- $top := $root.Values.image }}
+{{- $own := $version.image | default dict }}
+{{- $repository := $own.repository | default $top.repository }}
+{{- $tag := $own.tag | default ($top.tag | default $root.Chart.AppVersion) }}
+{{- $command := $root.Values.command }}
+{{- if ne $repository $top.repository }}
+{{- $command = list }}
+{{- end }}
+{{- if hasKey $version "command" }}
+{{- $command = $version.command }}
+{{- end }}
+{{- toJson (dict
+  "image" (printf "%s:%s" $repository $tag)
+  "tag" $tag
+  "pullPolicy" ($own.pullPolicy | default $top.pullPolicy)
+  "resources" (hasKey $version "resources" | ternary $version.resources $root.Values.resources)
+  "command" $command) }}
+{{- end }}
+
+{{/* The VirtualService's hosts: the service's host, then the extra hosts, as Ramp renders them (JSON). */}}
+{{- define "microservice.hosts" -}}
+{{- toJson (prepend (.Values.hosts | default list) (include "microservice.host" .)) }}
+{{- end }}
+
 {{/* Standard labels (not on the Istio objects: those carry exactly the labels Ramp renders). */}}
 {{- define "microservice.labels" -}}
+{{ include "microservice.commonLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+{{- end }}
+
+{{/* The standard labels but the version: a Deployment labels its own version's image tag. */}}
+{{- define "microservice.commonLabels" -}}
 helm.sh/chart: {{ include "microservice.chart" . }}
 app.kubernetes.io/name: {{ .Values.service }}
 app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
-Checks what the schema cannot express: unique version names, a positive weight sum, and a header
-route to a known version. Rendered (empty) by every template that depends on them.
+Checks what the schema cannot express: unique version names, a positive weight sum, hosts and gateways
+listed once (as the rollout spec requires), and a header route to a known version. Rendered (empty) by every template that depends on them.
 */}}
 {{- define "microservice.validate" -}}
 {{- $names := list }}
@@ -40,6 +78,21 @@ route to a known version. Rendered (empty) by every template that depends on the
 {{- end }}
 {{- if le (int64 $total) 0 }}
 {{- fail "versions: the weights must have a positive sum (every version has weight 0)" }}
+{{- end }}
+{{- $hosts := list }}
+{{- range (include "microservice.hosts" . | fromJsonArray) }}
+{{- if has . $hosts }}
+{{- fail (printf "hosts: %q is listed twice (the service's own host %q is always served)" . (include "microservice.host" $)) }}
+{{- end }}
+{{- $hosts = append $hosts . }}
+{{- end }}
+{{- $gateways := list }}
+{{- range .Values.gateways }}
+{{- $full := or (contains "/" .) (eq . "mesh") | ternary . (printf "%s/%s" (include "microservice.namespace" $) .) }}
+{{- if has $full $gateways }}
+{{- fail (printf "gateways: %q is listed twice" .) }}
+{{- end }}
+{{- $gateways = append $gateways $full }}
 {{- end }}
 {{- with .Values.headerRoute }}
 {{- if not (has .version $names) }}
