@@ -161,3 +161,15 @@ def test_without_bindings_the_virtual_service_is_unchanged() -> None:
     for routing in build_plan(spec).all_routings():
         vs = virtual_service(routing)
         assert vs["spec"]["hosts"] == ["shop.web.svc.cluster.local"] and "gateways" not in vs["spec"]
+
+
+def test_local_mode_confirms_a_routing_with_bindings() -> None:
+    """Envoy has no gateways: its read-back of the routes it serves equals the routing asked for (bindings
+    included), so a spec with gateways and hosts is confirmed in local mode as in a cluster."""
+    from controller.routing.envoy_readback import parse_virtual_host
+    from controller.routing.envoy_render import render_virtual_host
+
+    for routing in build_plan(load_spec(INGRESS)).all_routings():
+        served = parse_virtual_host(render_virtual_host(routing, True), routing.namespace, routing.service, routing)
+        assert served == routing
+        assert served.traffic() == routing.traffic()
