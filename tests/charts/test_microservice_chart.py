@@ -132,7 +132,7 @@ def _versions(draw: st.DrawFn) -> list[dict[str, Any]]:
     return [{"name": f"v{i + 1}", "weight": w} for i, w in enumerate(weights)]
 
 
-_HOSTS = ["shop.example.com", "api.shop.example.com", "svc", "svc.other", "a-b.example.org"]
+_HOSTS = ["shop.example.com", "api.shop.example.com", "other", "svc.other", "a-b.example.org"]
 _GATEWAYS = ["mesh", "istio-system/public-gateway", "ingress", "ns2/gw.internal", "edge"]
 
 
@@ -272,10 +272,14 @@ def test_replicas_zero_is_kept() -> None:
             {"namespace": "apps", "hosts": ["apps-svc.example.com", "sample.apps.svc.cluster.local"]},
             'hosts: "sample.apps.svc.cluster.local" is listed twice (the service\'s own host',
         ),
+        ({"namespace": "apps", "hosts": ["sample"]}, 'hosts: "sample" is listed twice (the service\'s own host'),
         ({"namespace": "apps", "gateways": ["gw", "apps/gw"]}, 'gateways: "apps/gw" is listed twice'),
     ],
-    ids=["duplicate-version", "zero-weights", "header-to-unknown-version", "own-host-again", "same-gateway-twice"],
-)
+    ids=[
+        "duplicate-version", "zero-weights", "header-to-unknown-version", "own-host-again", "own-short-host",
+        "same-gateway-twice",
+    ],
+)  # fmt: skip
 def test_microservice_template_checks(values: dict[str, Any], complaint: str) -> None:
     assert complaint in render_error(MICRO_CHART, values)
 

@@ -81,10 +81,12 @@ listed once (as the rollout spec requires), and a header route to a known versio
 {{- end }}
 {{- $hosts := list }}
 {{- range (include "microservice.hosts" . | fromJsonArray) }}
-{{- if has . $hosts }}
+{{- /* Istio reads a short name (no dot) as <name>.<namespace>.svc.cluster.local */}}
+{{- $full := contains "." . | ternary . (printf "%s.%s.svc.cluster.local" . (include "microservice.namespace" $)) }}
+{{- if has $full $hosts }}
 {{- fail (printf "hosts: %q is listed twice (the service's own host %q is always served)" . (include "microservice.host" $)) }}
 {{- end }}
-{{- $hosts = append $hosts . }}
+{{- $hosts = append $hosts $full }}
 {{- end }}
 {{- $gateways := list }}
 {{- range .Values.gateways }}
