@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Ramp needs on a fresh Debian machine, idempotently:
-# Debian's prometheus (when absent), a venv in .venv, and the project with its extras.
+# Debian's prometheus (when absent), podman, buildah, runc and mmdebstrap (image tests; when absent),
+# a venv in .venv, and the project with its extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,19 @@ if ! command -v prometheus >/dev/null 2>&1 && [ ! -x /usr/bin/prometheus ]; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends prometheus >/dev/null
   # The package may start a system service; Ramp runs its own instance on a free port.
   (as_root service prometheus stop || true) >/dev/null 2>&1
+fi
+
+# The image tests (tests/image/) build and run the container image with podman (runc runtime) on a Debian
+# base made by mmdebstrap; buildah comes with podman's build support.
+missing_image_tools=()
+for tool in podman buildah runc mmdebstrap; do
+  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing_image_tools+=("$tool")
+done
+if [ "${#missing_image_tools[@]}" -gt 0 ]; then
+  echo "bootstrap: installing Debian's ${missing_image_tools[*]} (image tests)" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+    podman buildah runc mmdebstrap >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3}"
