@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -148,8 +149,15 @@ class FileStateStore:
         command = as_request(command)
         path = self._command_path(rollout)
         self.directory.mkdir(parents=True, exist_ok=True)
+        # Written whole to a temporary file, then hard-linked into place: the link appears atomically with its
+        # full content (a controller never reads a half-written command) and fails if a command is pending.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.directory)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # never replaces a pending one
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(command.encode().encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(tmp_name, path)
         except FileExistsError:
             try:
                 pending = CommandRequest.decode(_read_limited(path, MAX_COMMAND_BYTES).decode("utf-8", "replace"))
@@ -160,10 +168,8 @@ class FileStateStore:
                 f"{what} is still waiting for the controller of {rollout}; it is applied or refused on the "
                 "next tick (is `ramp run` running?)"
             ) from None
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(command.encode().encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
+        finally:
+            os.unlink(tmp_name)
 
     def pending_command(self, rollout: str) -> CommandRequest | None:
         """The requested command, left in place until `clear_command` (after the state is saved)."""
