@@ -46,6 +46,8 @@ ENV PATH=/opt/ramp/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     RAMP_LOG_FORMAT=json
 USER 10001:10001
+# The runtime base must run what the build stage installed (shared libraries, interpreter): checked here.
+RUN set -eu; ramp --help >/dev/null
 EXPOSE 8080
 ENTRYPOINT ["ramp", "controller"]
 # Istio's Prometheus; the Helm chart (charts/ramp) replaces these arguments.

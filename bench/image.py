@@ -1,10 +1,14 @@
 """Build Ramp's container image with podman, with no network, and measure it.
 
     .venv/bin/python -m bench.image          # build, measure, rewrite the "Image" section of BENCHMARKS.md
+    .venv/bin/python -m bench.image --cached # the same with the cached bases and build layers
 
-No registry is reachable here, so the bases are made from Debian's packages with mmdebstrap (bookworm minbase;
-the build base adds venv and pip) and imported with `podman import`, each once per machine: a base is rebuilt
-only when its image (named after its package list) is missing. The host's pip builds a wheelhouse (Ramp's wheel
+Without --cached the bases are made afresh and the build uses no layer cache: the times are a first build's.
+
+No registry is reachable here, so the bases are made from Debian's packages with mmdebstrap (the build base:
+bookworm minbase with python3, venv, pip; the runtime base: Debian's Essential set with python3, no apt, no
+perl) and imported with `podman import`, each once per machine: a base is rebuilt only when its image (named
+after its recipe) is missing. The host's pip builds a wheelhouse (Ramp's wheel
 from a clean copy of the source, plus every dependency); `podman build --network=none` installs only from it.
 
 podman runs as root with the `runc` runtime and explicit ulimits no higher than the host's hard limits
@@ -31,8 +35,28 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = ("podman", "mmdebstrap", "runc")
 SUITE = "bookworm"
-BUILD_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
-RUNTIME_PACKAGES = ("python3", "ca-certificates")
+
+
+@dataclass(frozen=True)
+class Base:
+    kind: str
+    variant: str
+    packages: tuple[str, ...]
+    hooks: tuple[str, ...] = ()  # mmdebstrap --customize-hook commands
+
+
+# The build stage: bookworm minbase plus python3, venv, pip and ca-certificates.
+BUILD_BASE = Base("build", "minbase", ("python3", "python3-venv", "python3-pip", "ca-certificates"))
+# The runtime: Debian's Essential set plus python3, libstdc++6 (google-re2's and other wheels' C++ code),
+# ca-certificates and passwd (useradd); no apt. Perl comes in
+# only through usrmerge (/usr is merged already, which usr-is-merged asserts): purged, it is 65 MB less.
+RUNTIME_BASE = Base(
+    "runtime",
+    "essential",
+    ("python3", "libstdc++6", "ca-certificates", "passwd", "usr-is-merged"),
+    ('chroot "$1" dpkg --purge usrmerge libfile-find-rule-perl libnumber-compare-perl libtext-glob-perl perl '
+     "perl-modules-5.36 libperl5.36",),
+)
 # Documentation, manual pages and translations are not needed in an image (copyright files stay).
 DPKG_OPTIONS = (
     "path-exclude=/usr/share/doc/*",
@@ -84,28 +108,29 @@ def checked(argv: Sequence[str], timeout: float, cwd: Path | None = None) -> sub
     return result
 
 
-def base_tag(kind: str, packages: Sequence[str]) -> str:
+def base_tag(base: Base) -> str:
     """The base image's name: it changes whenever what goes into it changes, so a cached base is never stale."""
-    recipe = "\n".join([SUITE, "minbase", *packages, *DPKG_OPTIONS])
-    return f"localhost/ramp-base-{kind}:{SUITE}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+    recipe = "\n".join([SUITE, base.variant, *base.packages, *base.hooks, *DPKG_OPTIONS])
+    return f"localhost/ramp-base-{base.kind}:{SUITE}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
 
 
 def image_exists(tag: str) -> bool:
     return run(["podman", "image", "exists", tag], timeout=60).returncode == 0
 
 
-def ensure_base(kind: str, packages: Sequence[str], timeout: float = 600) -> tuple[str, float | None]:
-    """The base image for `kind` ("build" or "runtime"), made when missing: (tag, seconds spent making it)."""
-    tag = base_tag(kind, packages)
+def ensure_base(base: Base, timeout: float = 600) -> tuple[str, float | None]:
+    """The base image, made when missing: (tag, seconds spent making it, None when it was cached)."""
+    tag = base_tag(base)
     if image_exists(tag):
         return tag, None
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ramp-base-") as tmp:
         tarball = Path(tmp) / "rootfs.tar"
         dpkg = [f"--dpkgopt={option}" for option in DPKG_OPTIONS]
+        hooks = [f"--customize-hook={hook}" for hook in base.hooks]
         checked(
-            ["mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(packages)}", *dpkg,
-             "--format=tar", SUITE, str(tarball)],
+            ["mmdebstrap", "--quiet", f"--variant={base.variant}", f"--include={','.join(base.packages)}", *dpkg,
+             *hooks, "--format=tar", SUITE, str(tarball)],
             timeout=timeout,
         )
         checked(["podman", "import", "--change", 'CMD ["/bin/sh"]', str(tarball), tag], timeout=300)
@@ -114,8 +139,8 @@ def ensure_base(kind: str, packages: Sequence[str], timeout: float = 600) -> tup
 
 def ensure_bases() -> tuple[str, str, float | None]:
     """(build base, runtime base, seconds spent making them, None when both were cached)."""
-    build, build_s = ensure_base("build", BUILD_PACKAGES)
-    runtime, runtime_s = ensure_base("runtime", RUNTIME_PACKAGES)
+    build, build_s = ensure_base(BUILD_BASE)
+    runtime, runtime_s = ensure_base(RUNTIME_BASE)
     spent = [s for s in (build_s, runtime_s) if s is not None]
     return build, runtime, (sum(spent) if spent else None)
 
@@ -151,11 +176,12 @@ def make_context(dest: Path, wheelhouse: Path | None = None) -> Path:
 
 
 def podman_build(
-    context: Path, tag: str, base: str, runtime: str, timeout: float = 600
+    context: Path, tag: str, base: str, runtime: str, timeout: float = 600, no_cache: bool = False
 ) -> subprocess.CompletedProcess[str]:
     """`podman build` with no network; returns the finished process (a failed build has a non-zero exit)."""
+    cache = ["--no-cache"] if no_cache else []
     return run(
-        ["podman", "build", "--network=none", "--pull=never", *runtime_flags(), "--build-arg",
+        ["podman", "build", "--network=none", "--pull=never", *cache, *runtime_flags(), "--build-arg",
          f"BASE_IMAGE={base}", "--build-arg", f"RUNTIME_IMAGE={runtime}", "--tag", tag, str(context)],
         timeout=timeout,
     )
@@ -189,15 +215,18 @@ def layers_above_base(tag: str, base: str) -> list[tuple[int, str]]:
     return own[: len(own) - len(below)]
 
 
-def build(tag: str = "localhost/ramp:test") -> Built:
-    """Bases (cached), wheelhouse, image: the whole offline build, measured."""
+def build(tag: str = "localhost/ramp:test", fresh: bool = False) -> Built:
+    """Bases (cached unless `fresh`), wheelhouse, image (no layer cache when `fresh`): the offline build, measured."""
+    if fresh:
+        for recipe in (BUILD_BASE, RUNTIME_BASE):
+            run(["podman", "rmi", "--force", base_tag(recipe)], timeout=300)
     base, runtime, base_s = ensure_bases()
     with tempfile.TemporaryDirectory(prefix="ramp-image-") as tmp:
         started = time.monotonic()
         context = make_context(Path(tmp) / "context")
         wheelhouse_s = time.monotonic() - started
         started = time.monotonic()
-        result = podman_build(context, tag, base, runtime)
+        result = podman_build(context, tag, base, runtime, no_cache=fresh)
         build_s = time.monotonic() - started
     if result.returncode != 0:
         raise ImageError(f"podman build exited {result.returncode}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
@@ -217,7 +246,7 @@ def podman_run(image: str, *args: str, flags: Sequence[str] = (), timeout: float
 
 
 def mb(size: int) -> str:
-    return f"{size / 1_000_000:.1f} MB"
+    return f"{size / 1_000_000:.1f} MB" if size >= 1_000_000 else f"{size / 1000:.1f} kB"
 
 
 def section(built: Built, info: dict[str, str]) -> str:
@@ -228,9 +257,10 @@ def section(built: Built, info: dict[str, str]) -> str:
 Measured {info['date']} on {info['cpu']}, {info['memory']}, {info['os']}:
 `.venv/bin/python -m bench.image` (rewrites this section only).
 
-Built with podman (runc) and `--network=none` on Debian bookworm bases made with mmdebstrap (minbase + python3,
-ca-certificates; the build stage adds python3-venv and python3-pip), installing only from a wheelhouse the
-host's pip builds. The official `python:3.11-slim` (the Dockerfile's default base) is not reachable here.
+Built with podman (runc) and `--network=none` on Debian bookworm bases made with mmdebstrap (runtime: the
+Essential set + python3, libstdc++6, ca-certificates, passwd, without apt or perl; build stage: minbase + python3, venv,
+pip), installing only from a wheelhouse the host's pip builds (bases made once per machine, then cached).
+The official `python:3.11-slim` (the Dockerfile's default base) is not reachable here.
 
 | figure | value |
 | --- | --- |
@@ -270,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.image")
     parser.add_argument("--tag", default="localhost/ramp:bench")
     parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument("--cached", action="store_true", help="keep the cached bases and build layers")
     args = parser.parse_args(argv)
     if missing := missing_tools():
         print(f"bench.image: not installed: {', '.join(missing)} (run .ci/bootstrap.sh)", file=sys.stderr)
@@ -279,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from bench import machine
 
-    built = build(args.tag)
+    built = build(args.tag, fresh=not args.cached)
     write_section(args.output, section(built, machine.describe()))
     print(f"bench.image: {mb(built.size_bytes)}, built in {built.build_s:.1f} s; wrote {args.output}", file=sys.stderr)
     return 0

@@ -20,22 +20,26 @@ from bench import image as img
 IMAGE_TAG = "localhost/ramp:image-test"
 
 
-def _unavailable() -> str | None:
-    if missing := img.missing_tools():
-        return f"not installed: {', '.join(missing)} (.ci/bootstrap.sh installs them)"
-    if os.geteuid() != 0:
-        return "podman runs as root here (rootless podman is not set up on these machines)"
-    return None
+def decide(missing: list[str], euid: int, env: dict[str, str]) -> tuple[str, str | None]:
+    """("run", None), ("skip", reason) or, under CI (`CI` set and not false), ("fail", reason)."""
+    reason = None
+    if missing:
+        reason = f"not installed: {', '.join(missing)} (.ci/bootstrap.sh installs them)"
+    elif euid != 0:
+        reason = "podman runs as root here (rootless podman is not set up on these machines)"
+    if reason is None:
+        return "run", None
+    under_ci = env.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    return ("fail" if under_ci else "skip"), reason
 
 
 @pytest.fixture(scope="session")
 def podman_ready() -> None:
-    reason = _unavailable()
-    if reason is None:
-        return
-    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+    verdict, reason = decide(img.missing_tools(), os.geteuid(), dict(os.environ))
+    if verdict == "fail":
         pytest.fail(f"image tests cannot run under CI: {reason}")
-    pytest.skip(f"image tests skipped: {reason}")
+    if verdict == "skip":
+        pytest.skip(f"image tests skipped: {reason}")
 
 
 @pytest.fixture(scope="session")
