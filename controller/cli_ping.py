@@ -10,7 +10,6 @@ per round; exit 1 when any version failed in any round (no ready pod, or a reque
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controller.cli_common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, finite, kube_flags, printable
-from controller.deadline import Deadline, DeadlineExceeded
+from controller.deadline import Deadline
 
 if TYPE_CHECKING:
     from controller.cli_local import LocalControllerView
@@ -141,21 +140,16 @@ def _local_round(view: LocalControllerView, args: argparse.Namespace) -> dict[st
 
 def http_probe(url: str, timeout: float) -> Probe:
     """GET `url` within `timeout` seconds in TOTAL (connect, request, the whole answer, size-capped)."""
-    from controller.routing.envoy_admin import EnvoyAdminError, _parse_response, _receive, _target
+    from controller.http_deadline import HttpError, bounded_request
 
-    total = Deadline(timeout)
     started = time.monotonic()
     try:
-        host, port, path = _target(url)
-        request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\nUser-Agent: ramp-ping\r\n\r\n"
-        with socket.create_connection((host, port), timeout=total.timeout()) as sock:
-            sock.settimeout(total.timeout())
-            sock.sendall(request.encode("ascii", "strict"))
-            raw = _receive(sock, total, MAX_ANSWER_BYTES, url)
-        status, _ = _parse_response(raw, url)
-    except (EnvoyAdminError, OSError, DeadlineExceeded, UnicodeError) as exc:
+        answer = bounded_request(
+            "GET", url, deadline=Deadline(timeout), headers={"User-Agent": "ramp-ping"}, max_bytes=MAX_ANSWER_BYTES
+        )
+    except HttpError as exc:
         return Probe(None, time.monotonic() - started, str(exc) or type(exc).__name__)
-    return Probe(status, time.monotonic() - started)
+    return Probe(answer.status, time.monotonic() - started)
 
 
 # --- cluster ------------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from controller.routing.envoy_admin import EnvoyAdminError, bounded_request
+from controller.deadline import Deadline
+from controller.http_deadline import HttpError, bounded_request
+from controller.redact import redact_url
 
 
 class ProcessError(RuntimeError):
@@ -143,9 +145,10 @@ def http_get(url: str, timeout: float = 2.0, max_bytes: int = HTTP_MAX_BYTES) ->
     `timeout` bounds the WHOLE call (a slow-dripping server cannot stretch it); a connection failure,
     a timeout or a malformed or oversized answer raises OSError."""
     try:
-        return bounded_request(url, cap=timeout, max_bytes=max_bytes)
-    except EnvoyAdminError as exc:
-        raise OSError(str(exc)) from None
+        answer = bounded_request("GET", url, deadline=Deadline(timeout), max_bytes=max_bytes)
+    except HttpError as exc:
+        raise OSError(f"{redact_url(url)[:240]}: {exc}") from None
+    return answer.status, answer.body
 
 
 def wait_http_ready(

@@ -18,7 +18,8 @@ from typing import Any
 
 from controller.atomic_file import atomic_write
 from controller.deadline import Deadline, DeadlineExceeded
-from controller.routing.envoy_admin import DEFAULT_MAX_BYTES, EnvoyAdminError, admin_get_json, display_url
+from controller.redact import redact_url
+from controller.routing.envoy_admin import DEFAULT_MAX_BYTES, EnvoyAdminError, admin_get_json
 from controller.routing.envoy_readback import CLUSTER_SEPARATOR, UnrepresentableRoutes, read_back
 from controller.routing.envoy_render import (
     RANDOM_VALUE_HEADER,
@@ -330,7 +331,7 @@ class EnvoyFileRouter:
                     )
             if total.expired:
                 raise EnvoyRoutingError(
-                    f"Envoy at {display_url(self.admin_url)} did not confirm route configuration version {version} "
+                    f"Envoy at {redact_url(self.admin_url)} did not confirm route configuration version {version} "
                     f"for {routing.namespace}/{routing.service} within {total.seconds:.2f}s ({last}); "
                     f"routes file {self.routes_file}"
                 )
