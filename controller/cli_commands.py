@@ -235,14 +235,13 @@ class LocalTarget:
         from controller.state.file_store import StateStoreError
 
         try:
-            state = self.store.load(self.rollout)
-            if _outcome(state, request_id):
-                return Poll(outcome=_outcome(state, request_id))
             try:
                 pending = self.store.pending_command(self.rollout)
             except CommandError:
                 return Poll(problem="the command file is unreadable")
             if pending is not None and pending.id == request_id:
+                # Not decided yet, or decided and not yet cleared: either way a next command would be refused
+                # as pending, so the outcome is reported only once the controller has cleared this one.
                 return Poll()
             state = self.store.load(self.rollout)  # the controller saves the outcome, then clears the command
             if _outcome(state, request_id):
