@@ -22,13 +22,14 @@ import structlog
 from controller.analysis.gates import GateReport
 from controller.deadline import Deadline
 from controller.engine.commands import CommandError, CommandRequest
-from controller.engine.decide import Decision, decide
+from controller.engine.decide import Decision, decide, routing_for
 from controller.engine.phases import CommandOutcome, RolloutState
 from controller.engine.ports import ManagedRollout, TickEvent, TrafficRouter
 from controller.routing.model import DesiredRouting
 from controller.state.file_store import StateStore
 
 log = structlog.get_logger("ramp.runner")
+NOT_YET_CONFIRMED = "routing saved, not yet confirmed by the data plane"
 
 
 class RunnerParts(Protocol):
@@ -89,6 +90,11 @@ class TickStep:
         if (decision.state.phase, decision.state.step) != (self.state.phase, self.state.step):
             log.info("phase change", rollout=rollout.name, phase=decision.state.phase.value,
                      step=decision.state.step, reason=decision.state.reason)  # fmt: skip
+        if decision.routing != routing_for(rollout.plan, self.state) and decision.state.unconfirmed is None:
+            # Saved before it is applied: until the data plane confirms it, the saved state says so (a reader, or
+            # a controller restarted in between, never takes this routing as in place; its step time does not run).
+            pending = decision.state.model_copy(update={"unconfirmed": NOT_YET_CONFIRMED})
+            decision = Decision(pending, decision.routing, decision.message)
         try:
             store.save(decision.state)
         except Exception as exc:

@@ -45,7 +45,7 @@ steps:
 gates: [{metric: error_rate, max: 5}]
 schedule: {interval: 1s}
 analysis: {window: 5s, min_requests: 10}
-rollback: {on_missing_data: rollback, missing_data_timeout: 4s}
+rollback: {on_missing_data: rollback, missing_data_timeout: 6s}
 """
 
 
@@ -89,7 +89,8 @@ def test_ramp_run_keeps_ticking_against_a_dripping_prometheus(tmp_path: Path) ->
             while time.monotonic() < deadline:  # bounded
                 health.append(get(port, "/healthz")[0])
                 current = store.load("shop")
-                if current is not None and current.phase.value == "HeaderTest" and not header_seen:
+                live = current is not None and current.phase.value == "HeaderTest" and current.unconfirmed is None
+                if live and not header_seen:  # the header step is confirmed in place on Envoy
                     got = send_requests(stack.api_url, stack.host_header, 5, headers={"x-version": "v2"})
                     header_seen.update(str(version) for _, version in got)
                 if current is not None and current.phase.value == "RolledBack":
