@@ -256,3 +256,21 @@ def test_history_says_when_a_step_was_really_entered(tmp_path: Path) -> None:
     state = FileStateStore(tmp_path).load("shop")
     assert state is not None and (state.step, state.unconfirmed) == (1, None)
     assert state.history[-1].step == 1 and state.history[-1].at == 1020.0 == state.step_started_at
+
+
+def test_a_state_saved_before_its_routing_is_applied_says_it_is_not_yet_confirmed(tmp_path: Path) -> None:
+    seen_during_apply: list[str | None] = []
+
+    @dataclass
+    class Inspecting(RecordingRouter):
+        def apply(self, routing: DesiredRouting, deadline: Deadline | None = None) -> bool:
+            saved = FileStateStore(tmp_path).load("shop")
+            seen_during_apply.append(None if saved is None else saved.unconfirmed)
+            return super().apply(routing, deadline)
+
+    clock = FakeClock()
+    runner = runner_for(tmp_path, Inspecting(), clock)
+    runner.tick()
+    assert seen_during_apply == ["routing saved, not yet confirmed by the data plane"]
+    state = FileStateStore(tmp_path).load("shop")
+    assert state is not None and state.unconfirmed is None  # confirmed, then saved again
