@@ -55,8 +55,8 @@ SLIM_LIKE = """\
 FROM {runtime}
 COPY wheels /tmp/wheels
 RUN set -eu; rm -f /usr/lib/python3*/EXTERNALLY-MANAGED; \\
-    python3 /tmp/wheels/pip.whl/pip install --no-index --find-links /tmp/wheels --disable-pip-version-check --ignore-installed \\
-        pip setuptools; \\
+    python3 /tmp/wheels/pip.whl/pip install --no-index --find-links /tmp/wheels --disable-pip-version-check \\
+        --ignore-installed pip setuptools; \\
     rm -r /tmp/wheels; python3 -m pip --version; python3 -c "import setuptools"
 """
 
