@@ -17,7 +17,7 @@ import pytest
 
 from bench import image as img
 
-IMAGE_TAG = "localhost/ramp:image-test"
+IMAGE_TAG = f"localhost/ramp:image-test-{os.getpid()}"  # one per session: concurrent runs never collide
 
 
 def decide(missing: list[str], euid: int, env: dict[str, str]) -> tuple[str, str | None]:

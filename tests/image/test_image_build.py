@@ -6,6 +6,7 @@ The build itself never reaches the network (`--network=none`, `--no-index`).
 from __future__ import annotations
 
 import ensurepip
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from bench import image as img
 
 pytestmark = pytest.mark.usefixtures("podman_ready")
-FAILED_TAG = "localhost/ramp:image-test-must-not-exist"
+FAILED_TAG = f"localhost/ramp:image-test-must-not-exist-{os.getpid()}"
 
 
 def build_fails(context: Path, base: str, runtime: str) -> str:
@@ -73,7 +74,7 @@ def slim_like(bases: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) 
     [pip] = list(wheels.glob("pip-*.whl"))
     shutil.copy2(pip, wheels / "pip.whl")  # a fixed name for the Containerfile
     (context / "Containerfile").write_text(SLIM_LIKE.format(runtime=bases[1]))
-    tag = "localhost/ramp-test-slim-like:latest"
+    tag = f"localhost/ramp-test-slim-like:{os.getpid()}"
     result = img.run(
         ["podman", "build", "--network=none", "--pull=never", "--layers=false", *img.runtime_flags(), "--tag", tag,
          "--file", str(context / "Containerfile"), str(context)],
@@ -87,7 +88,7 @@ def slim_like(bases: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) 
 def test_on_a_base_that_ships_pip_like_python_slim_pip_and_setuptools_are_removed(
     context: Path, bases: tuple[str, str], slim_like: str
 ) -> None:
-    tag = "localhost/ramp:image-test-slim-like"
+    tag = f"localhost/ramp:image-test-slim-like-{os.getpid()}"
     result = img.podman_build(context, tag, bases[0], slim_like)
     try:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
