@@ -7,10 +7,10 @@
 #   docker run --read-only -v SPECS:/etc/ramp/specs:ro ramp --specs /etc/ramp/specs --prometheus URL
 # The test suite builds it with podman on a Debian base made by mmdebstrap (tests/image/, bench/image.py).
 #
-# Every RUN starts with `set -eu` and chains nothing with `;` that could hide a failure: any failing
-# step fails the build.
+# Every RUN starts with `set -eu`: any failing command fails its step, and the build (a `;` hides nothing).
 
-# The build stage needs python3 with venv and pip; the runtime stage needs python3 only.
+# The build stage needs python3 with venv and pip; the runtime stage needs python3 (and the C/C++ runtime
+# libraries the wheels link against, as python:3.11-slim has them).
 ARG BASE_IMAGE=python:3.11-slim
 ARG RUNTIME_IMAGE=python:3.11-slim
 

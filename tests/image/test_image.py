@@ -38,6 +38,9 @@ def test_ramp_help_runs_as_the_non_root_user_on_a_read_only_root(image: str) -> 
     assert "validate" in out and "controller" in out
     code, out, _ = shell(image, "id -u; id -g; touch /opt/ramp/x 2>/dev/null && echo writable || echo read-only")
     assert code == 0 and out.split() == ["10001", "10001", "read-only"]
+    # the microservice chart runs the sample app from the same image: `python -m services.sample_app`
+    code, _, err = shell(image, "python -c 'import services.sample_app'")
+    assert code == 0, err
 
 
 def test_validate_and_plan_every_example_spec_from_inside_the_image_alone(image: str, tmp_path: Path) -> None:
