@@ -291,6 +291,16 @@ The kubernetes client's asyncio copy (`kubernetes/aio`, about 68 MB), which Ramp
 """
 
 
+def existing_section(path: Path) -> str | None:
+    """The current "## Image" section of BENCHMARKS.md, if any (so a writer of the other sections can keep it)."""
+    current = path.read_text(encoding="utf-8") if path.exists() else ""
+    if "\n## Image\n" not in current:
+        return None
+    rest = current.split("\n## Image\n", 1)[1]
+    ends = [i for i in (rest.find("\n## "), rest.find("\n<details>")) if i >= 0]
+    return "## Image\n" + (rest[: min(ends)] if ends else rest).rstrip("\n") + "\n"
+
+
 def write_section(path: Path, text: str) -> None:
     """Replace the "## Image" section of BENCHMARKS.md (or add it before the raw results); keep the rest."""
     current = path.read_text(encoding="utf-8") if path.exists() else "# Ramp benchmarks\n\n"
