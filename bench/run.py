@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import fault_to_rollback as ftr
-from bench import healthy_rollout, machine, scale
+from bench import healthy_rollout, image, machine, scale
 from controller.observability import configure_logging
 
 REPO = Path(__file__).resolve().parent.parent
@@ -187,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         figures["healthy"] = {**healthy_rollout.run(), "measured": now}
     if "fault" in wanted:
         figures["fault"] = {**fault_section(args.runs, args.flagger_runs), "measured": now}
+    kept_image_section = image.existing_section(args.output)  # measured by `python -m bench.image`
     args.output.write_text(render(machine.describe(), figures))
+    if kept_image_section:
+        image.write_section(args.output, kept_image_section)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
