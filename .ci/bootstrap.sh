@@ -40,7 +40,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip &&
     .venv/bin/python -m pip install --disable-pip-version-check -e '.[local,test]'; } >"$log" 2>&1 \
     || { grep -v '^WARNING: Location' "$log" | tail -40 >&2; echo "bootstrap: pip install failed (see $log)" >&2; exit 1; }
-  .venv/bin/python -c "import controller, pydantic, apscheduler, prometheus_api_client, kubernetes" \
+  .venv/bin/python -c "import controller, pydantic, apscheduler, kubernetes" \
     || { echo "bootstrap: package install failed" >&2; exit 1; }
   touch "$stamp"
 fi
