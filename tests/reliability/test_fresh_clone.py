@@ -1,6 +1,6 @@
 """A newcomer's check: the committed repository alone validates and plans the example specs.
 
-The repository is cloned into an empty temporary directory (no `../shared`, no `.venv`, nothing beside it) and
+The repository is cloned into an empty temporary directory (no sibling folders, no `.venv`, nothing beside it) and
 `ramp validate` / `ramp plan` run there with the clone's own code (`python -m controller` from the clone puts it
 first on the import path), so a file outside the repository can never again be a hidden dependency.
 """
@@ -29,7 +29,7 @@ def test_a_fresh_clone_with_nothing_beside_it_validates_and_plans(tmp_path: Path
     clone = tmp_path / "empty" / "ramp"
     clone.parent.mkdir()
     subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO), str(clone)], check=True, timeout=120)
-    assert sorted(p.name for p in clone.parent.iterdir()) == ["ramp"]  # no ../shared
+    assert sorted(p.name for p in clone.parent.iterdir()) == ["ramp"]  # nothing beside the clone
     which = subprocess.run([sys.executable, "-c", "import controller; print(controller.__file__)"], cwd=clone,
                            capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})  # fmt: skip
     assert Path(which.stdout.strip()).is_relative_to(clone), which  # the clone's code, not this checkout's
