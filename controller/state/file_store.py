@@ -24,6 +24,7 @@ from typing import IO, Protocol
 from pydantic import ValidationError
 
 from controller.atomic_file import atomic_write
+from controller.atomic_file import read_limited as _read_limited
 from controller.engine.commands import MAX_COMMAND_BYTES, CommandError, CommandRequest, as_request
 from controller.engine.phases import Command, RolloutState
 from controller.engine.state_check import StateDamaged
@@ -60,14 +61,6 @@ class StateStore(Protocol):
         ...
 
     def clear_command(self, rollout: str) -> None: ...
-
-
-def _read_limited(path: Path, limit: int) -> bytes:
-    with path.open("rb") as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise ValueError(f"larger than {limit} bytes")
-    return data
 
 
 class FileStateStore:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from controller.atomic_file import atomic_write
+from controller.atomic_file import atomic_write, read_limited
 
 LOCAL_INFO_FILE = "local-controller.json"
 MAX_INFO_BYTES = 64 * 1024
@@ -38,14 +38,13 @@ def read_local_info(state_dir: Path) -> LocalInfo | None:
     """The info file, or None when absent; a damaged file raises ValueError naming it."""
     path = state_dir / LOCAL_INFO_FILE
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_INFO_BYTES + 1)
+        raw = read_limited(path, MAX_INFO_BYTES)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if len(raw) > MAX_INFO_BYTES:
-        raise ValueError(f"{path}: larger than {MAX_INFO_BYTES} bytes")
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     try:
         return LocalInfo.model_validate(json.loads(raw))
     except (ValueError, ValidationError) as exc:

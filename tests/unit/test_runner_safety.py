@@ -274,3 +274,25 @@ def test_a_state_saved_before_its_routing_is_applied_says_it_is_not_yet_confirme
     assert seen_during_apply == ["routing saved, not yet confirmed by the data plane"]
     state = FileStateStore(tmp_path).load("shop")
     assert state is not None and state.unconfirmed is None  # confirmed, then saved again
+
+
+def test_a_fifo_in_place_of_the_state_or_command_file_never_blocks_a_tick(tmp_path: Path) -> None:
+    import os as _os
+    import threading
+
+    clock, router = FakeClock(), RecordingRouter()
+    runner = runner_for(tmp_path, router, clock)
+    runner.tick()
+    _os.replace(tmp_path / "shop.state.json", tmp_path / "kept.json")
+    _os.mkfifo(tmp_path / "shop.state.json")
+    _os.mkfifo(tmp_path / "shop.command")
+    clock.advance(5)
+    done: list[object] = []
+    worker = threading.Thread(target=lambda: done.append(runner.tick()), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert done, "the tick blocked on a FIFO"
+    (event,) = done[0]  # type: ignore[misc]
+    assert event.damaged is not None and "not a regular file" in event.damaged
+    assert event.decision.phase == Phase.FAILED and router.applied[-1] == ROLLOUT.plan.baseline
+    assert event.decision.state.last_command is not None and not event.decision.state.last_command.applied
