@@ -17,6 +17,8 @@ from base64 import b64encode
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.atomic_file import read_limited
+
 MAX_CREDENTIAL_FILE_BYTES = 64 * 1024
 
 
@@ -61,10 +63,11 @@ class CredentialFile:
         if size > MAX_CREDENTIAL_FILE_BYTES:
             raise self._fail(f"larger than {MAX_CREDENTIAL_FILE_BYTES} bytes")
         try:
-            with open(self.path, "rb") as handle:
-                raw = handle.read(MAX_CREDENTIAL_FILE_BYTES + 1)
+            raw = read_limited(Path(self.path), MAX_CREDENTIAL_FILE_BYTES)  # never blocks on a FIFO
         except OSError as exc:
             raise self._fail(exc.strerror or type(exc).__name__) from None
+        except ValueError as exc:
+            raise self._fail(str(exc)) from None
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:

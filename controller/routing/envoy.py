@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from controller.atomic_file import atomic_write
+from controller.atomic_file import atomic_write, read_limited
 from controller.deadline import Deadline, DeadlineExceeded
 from controller.redact import redact_url
 from controller.routing.envoy_admin import DEFAULT_MAX_BYTES, EnvoyAdminError, admin_get_json
@@ -66,11 +66,7 @@ class EnvoyRejectedError(EnvoyRoutingError):
 
 
 def _read_capped(path: Path) -> bytes:
-    with path.open("rb") as handle:
-        raw = handle.read(MAX_STATE_FILE_BYTES + 1)
-    if len(raw) > MAX_STATE_FILE_BYTES:
-        raise ValueError(f"larger than {MAX_STATE_FILE_BYTES} bytes")
-    return raw
+    return read_limited(path, MAX_STATE_FILE_BYTES)  # a regular file only: a FIFO never blocks the router
 
 
 def _read_desired(path: Path) -> dict[tuple[str, str], DesiredRouting]:
