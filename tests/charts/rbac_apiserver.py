@@ -8,18 +8,16 @@ set-up, without a token) pass unchecked.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import kmock
 from kmock._internal import k8s, rendering
 
 from tests.charts.rbac import Grant, RequestAttributes, permits, request_attributes
-from tests.k8s.emulator import DECLARED_RESOURCES, KubeHarness, RealisticEmulator
+from tests.k8s.emulator import KubeHarness, RealisticEmulator, running_emulator
 
 
 @dataclass
@@ -71,36 +69,11 @@ class RbacEmulator(RealisticEmulator):
 @contextmanager
 def running_rbac_emulator(policy: RbacPolicy) -> Iterator[KubeHarness]:
     """tests/k8s/emulator.running_emulator with RBAC enforced for `policy.token` (127.0.0.1, background loop)."""
-    loop = asyncio.new_event_loop()
-    ready: dict[str, Any] = {}
-    started = threading.Event()
-    stop = asyncio.Event()
 
-    async def serve() -> None:
+    def make() -> RbacEmulator:
         emulator = RbacEmulator()
         emulator.policy = policy
-        for resource in DECLARED_RESOURCES:
-            emulator.resources[resource] = {}  # type: ignore[assignment]  # kmock's own idiom (see its docs)
-        async with emulator, kmock.Server(emulator) as server:
-            ready["emulator"] = emulator
-            ready["url"] = str(server.url).rstrip("/")
-            started.set()
-            await stop.wait()
+        return emulator
 
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(serve())
-        except BaseException as exc:  # surface start-up failures to the waiting test
-            ready["error"] = exc
-            started.set()
-
-    thread = threading.Thread(target=run, name="kmock-rbac", daemon=True)
-    thread.start()
-    if not started.wait(10) or "error" in ready:
-        raise RuntimeError(f"kmock emulator did not start: {ready.get('error')}")
-    try:
-        yield KubeHarness(ready["emulator"], ready["url"], loop)
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
+    with running_emulator(make, thread_name="kmock-rbac") as harness:
+        yield harness

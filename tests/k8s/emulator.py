@@ -19,7 +19,7 @@ import datetime
 import itertools
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -175,15 +175,18 @@ class KubeHarness:
 
 
 @contextmanager
-def running_emulator() -> Iterator[KubeHarness]:
-    """Start the emulator + HTTP server on 127.0.0.1 in a background event loop."""
+def running_emulator(
+    make: Callable[[], RealisticEmulator] = RealisticEmulator, thread_name: str = "kmock"
+) -> Iterator[KubeHarness]:
+    """Start the emulator (`make()`, e.g. a subclass enforcing RBAC) + HTTP server on 127.0.0.1 in a background
+    event loop."""
     loop = asyncio.new_event_loop()
     ready: dict[str, Any] = {}
     started = threading.Event()
     stop = asyncio.Event()
 
     async def serve() -> None:
-        emulator = RealisticEmulator()
+        emulator = make()
         for resource in DECLARED_RESOURCES:
             emulator.resources[resource] = {}
         async with emulator, kmock.Server(emulator) as server:
@@ -200,7 +203,7 @@ def running_emulator() -> Iterator[KubeHarness]:
             ready["error"] = exc
             started.set()
 
-    thread = threading.Thread(target=run, name="kmock", daemon=True)
+    thread = threading.Thread(target=run, name=thread_name, daemon=True)
     thread.start()
     if not started.wait(10) or "error" in ready:
         raise RuntimeError(f"kmock emulator did not start: {ready.get('error')}")
