@@ -101,39 +101,6 @@ def counter_delta(previous: Counts, current: Counts) -> Counts:
     return Counts(total, min(current.bad - previous.bad, total))
 
 
-class Interval(NamedTuple):
-    new: Counts
-    stable: Counts
-    counters: dict[str, Counts]  # the counters to remember for the next interval
-
-
-def interval_counts(
-    previous: Mapping[str, Counts], current: Mapping[str, Counts], new_version: str, stable_versions: Iterable[str]
-) -> Interval:
-    """Per-version deltas since the last tick, summed into new vs stable.
-
-    The very first observation (nothing remembered) only sets the baseline. Later, a version seen for
-    the first time counts from zero (its series appeared since). A version missing now contributes
-    nothing and keeps its last counters.
-    """
-    first = not previous
-    remembered = dict(previous)
-    deltas: dict[str, Counts] = {}
-    for version in (new_version, *stable_versions):
-        now = current.get(version)
-        if now is None or version in deltas:
-            continue
-        before = previous.get(version)
-        if before is None:
-            deltas[version] = ZERO if first else counter_delta(ZERO, now)
-        else:
-            deltas[version] = counter_delta(before, now)
-        remembered[version] = now
-    others = [delta for version, delta in deltas.items() if version != new_version]
-    stable = Counts(sum(d.total for d in others), sum(d.bad for d in others))
-    return Interval(deltas.get(new_version, ZERO), stable, remembered)
-
-
 def snap_boundary(boundaries: Iterable[float], threshold: float) -> float | None:
     """The smallest finite bucket boundary >= threshold (the largest one when none is); None without any."""
     finite = sorted(b for b in boundaries if math.isfinite(b))

@@ -13,7 +13,6 @@ from controller.analysis.sequential import (
     counter_delta,
     e_value,
     grid_for,
-    interval_counts,
     log_e_value,
     log_factor,
     slow_counts,
@@ -78,22 +77,6 @@ def test_counter_deltas_survive_resets() -> None:
     assert counter_delta(Counts(100, 5), Counts(40, 1)) == Counts(40, 1)  # requests went down: reset
     assert counter_delta(Counts(100, 5), Counts(120, 2)) == Counts(120, 2)  # errors went down: reset
     assert counter_delta(Counts(100, 5), Counts(100, 5)) == Counts(0, 0)
-
-
-def test_interval_counts_per_version_then_summed() -> None:
-    first = interval_counts({}, {"v2": Counts(10, 1), "v1": Counts(500, 9)}, "v2", ("v1",))
-    assert (first.new, first.stable) == (Counts(0, 0), Counts(0, 0))  # the first look only sets the baseline
-    assert first.counters == {"v2": Counts(10, 1), "v1": Counts(500, 9)}
-    # v1 restarted (its counter went down), v3 appeared since, v2 grew normally
-    later = interval_counts(
-        first.counters, {"v2": Counts(25, 2), "v1": Counts(30, 1), "v3": Counts(12, 0)}, "v2", ("v1", "v3")
-    )
-    assert later.new == Counts(15, 1)
-    assert later.stable == Counts(30 + 12, 1)
-    # a version missing from this scrape contributes nothing and keeps its counters
-    gap = interval_counts(later.counters, {"v1": Counts(40, 1)}, "v2", ("v1", "v3"))
-    assert (gap.new, gap.stable) == (Counts(0, 0), Counts(10, 0))
-    assert gap.counters["v2"] == Counts(25, 2) and gap.counters["v3"] == Counts(12, 0)
 
 
 def test_e_value_grows_under_a_five_fold_regression() -> None:
