@@ -15,17 +15,20 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from controller.spec_rules import (
+    DEFAULT_PROGRESS_DEADLINE,
     DNS_LABEL_PATTERN,
     MAX_EXTRA_HOSTS,
     MAX_GATES,
     MAX_GATEWAYS,
     MAX_INTERVAL,
     MAX_MISSING_DATA_TIMEOUT,
+    MAX_PROGRESS_DEADLINE,
     MAX_STEP_DURATION,
     MAX_STEPS,
     MAX_VERSIONS,
     MAX_WINDOW,
     MIN_INTERVAL,
+    MIN_PROGRESS_DEADLINE,
     MIN_WINDOW,
     check_gateway,
     check_header_name,
@@ -47,6 +50,9 @@ StepDuration = Annotated[float, BeforeValidator(duration_between(0.0, MAX_STEP_D
 Interval = Annotated[float, BeforeValidator(duration_between(MIN_INTERVAL, MAX_INTERVAL)), _DURATION_SCHEMA]
 Window = Annotated[float, BeforeValidator(duration_between(MIN_WINDOW, MAX_WINDOW)), _DURATION_SCHEMA]
 Timeout = Annotated[float, BeforeValidator(duration_between(0.0, MAX_MISSING_DATA_TIMEOUT)), _DURATION_SCHEMA]
+ProgressDeadline = Annotated[
+    float, BeforeValidator(duration_between(MIN_PROGRESS_DEADLINE, MAX_PROGRESS_DEADLINE)), _DURATION_SCHEMA
+]
 Int = Annotated[int, BeforeValidator(finite_number)]
 Number = Annotated[float, BeforeValidator(finite_number)]
 VersionName = Annotated[
@@ -149,9 +155,7 @@ class Step(StrictModel):
 class Gate(StrictModel):
     name: DnsName | None = None
     metric: Literal["error_rate", "latency"]
-    quantile: Literal["p50", "p90", "p99"] | None = Field(
-        default=None, description="Required for latency gates"
-    )
+    quantile: Literal["p50", "p90", "p99"] | None = Field(default=None, description="Required for latency gates")
     max: Number | None = Field(
         default=None,
         ge=0,
@@ -237,7 +241,7 @@ class RollbackPolicy(StrictModel):
         default="rollback",
         description=(
             "Missing data never promotes. rollback: hold, then roll back once data has been missing for "
-            "missing_data_timeout; hold: hold until data returns or a person acts"
+            "missing_data_timeout; hold: hold until data returns, a person acts or the progress_deadline passes"
         ),
     )
     missing_data_timeout: Timeout = Field(
@@ -255,8 +259,7 @@ DEFAULT_STEP_DURATION = 60.0
 
 
 _NO_GATES = (
-    ": with no gate nothing is judged and the rollout would be promoted without evidence "
-    "(omit gates for the defaults)"
+    ": with no gate nothing is judged and the rollout would be promoted without evidence (omit gates for the defaults)"
 )
 
 
@@ -311,6 +314,15 @@ class RolloutSpec(StrictModel):
     schedule: Schedule = Field(default_factory=Schedule)
     analysis: Analysis = Field(default_factory=Analysis)
     rollback: RollbackPolicy = Field(default_factory=RollbackPolicy)
+    progress_deadline: ProgressDeadline = Field(
+        default=DEFAULT_PROGRESS_DEADLINE,
+        description=(
+            "How long the rollout may make no progress before it fails with traffic on the baseline: a version "
+            "a step needs has no ready pods, or a step is overdue (its duration passed but it cannot complete: "
+            "no data, holding, routing not confirmed). Approval waits and pauses by a person do not count "
+            f"({format_seconds(MIN_PROGRESS_DEADLINE)} to {format_seconds(MAX_PROGRESS_DEADLINE)})"
+        ),
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

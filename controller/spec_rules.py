@@ -28,6 +28,9 @@ MIN_WINDOW = 5.0  # Prometheus needs at least two scrapes inside a rate() window
 MAX_WINDOW = 3600.0
 MAX_STEP_DURATION = 86400.0
 MAX_MISSING_DATA_TIMEOUT = 86400.0
+MIN_PROGRESS_DEADLINE = 1.0  # short deadlines are for tests
+MAX_PROGRESS_DEADLINE = 86400.0
+DEFAULT_PROGRESS_DEADLINE = 600.0
 MAX_HEADER_VALUE = 256
 MAX_REGEX_PROGRAM = 100  # Envoy's default re2.max_program_size error level
 
@@ -153,8 +156,7 @@ def validate_host(host: object) -> str | None:
     for label in host.split("."):
         if len(label) > 63 or not _DNS_LABEL.fullmatch(label):
             return (
-                f"host {_shown(host)} is not a DNS name: dot-separated labels of {DNS_LABEL_RULE} "
-                "(RFC 1123, lowercase)"
+                f"host {_shown(host)} is not a DNS name: dot-separated labels of {DNS_LABEL_RULE} (RFC 1123, lowercase)"
             )
     return None
 
@@ -275,8 +277,21 @@ _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
 _rng = random.Random(20261126)
 _SAMPLES = [  # arbitrary header values; a match accepting all of them is taken to accept every value
-    "a", "0", "v2", "x", "-", "Z9", "*/*", "gzip, deflate, br", "Mozilla/5.0 (X11; Linux x86_64)",
-    "!#$%&'*+-.^_`|~", "zz top", "true", "1.2.3.4", "en-US,en;q=0.9", "00-4bf92f3577b34da6-00f067aa0ba902b7-01",
+    "a",
+    "0",
+    "v2",
+    "x",
+    "-",
+    "Z9",
+    "*/*",
+    "gzip, deflate, br",
+    "Mozilla/5.0 (X11; Linux x86_64)",
+    "!#$%&'*+-.^_`|~",
+    "zz top",
+    "true",
+    "1.2.3.4",
+    "en-US,en;q=0.9",
+    "00-4bf92f3577b34da6-00f067aa0ba902b7-01",
 ] + ["".join(_rng.choice([chr(c) for c in range(32, 127)]) for _ in range(n)) for n in (1, 2, 3, 7, 16, 64, 255)]
 
 

@@ -14,6 +14,10 @@ No I/O and no clock of its own. Rules:
   wall clocks never shorten or stretch a step; without `elapsed` (tests) the wall clock `now` is used;
 - routing that could not be applied MAX_APPLY_FAILURES ticks in a row fails the rollout
   (traffic: baseline, retried every tick); a promotion that is never confirmed fails the same way;
+- progress deadline: time without progress (still Pending because a version has no ready pods, routing not
+  confirmed, or a step overdue: its duration passed but it cannot complete) is counted in `stalled_for`; at
+  the spec's `progress_deadline` the rollout fails, traffic on the baseline. Approval waits and pauses by a
+  person never count, and any progress starts the count afresh;
 - every command gets an outcome (`state.last_command`): applied, or refused with the reason (see commands);
 - terminal phases change only by a person's command (a new spec digest starts a new rollout, see runner).
 """
@@ -36,6 +40,7 @@ from controller.engine.phases import ACTIVE_PHASES, Command, EValue, GateSnapsho
 from controller.plan import Plan
 from controller.routing.model import DesiredRouting
 from controller.spec import RolloutSpec
+from controller.spec_rules import format_seconds
 
 MAX_APPLY_FAILURES = 5
 
@@ -191,9 +196,7 @@ def _with_gates(state: RolloutState, report: GateReport | None, now: float) -> R
         for r in report.results
         if r.e_value is not None and r.e_limit is not None
     }
-    return state.model_copy(
-        update={"last_gates": snapshots, "sequential": dict(report.evidence), "e_values": e_values}
-    )
+    return state.model_copy(update={"last_gates": snapshots, "sequential": dict(report.evidence), "e_values": e_values})
 
 
 def decide(
@@ -222,8 +225,8 @@ def decide(
         if state.phase not in (Phase.PENDING, *ACTIVE_PHASES) or state.paused_by_user:
             observed = 0.0
     if state.phase == Phase.PENDING:
-        state = _enter_step(plan, state, 0, now, unavailable)
-        return Decision(state, routing_for(plan, state), state.reason)
+        entered = _progress_deadline(plan, spec, state, _enter_step(plan, state, 0, now, unavailable), elapsed, now)
+        return Decision(entered, routing_for(plan, entered), entered.reason)
     if state.apply_failures >= MAX_APPLY_FAILURES and state.phase in (*ACTIVE_PHASES, Phase.PROMOTED):
         reason = (
             f"routing could not be applied {state.apply_failures} times in a row, traffic sent to the baseline: "
@@ -233,7 +236,9 @@ def decide(
         return Decision(state, routing_for(plan, state), state.reason)
     if state.phase not in ACTIVE_PHASES:
         return Decision(state, routing_for(plan, state), state.reason)
-    judged = _judge(plan, spec, state, report, now, unavailable, elapsed, observed)
+    judged = _progress_deadline(
+        plan, spec, state, _judge(plan, spec, state, report, now, unavailable, elapsed, observed), elapsed, now
+    )
     refused = state.last_command if command is not None else None
     if refused is not None and not refused.applied and (judged.phase, judged.step) == (state.phase, state.step):
         # Say what became of the person's command rather than the routine text.
@@ -291,3 +296,38 @@ def _judge(
         return _enter_step(plan, state, state.step + 1, now, unavailable)
     remaining = step.duration - state.step_elapsed
     return state.model_copy(update={"reason": f"{where}; gates pass, {remaining:.0f}s left"})
+
+
+PROGRESS_DEADLINE_REASON = "progress deadline"  # how a failure for the progress deadline starts its reason
+_MAKING_PROGRESS = frozenset({Phase.PENDING, Phase.HEADER_TEST, Phase.PROGRESSING})
+
+
+def _stalled(plan: Plan, state: RolloutState) -> bool:
+    """No progress possible now: still Pending (a version step 1 needs has no ready pods), routing not confirmed,
+    or the step is overdue (its duration passed, yet it did not complete: no data, holding, or no ready pods for
+    the next step)."""
+    if state.phase == Phase.PENDING:
+        return True
+    if state.unconfirmed is not None:
+        return True
+    return state.step_elapsed + 1e-6 >= plan.steps[state.step].duration
+
+
+def _progress_deadline(
+    plan: Plan, spec: RolloutSpec, before: RolloutState, after: RolloutState, elapsed: float, now: float
+) -> RolloutState:
+    """Count time without progress (`stalled_for`) and fail the rollout, traffic on the baseline, at the spec's
+    progress_deadline. Approval waits and pauses by a person never count; any progress starts the count afresh."""
+    moved = (after.phase, after.step) != (before.phase, before.step)
+    if moved or after.phase not in _MAKING_PROGRESS or after.paused_by_user or not _stalled(plan, after):
+        return after if after.stalled_for == 0.0 else after.model_copy(update={"stalled_for": 0.0})
+    stalled = after.stalled_for + elapsed
+    limit = spec.progress_deadline
+    if stalled + 1e-6 < limit:
+        return after.model_copy(update={"stalled_for": stalled})
+    reason = (
+        f"{PROGRESS_DEADLINE_REASON} ({format_seconds(limit)}) exceeded after {stalled:.0f}s without progress, "
+        f"traffic sent to the baseline: {after.reason}"
+    )
+    failed = after.moved(Phase.FAILED, after.step, now, reason)
+    return failed.model_copy(update={"override": None, "stalled_for": stalled})

@@ -84,6 +84,9 @@ class RolloutState(BaseModel):
     observed_at: float | None = Field(default=None, description="Wall time of the last tick (display only)")
     missing_data_since: float | None = None
     missing_data_for: float = Field(default=0.0, description="Seconds of continuous missing data")
+    stalled_for: float = Field(
+        default=0.0, description="Seconds without progress, counted against the spec's progress_deadline"
+    )
     unconfirmed: str | None = Field(
         default=None, description="Why the data plane has not confirmed this state's routing (None: confirmed)"
     )
@@ -121,7 +124,7 @@ class RolloutState(BaseModel):
             mode="json",
             exclude={
                 "ticks", "last_gates", "reason", "sequential", "e_values", "observed_at", "step_elapsed",
-                "missing_data_for", "drift",
+                "missing_data_for", "stalled_for", "drift",
             },
         )  # fmt: skip
 
@@ -148,6 +151,7 @@ class RolloutState(BaseModel):
                 "step_elapsed": 0.0 if new_step else self.step_elapsed,
                 "missing_data_since": None if step != self.step else self.missing_data_since,
                 "missing_data_for": 0.0 if step != self.step else self.missing_data_for,
+                "stalled_for": 0.0 if new_step else self.stalled_for,
                 "reason": reason,
                 "history": history[dropped:],
                 "dropped_history": self.dropped_history + dropped,

@@ -32,6 +32,7 @@ def _numbers_problem(state: RolloutState) -> str | None:
         "missing_data_since": state.missing_data_since,
         "step_elapsed": state.step_elapsed,
         "missing_data_for": state.missing_data_for,
+        "stalled_for": state.stalled_for,
     }
     for name, value in times.items():
         if value is not None and (not math.isfinite(value) or value < 0):

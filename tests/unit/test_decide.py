@@ -53,13 +53,17 @@ def test_data_returning_resets_missing_data_clock() -> None:
     assert s.phase == Phase.HEADER_TEST
 
 
-def test_hold_policy_holds_forever() -> None:
+def test_hold_policy_holds_past_the_missing_data_timeout_until_the_progress_deadline() -> None:
     held_spec = spec(SPEC_HOLD)
+    assert held_spec.progress_deadline == 600.0
     plan = build_plan(held_spec)
     s = decide(plan, held_spec, fresh(), None, now=0).state
     s = decide(plan, held_spec, s, report(Verdict.NO_DATA), now=1).state
-    s = decide(plan, held_spec, s, report(Verdict.NO_DATA), now=100_000).state
+    s = decide(plan, held_spec, s, report(Verdict.NO_DATA), now=500).state  # far past missing_data_timeout
     assert s.phase == Phase.HEADER_TEST
+    d = decide(plan, held_spec, s, report(Verdict.NO_DATA), now=1200)  # overdue for more than 10 minutes
+    assert d.phase == Phase.FAILED and d.state.reason.startswith("progress deadline (10m) exceeded")
+    assert d.routing == plan.baseline
 
 
 def test_gate_failure_rolls_back_at_once_with_reason() -> None:
@@ -149,11 +153,15 @@ def test_hold_neither_promotes_nor_rolls_back_and_is_not_missing_data() -> None:
     assert held.state.missing_data_since is None
     assert held.routing == routing_for(PLAN, s)
     s = held.state
-    for now in (100, 1_000, 100_000):  # far beyond missing_data_timeout: still holding, never rolled back
+    for now in (100, 300, 600):  # far beyond missing_data_timeout: still holding, never rolled back
         s = decide(PLAN, SPEC, s, report(Verdict.HOLD, why), now=now).state
         assert (s.phase, s.step) == (Phase.HEADER_TEST, 0)
-    assert decide(PLAN, SPEC, s, report(Verdict.PASS), now=100_001).state.step == 1  # cleared: the step completes
-    assert decide(PLAN, SPEC, s, report(Verdict.FAIL), now=100_001).phase == Phase.ROLLED_BACK
+    assert decide(PLAN, SPEC, s, report(Verdict.PASS), now=601).state.step == 1  # cleared: the step completes
+    assert decide(PLAN, SPEC, s, report(Verdict.FAIL), now=601).phase == Phase.ROLLED_BACK
+    # Holding for longer than the progress deadline (10 minutes by default) fails safe to the baseline.
+    stuck = decide(PLAN, SPEC, s, report(Verdict.HOLD, why), now=700)
+    assert stuck.phase == Phase.FAILED and stuck.routing == PLAN.baseline
+    assert stuck.state.reason.startswith("progress deadline (10m) exceeded") and why in stuck.state.reason
 
 
 def test_failed_checks_limit_rolls_back_only_at_the_nth_failure_and_never_advances_on_one() -> None:
