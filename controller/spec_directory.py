@@ -28,6 +28,7 @@ class SpecDirectory:
     _fingerprint: Fingerprint | None = None
     rollouts: list[ManagedRollout] = field(default_factory=list)
     problems: list[SpecProblem] = field(default_factory=list)
+    located: list[LocatedSpec] = field(default_factory=list)  # the owned specs, with their lines (same order)
 
     def _current_fingerprint(self) -> Fingerprint:
         entries = []
@@ -62,6 +63,7 @@ class SpecDirectory:
             except SpecError as exc:
                 problems.extend(exc.problems)
         owned, clashes = without_clashes(loaded)
+        self.located = owned
         self.rollouts = [ManagedRollout.from_spec(located.spec, source=Path(located.file)) for located in owned]
         self.problems = sorted([*problems, *clashes], key=lambda p: (p.file, p.line))
         return True

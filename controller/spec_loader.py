@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from controller.rollout_resource import is_resource, spec_data_from_resource
 from controller.spec import RolloutSpec, semantic_problems, spec_warnings
 
 MAX_SPEC_BYTES = 256 * 1024
@@ -241,21 +242,64 @@ def parse_spec_located(text: str, file: str, extra_check: ExtraCheck | None = No
         loader.dispose()
     if not isinstance(data, dict):
         raise SpecError([SpecProblem(file, 1, "", "a rollout spec must be a mapping of fields")])
+    return _validated(data, file, index, problems, extra_check)
+
+
+class _NoLines:
+    """For data that did not come from a file (a resource read from the apiserver): every problem at line 1."""
+
+    def line_of(self, path: FieldPath) -> int:
+        return 1
+
+
+def validate_spec_data(data: dict[str, Any], where: str, extra_check: ExtraCheck | None = None) -> LocatedSpec:
+    """Validate parsed data (a flat spec or a RampRollout object) exactly as a file; problems name `where`."""
+    return _validated(data, where, _NoLines(), [], extra_check)
+
+
+def _validated(
+    data: dict[str, Any],
+    file: str,
+    index: _LineIndex | _NoLines,
+    problems: list[SpecProblem],
+    extra_check: ExtraCheck | None,
+) -> LocatedSpec:
+    """Validate a flat spec or a RampRollout resource (its `spec`; paths then start with `spec.`)."""
+    prefix: FieldPath = ()
+    located_in: dict[str, FieldPath] = {name: (name,) for name in LOCATED_FIELDS}
+    if is_resource(data):
+        flat, envelope = spec_data_from_resource(data)
+        for path, reason in envelope:
+            problems.append(SpecProblem(file, index.line_of(path), _dotted(path), reason))
+        if flat is None or problems:
+            raise SpecError(sorted(problems, key=lambda p: p.line))
+        prefix = ("spec",)
+        spec_part = data.get("spec") or {}
+        metadata = {"name": ("metadata", "name"), "namespace": ("metadata", "namespace")}
+        located_in = {n: (("spec", n) if n in spec_part else metadata.get(n, ("spec", n))) for n in LOCATED_FIELDS}
+        data = flat
+
+    def locate(path: FieldPath) -> FieldPath:
+        return (*prefix, *path)
+
     try:
         spec = RolloutSpec.model_validate(data)
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
-            path = _pydantic_path(err["loc"])
+            path = locate(_pydantic_path(err["loc"]))
             reason = _one_line(err["msg"].removeprefix("Value error, "))
             problems.append(SpecProblem(file, index.line_of(path), _dotted(path), reason))
         raise SpecError(sorted(problems, key=lambda p: p.line)) from None
     extra = extra_check(spec) if extra_check is not None else []
     for path, reason in [*semantic_problems(spec), *extra]:
-        problems.append(SpecProblem(file, index.line_of(path), _dotted(path), reason))
+        problems.append(SpecProblem(file, index.line_of(locate(path)), _dotted(locate(path)), reason))
     if problems:
         raise SpecError(sorted(problems, key=lambda p: p.line))
-    lines = {name: index.line_of((name,)) for name in LOCATED_FIELDS if name in data}
-    warnings = [SpecProblem(file, index.line_of(path), _dotted(path), reason) for path, reason in spec_warnings(spec)]
+    lines = {name: index.line_of(located_in[name]) for name in LOCATED_FIELDS if name in data}
+    warnings = [
+        SpecProblem(file, index.line_of(locate(path)), _dotted(locate(path)), reason)
+        for path, reason in spec_warnings(spec)
+    ]
     return LocatedSpec(file, spec, lines, tuple(sorted(warnings, key=lambda p: p.line)))
 
 

@@ -63,15 +63,28 @@ def metrics_request(spec: RolloutSpec) -> MetricsRequest:
 
 
 @dataclass(frozen=True)
+class ResourceRef:
+    """The RampRollout custom resource a rollout comes from (None for a spec file)."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+    generation: int = 0
+
+
+@dataclass(frozen=True)
 class ManagedRollout:
     spec: RolloutSpec
     plan: Plan
     digest: str
     source: Path | None = None
+    resource: ResourceRef | None = None
 
     @classmethod
-    def from_spec(cls, spec: RolloutSpec, source: Path | None = None) -> ManagedRollout:
-        return cls(spec, build_plan(spec), spec_digest(spec), source)
+    def from_spec(
+        cls, spec: RolloutSpec, source: Path | None = None, resource: ResourceRef | None = None
+    ) -> ManagedRollout:
+        return cls(spec, build_plan(spec), spec_digest(spec), source, resource)
 
     @property
     def name(self) -> str:
