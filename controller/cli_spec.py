@@ -1,4 +1,4 @@
-"""Spec commands: `ramp validate`, `ramp schema`, `ramp plan`.
+"""Spec commands: `ramp validate`, `ramp schema`, `ramp crd`, `ramp plan`.
 
 Problems are printed as `file:line: field.path: reason`, one per line, on stderr;
 warnings as `file:line: field.path: warning: reason`; results go to stdout. Exit code
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from controller.plan import Plan, build_plan
+from controller.resource_crd import crd_yaml
 from controller.routing.crd_schema import CRD_ENV_VAR, IstioSchemas
 from controller.routing.istio_render import destination_rule, virtual_service
 from controller.routing.model import DesiredRouting
@@ -42,6 +43,16 @@ def register(subparsers: Subparsers) -> None:
         "schema", help="print the rollout spec JSON Schema", description="Print the RolloutSpec JSON Schema."
     )
     schema.set_defaults(handler=run_schema)
+
+    crd = subparsers.add_parser(
+        "crd",
+        help="print the RampRollout CustomResourceDefinition",
+        description=(
+            "Print the RampRollout CRD (YAML), generated from the rollout spec model: the file the chart ships "
+            "in charts/ramp/crds/, and a plain manifest for kubectl apply -f -."
+        ),
+    )
+    crd.set_defaults(handler=run_crd)
 
     plan = subparsers.add_parser(
         "plan",
@@ -123,6 +134,11 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def run_schema(args: argparse.Namespace) -> int:
     print(json.dumps(RolloutSpec.model_json_schema(by_alias=True), indent=2))
+    return 0
+
+
+def run_crd(args: argparse.Namespace) -> int:
+    print(crd_yaml(), end="")
     return 0
 
 

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import kubernetes.client
 
@@ -28,11 +29,34 @@ RAW_CALLS = frozenset({"call_api", "request"})
 DISCOVERY_PATHS = re.compile(r"^/(api|apis|version|openapi|healthz|livez|readyz)(/.*)?$")
 
 
+AGGREGATE_LABELS = frozenset(f"rbac.authorization.k8s.io/aggregate-to-{role}" for role in ("admin", "edit", "view"))
+
+
+def is_aggregated(role: Mapping[str, Any]) -> bool:
+    """A ClusterRole whose rules Kubernetes adds to the built-in admin/edit/view roles: bound by no one here."""
+    labels = role["metadata"].get("labels") or {}
+    return any(labels.get(label) == "true" for label in AGGREGATE_LABELS)
+
+
+def rules_grants(rules: Iterable[Mapping[str, list[str]]], namespace: str | None) -> set[Grant]:
+    """The grants of RBAC `rules` bound in `namespace` (None: a ClusterRoleBinding)."""
+    grants: set[Grant] = set()
+    for rule in rules:
+        assert set(rule) <= {"apiGroups", "resources", "verbs", "resourceNames"}, rule
+        names: list[str | None] = list(rule.get("resourceNames") or [None])
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    grants |= {(namespace, group, resource, verb, name) for name in names}
+    return grants
+
+
 def granted(rendered: Rendered, account: tuple[str, str]) -> set[Grant]:
     """Every permission `account` (namespace, name) gets, resolved through the rendered bindings. Every binding
-    must bind exactly that ServiceAccount, and every rendered role must be bound exactly once."""
+    must bind exactly that ServiceAccount, and every rendered role must be bound exactly once - except the
+    aggregated ClusterRoles, which the chart binds to no one (Kubernetes folds them into admin/edit/view)."""
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in rendered.of_kind("Role")}
-    cluster_roles = {r["metadata"]["name"]: r for r in rendered.of_kind("ClusterRole")}
+    cluster_roles = {r["metadata"]["name"]: r for r in rendered.of_kind("ClusterRole") if not is_aggregated(r)}
     grants: set[Grant] = set()
     for binding in rendered.of_kind("RoleBinding") + rendered.of_kind("ClusterRoleBinding"):
         subjects = {(s["namespace"], s["name"]) for s in binding["subjects"] if s["kind"] == "ServiceAccount"}
@@ -42,13 +66,7 @@ def granted(rendered: Rendered, account: tuple[str, str]) -> set[Grant]:
         namespace = binding["metadata"].get("namespace") if binding["kind"] == "RoleBinding" else None
         # A binding to a role that is not rendered (or bound twice) raises KeyError here.
         role = roles.pop((namespace, ref["name"])) if ref["kind"] == "Role" else cluster_roles.pop(ref["name"])
-        for rule in role["rules"]:
-            assert set(rule) <= {"apiGroups", "resources", "verbs", "resourceNames"}, rule
-            names: list[str | None] = list(rule.get("resourceNames") or [None])
-            for group in rule["apiGroups"]:
-                for resource in rule["resources"]:
-                    for verb in rule["verbs"]:
-                        grants |= {(namespace, group, resource, verb, name) for name in names}
+        grants |= rules_grants(role["rules"], namespace)
     assert roles == {} and cluster_roles == {}, "every rendered role is bound (and only once)"
     return grants
 

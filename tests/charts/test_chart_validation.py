@@ -11,6 +11,7 @@ from typing import Any
 import helm_python as helm
 import kubernetes_validate
 import pytest
+import yaml
 
 from controller.routing.crd_schema import CRD_ENV_VAR, IstioSchemas, find_crd_file
 from tests.charts.checks import service_monitor_problems
@@ -74,6 +75,15 @@ def test_every_manifest_is_valid_kubernetes(chart: Path, path: Path) -> None:
     assert problems == []
     names = [(m["kind"], m["metadata"].get("namespace"), m["metadata"]["name"]) for m in rendered.manifests]
     assert len(names) == len(set(names)), f"duplicate objects: {names}"
+
+
+def test_the_ramp_charts_crds_are_valid_kubernetes() -> None:
+    """charts/ramp/crds/ (installed by Helm before the templates, never templated): the same strict check."""
+    files = sorted((RAMP_CHART / "crds").iterdir())
+    assert [f.name for f in files] == ["ramprollouts.ramp.dev.yaml"]
+    documents = [doc for f in files for doc in yaml.safe_load_all(f.read_text(encoding="utf-8")) if doc]
+    assert [d["kind"] for d in documents] == ["CustomResourceDefinition"]
+    assert [_k8s_problem(d) for d in documents] == [None]
 
 
 def test_kubernetes_validation_is_strict() -> None:

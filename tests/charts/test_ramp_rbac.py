@@ -2,6 +2,9 @@
 controller/ to the RBAC rule it needs, plus a scan of controller/ that fails when the code uses a call the
 table does not know (so the chart and the code cannot drift apart). Namespaced Roles for the watched
 namespaces (the release namespace by default); a ClusterRole only with watchAllNamespaces: true.
+The custom-object methods take the API group and plural as arguments, so their rows are per API: the
+module making the call says which (its GROUP). The aggregated self-service ClusterRoles, bound to no one
+by the chart, are tested in test_ramp_rbac_aggregate.py.
 test_ramp_rbac_live.py runs the controller against an apiserver that enforces these grants.
 """
 
@@ -14,8 +17,9 @@ from typing import Any, Literal
 
 import pytest
 
+from controller import rollout_resource
 from tests.charts.checks import controller_container, controller_pod, flags, service_account_name, watched_namespaces
-from tests.charts.rbac import Grant, kubernetes_calls, references
+from tests.charts.rbac import CallSite, Grant, is_aggregated, kubernetes_calls, references
 from tests.charts.rendering import (
     RAMP_CHART,
     RAMP_CI,
@@ -29,6 +33,8 @@ from tests.charts.rendering import (
 
 ISTIO = "networking.istio.io"
 VS, DR = "virtualservices", "destinationrules"
+RAMP = "ramp.dev"
+RR, RR_STATUS = "ramprollouts", "ramprollouts/status"
 Scope = Literal["watched", "lease", "cli"]
 
 
@@ -48,22 +54,38 @@ def _call(scope: Scope, why: str, *rules: tuple[str, str, str], named: bool = Fa
 
 
 # THE table: every Kubernetes API method the code calls -> the rule it needs. The chart's RBAC must grant
-# exactly the union of the controller's rows; the scan below fails on a call missing here.
+# exactly the union of the controller's rows; the scan below fails on a call missing here. Custom-object
+# methods are keyed "<method> <API group>": the group of the module that calls them.
 API_CALLS: dict[str, ApiCall] = {
-    "list_namespaced_custom_object": _call(
+    f"list_namespaced_custom_object {ISTIO}": _call(
         "watched", "IstioBackend.begin_tick: one VirtualService LIST per namespace per tick", (ISTIO, VS, "list")
     ),
-    "get_namespaced_custom_object": _call(
+    f"get_namespaced_custom_object {ISTIO}": _call(
         "watched", "IstioBackend._get: read a VirtualService / DestinationRule", (ISTIO, VS, "get"), (ISTIO, DR, "get")
     ),
-    "create_namespaced_custom_object": _call(
+    f"create_namespaced_custom_object {ISTIO}": _call(
         "watched", "IstioBackend._converge: create when absent", (ISTIO, VS, "create"), (ISTIO, DR, "create")
     ),
-    "replace_namespaced_custom_object": _call(
+    f"replace_namespaced_custom_object {ISTIO}": _call(
         "watched",
         "IstioBackend._converge: PUT with resourceVersion (optimistic concurrency)",
         (ISTIO, VS, "update"),
         (ISTIO, DR, "update"),
+    ),
+    f"list_namespaced_custom_object {RAMP}": _call(
+        "watched", "RolloutWatch: list, then watch (watch=True) per namespace", (RAMP, RR, "list"), (RAMP, RR, "watch")
+    ),
+    f"list_cluster_custom_object {RAMP}": _call(
+        "watched", "RolloutWatch with watchAllNamespaces: list, then watch", (RAMP, RR, "list"), (RAMP, RR, "watch")
+    ),
+    f"get_namespaced_custom_object {RAMP}": _call(
+        "watched", "RolloutWrites.get: re-read a resource", (RAMP, RR, "get")
+    ),
+    f"patch_namespaced_custom_object {RAMP}": _call(
+        "watched", "RolloutWrites.remove_command: JSON patch removing the command annotation", (RAMP, RR, "patch")
+    ),
+    f"patch_namespaced_custom_object_status {RAMP}": _call(
+        "watched", "RolloutWrites.patch_status: the status subresource", (RAMP, RR_STATUS, "patch")
     ),
     "list_namespaced_deployment": _call(
         "watched", "DeploymentAvailability.available: version availability", ("apps", "deployments", "list")
@@ -101,6 +123,11 @@ def expected_grants(rendered: Rendered) -> set[Grant]:
     return grants
 
 
+def controller_cluster_roles(rendered: Rendered) -> list[dict[str, Any]]:
+    """The ClusterRoles for the controller (the aggregated self-service ones are for people)."""
+    return [role for role in rendered.of_kind("ClusterRole") if not is_aggregated(role)]
+
+
 def controller_grants(rendered: Rendered) -> set[Grant]:
     from tests.charts.rbac import granted
 
@@ -110,9 +137,30 @@ def controller_grants(rendered: Rendered) -> set[Grant]:
 # ---- the table covers the code
 
 
+def _module_group(site: CallSite) -> str:
+    """The API group a module's custom-object calls address: its GROUP constant."""
+    module = importlib.import_module(str(site.path).removesuffix(".py").replace("/", "."))
+    group = getattr(module, "GROUP", None)
+    assert group in (ISTIO, RAMP), f"{site.path}:{site.line} calls a custom-object method without GROUP {ISTIO}/{RAMP}"
+    return str(group)
+
+
+def table_calls() -> dict[str, list[CallSite]]:
+    """kubernetes_calls() keyed as API_CALLS is: custom-object methods split by the API group of each caller."""
+    calls: dict[str, list[CallSite]] = {}
+    for name, sites in kubernetes_calls().items():
+        for site in sites:
+            key = f"{name} {_module_group(site)}" if name.endswith(CUSTOM_OBJECT_SUFFIXES) else name
+            calls.setdefault(key, []).append(site)
+    return calls
+
+
+CUSTOM_OBJECT_SUFFIXES = ("_custom_object", "_custom_object_status", "_custom_object_scale")
+
+
 def test_every_kubernetes_call_in_the_code_is_in_the_table() -> None:
-    calls = kubernetes_calls()
-    assert {"create_namespaced_event", "read_namespaced_lease", "list_namespaced_custom_object"} <= set(calls)
+    calls = table_calls()
+    assert {"create_namespaced_event", "read_namespaced_lease", f"list_namespaced_custom_object {ISTIO}"} <= set(calls)
     unknown = {name: [f"{s.path}:{s.line}" for s in sites] for name, sites in calls.items() if name not in API_CALLS}
     assert unknown == {}, (
         "controller/ calls Kubernetes API methods that tests/charts/test_ramp_rbac.py::API_CALLS does not map to an"
@@ -126,7 +174,7 @@ def test_every_kubernetes_call_in_the_code_is_in_the_table() -> None:
 def test_cli_calls_are_made_only_by_the_cli() -> None:
     """A `cli` row is a user permission only while the controller never makes that call: each call site is in a
     CLI module, or in a function that only CLI modules use."""
-    for name, sites in kubernetes_calls().items():
+    for name, sites in table_calls().items():
         if name not in API_CALLS or API_CALLS[name].scope != "cli":
             continue
         for site in sites:
@@ -140,16 +188,27 @@ def test_cli_calls_are_made_only_by_the_cli() -> None:
             )
 
 
-def test_custom_object_calls_touch_only_virtualservices_and_destinationrules() -> None:
-    """The custom-object methods take the resource as an argument: only the Istio backend's request module may
-    call them, and its group and plurals are exactly the table's."""
+def test_custom_object_calls_touch_only_istio_routes_and_ramprollouts() -> None:
+    """The custom-object methods take the resource as an argument: only the Istio backend's request module
+    (VirtualServices, DestinationRules) and the RampRollout modules (GROUP/PLURAL of controller.rollout_resource)
+    may call them, and their groups and plurals are exactly the table's."""
     sites = kubernetes_calls()
-    custom = {str(s.path) for name in sites if name.endswith("_custom_object") for s in sites[name]}
-    assert len(custom) == 1 and next(iter(custom)).startswith("controller/routing/istio"), custom
-    module = importlib.import_module(next(iter(custom)).removesuffix(".py").replace("/", "."))
-    assert module.GROUP == ISTIO and {module.VIRTUAL_SERVICES, module.DESTINATION_RULES} == {VS, DR}
-    table = {r for n, c in API_CALLS.items() if n.endswith("_custom_object") for r in c.rules}
-    assert {(group, resource) for group, resource, _ in table} == {(ISTIO, VS), (ISTIO, DR)}
+    custom = {str(s.path) for name in sites if name.endswith(CUSTOM_OBJECT_SUFFIXES) for s in sites[name]}
+    istio = {path for path in custom if path.startswith("controller/routing/istio")}
+    assert len(istio) == 1, custom
+    for path in custom:
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        if path in istio:
+            assert module.GROUP == ISTIO and {module.VIRTUAL_SERVICES, module.DESTINATION_RULES} == {VS, DR}
+        else:  # the RampRollout modules import the names, never spell them
+            assert (module.GROUP, module.PLURAL) == (rollout_resource.GROUP, rollout_resource.PLURAL) == (RAMP, RR)
+    table = {r for n, c in API_CALLS.items() if " " in n for r in c.rules}
+    assert {(group, resource) for group, resource, _ in table} == {
+        (ISTIO, VS),
+        (ISTIO, DR),
+        (RAMP, RR),
+        (RAMP, RR_STATUS),
+    }
 
 
 # ---- the chart grants exactly the table
@@ -162,7 +221,10 @@ def test_rbac_is_exactly_least_privilege(path: Path) -> None:
     assert grants == expected_grants(rendered)
     assert not [g for g in grants if "*" in g], "no wildcards"
     assert not {resource for _, _, resource, _, _ in grants} & {"secrets", "pods", "pods/proxy", "configmaps"}
-    assert not {verb for _, _, _, verb, _ in grants} & {"watch", "patch", "delete", "deletecollection", "escalate"}
+    assert not {verb for _, _, _, verb, _ in grants} & {"delete", "deletecollection", "escalate", "bind", "impersonate"}
+    # watch and patch only on the controller's own RampRollouts (never on workloads or Istio objects)
+    assert {(g, r) for _, g, r, verb, _ in grants if verb in ("watch", "patch")} == {(RAMP, RR), (RAMP, RR_STATUS)}
+    assert not [g for g in grants if g[1] == RAMP and g[3] in ("create", "update", "delete")], "people own them"
 
 
 @pytest.mark.parametrize("path", RAMP_CI, ids=_ids(RAMP_CI))
@@ -172,12 +234,12 @@ def test_rbac_shape_follows_the_watched_namespaces(path: Path) -> None:
     role_namespaces = sorted(r["metadata"]["namespace"] for r in rendered.of_kind("Role"))
     args = flags(controller_container(rendered))
     if watched is not None:
-        assert rendered.of_kind("ClusterRole") == [] and rendered.of_kind("ClusterRoleBinding") == []
+        assert controller_cluster_roles(rendered) == [] and rendered.of_kind("ClusterRoleBinding") == []
         assert role_namespaces == sorted([*watched, RAMP_NAMESPACE])  # one per namespace + the Lease's
         assert args["--namespaces"].split(",") == watched  # the controller manages exactly where it may write
     else:
         assert rendered.values["watchAllNamespaces"] is True
-        assert len(rendered.of_kind("ClusterRole")) == 1 and len(rendered.of_kind("ClusterRoleBinding")) == 1
+        assert len(controller_cluster_roles(rendered)) == 1 and len(rendered.of_kind("ClusterRoleBinding")) == 1
         assert role_namespaces == [RAMP_NAMESPACE]  # only the Lease's
         assert "--namespaces" not in args
 
@@ -185,7 +247,7 @@ def test_rbac_shape_follows_the_watched_namespaces(path: Path) -> None:
 def test_defaults_grant_only_the_release_namespace() -> None:
     rendered = render_ci(RAMP_CHART / "ci" / "defaults-values.yaml")
     assert rendered.values["watchNamespaces"] == [] and rendered.values["watchAllNamespaces"] is False
-    assert rendered.of_kind("ClusterRole") == [] and rendered.of_kind("ClusterRoleBinding") == []
+    assert controller_cluster_roles(rendered) == [] and rendered.of_kind("ClusterRoleBinding") == []
     assert {scope for scope, *_ in controller_grants(rendered)} == {RAMP_NAMESPACE}
     assert flags(controller_container(rendered))["--namespaces"] == RAMP_NAMESPACE
     notes = rendered.files["ramp/templates/NOTES.txt"]
@@ -194,7 +256,7 @@ def test_defaults_grant_only_the_release_namespace() -> None:
 
 def test_all_namespaces_only_when_asked_explicitly() -> None:
     rendered = render_ci(RAMP_CHART / "ci" / "watch-all-namespaces-values.yaml")
-    cluster_role = rendered.one("ClusterRole")
+    (cluster_role,) = controller_cluster_roles(rendered)
     assert cluster_role["metadata"]["name"] == f"{RAMP_NAMESPACE}-ramp"  # unique across releases
     assert {scope for scope, _, resource, *_ in controller_grants(rendered) if resource != "leases"} == {None}
     assert (
@@ -225,6 +287,8 @@ def test_rbac_as_rendered_for_two_namespaces() -> None:
         {"apiGroups": [ISTIO], "resources": [DR], "verbs": ["get", "create", "update"]},
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+        {"apiGroups": [RAMP], "resources": [RR], "verbs": ["get", "list", "watch", "patch"]},
+        {"apiGroups": [RAMP], "resources": [RR_STATUS], "verbs": ["patch"]},
     ]
     assert rules == {
         "shop": workload,

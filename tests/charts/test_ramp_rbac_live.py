@@ -174,6 +174,9 @@ def test_the_controller_runs_on_exactly_the_charts_rbac(extra: dict[str, Any], t
     for request in requests:
         if (request.group, request.resource) == LEASES:
             assert request.namespace == RAMP_NAMESPACE and request.name in (lease, None), request
+        elif (request.group, request.resource, request.namespace) == ("ramp.dev", "ramprollouts", None):
+            # the RampRollout watch of every namespace: only when the chart asked for all of them
+            assert rendered.values["watchAllNamespaces"] and request.verb in ("list", "watch"), request
         elif request.group is not None:
             assert request.namespace == "shop", f"outside the rollout's namespace: {request}"
 

@@ -80,8 +80,10 @@ requests the controller makes (tests/charts/rbac.py maps each Kubernetes API cal
   resourceVersion: routes and rollout state in one write).
 - DestinationRules: get, create (when absent), update (subsets).
 - Deployments: list (version availability).
-- Events: create (what Ramp did and why, on the VirtualService).
-No watch, patch or delete; no Pods, Secrets or ConfigMaps.
+- Events: create (what Ramp did and why, on the RampRollout or the VirtualService).
+- RampRollouts (ramp.rolloutResourceRules): get, list, watch; patch (to remove a command annotation once
+  forwarded) and patch on ramprollouts/status.
+No watch or patch on anything else, no delete; no Pods, Secrets or ConfigMaps.
 */}}
 {{- define "ramp.workloadRules" -}}
 - apiGroups: ["networking.istio.io"]
