@@ -24,6 +24,8 @@ def register(subparsers: Subparsers) -> None:
     ctl.add_argument("--specs", type=Path, required=True, help="directory of rollout specs (e.g. a ConfigMap)")
     add_prometheus_arguments(ctl)
     ctl.add_argument("--namespaces", default="", help="comma-separated namespaces to manage (default: all)")
+    ctl.add_argument("--no-resources", action="store_true",
+                     help="do not watch RampRollout custom resources (spec directory only; the CRD need not exist)")
     ctl.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "ramp-system"))
     ctl.add_argument("--lease-name", default="ramp-controller")
     ctl.add_argument("--identity", default=os.environ.get("POD_NAME", ""), help="leader election identity")

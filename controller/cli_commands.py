@@ -179,7 +179,11 @@ def _target(args: argparse.Namespace) -> CommandTarget:
         return LocalTarget(args.state_dir, args.service)
     from controller.cli_set_weights import ClusterTarget
 
-    return ClusterTarget(args)
+    if args.command_value == Command.SET_WEIGHTS:
+        return ClusterTarget(args)
+    from controller.cli_resource_target import ResourceAwareTarget
+
+    return ResourceAwareTarget(args)
 
 
 def active_refusal(state: RolloutState, request: CommandRequest) -> tuple[int, str] | None:

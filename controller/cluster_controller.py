@@ -1,8 +1,9 @@
 """`ramp controller`: the long-running controller in a cluster (Istio + Kubernetes).
 
-Wiring: spec directory (re-read when files change) -> runner with the Istio backend (VirtualService
-routes + rollout state in the same update), Prometheus gates, Deployment availability, Events and
-metrics observers -> the ControllerLoop (each tick bounded by its deadline), driven by APScheduler,
+Wiring: spec directory (re-read when files change) + RampRollout resources (a watch; see spec_sources for one
+owner per service, and k8s/rollout_bridge for their commands and status) -> runner with the Istio backend
+(VirtualService routes + rollout state in the same update), Prometheus gates, Deployment availability, Events
+and metrics observers -> the ControllerLoop (each tick bounded by its deadline), driven by APScheduler,
 acting only while this replica holds the leader Lease. /healthz and /readyz come from the loop (see
 controller_loop) and from leader election.
 """
@@ -32,8 +33,12 @@ from controller.k8s.availability import DeploymentAvailability
 from controller.k8s.client import load_api_client
 from controller.k8s.events import EventRecorder, RolloutEventObserver
 from controller.k8s.leader import LeaderElectionForbidden, LeaderElector, LeaseConfig
+from controller.k8s.rollout_bridge import RolloutResourceBridge
+from controller.k8s.rollout_watch import RolloutResourceWatch, WatchConfig
+from controller.k8s.rollout_writes import RolloutResourceClient
 from controller.routing.istio import IstioBackend
 from controller.spec_directory import SpecDirectory
+from controller.spec_sources import CombinedSpecSource
 
 log = structlog.get_logger("ramp.controller")
 BASE_TICK_SECONDS = 1.0  # the loop's cadence; the runner decides which rollouts are due
@@ -53,6 +58,8 @@ class ControllerOptions:
     listen_host: str = "0.0.0.0"
     tick_deadline: float = DEFAULT_TICK_DEADLINE
     prometheus_source: PrometheusSource | None = None  # built from the CLI's --prometheus* options; else from URL
+    resources: bool = True  # watch RampRollout custom resources besides the spec directory
+    watch_config: WatchConfig | None = None
 
 
 class ElectionMonitor:
@@ -119,46 +126,81 @@ def run_controller(options: ControllerOptions, stop: threading.Event | None = No
     backend = IstioBackend(api)
     prometheus = options.prometheus_source or PrometheusSource(options.prometheus)
     if options.tick_deadline < prometheus.timeout_seconds:
-        raise ValueError(f"the tick deadline ({options.tick_deadline:g}s) must be at least the Prometheus timeout"
-                         f" ({prometheus.timeout_seconds:g}s)")
+        raise ValueError(
+            f"the tick deadline ({options.tick_deadline:g}s) must be at least the Prometheus timeout"
+            f" ({prometheus.timeout_seconds:g}s)"
+        )
     metrics = ControllerMetrics(
         backends={
             "prometheus": lambda: (prometheus.queries_sent, prometheus.query_errors),
             "kubernetes": backend.call_counts,
         }
     )
+    recorder = EventRecorder(api)
     runner = RolloutRunner(
         router=backend,
         metrics=prometheus,
         store=backend,
         availability=DeploymentAvailability(api),
-        observers=[metrics, RolloutEventObserver(EventRecorder(api))],
+        observers=[metrics, RolloutEventObserver(recorder)],
     )
-    specs = SpecDirectory(options.specs, options.namespaces)
+    directory = SpecDirectory(options.specs, options.namespaces)
+    specs: SpecDirectory | CombinedSpecSource = directory
+    watch: RolloutResourceWatch | None = None
+    hooks: RolloutResourceBridge | None = None
+    if options.resources:
+        watch = RolloutResourceWatch(api, options.namespaces, options.watch_config)
+        combined = CombinedSpecSource(directory, watch)
+        specs = combined
+        hooks = RolloutResourceBridge(combined, RolloutResourceClient(api), backend, recorder)
     identity = options.identity or f"{socket.gethostname()}-{os.getpid()}"
-    elector = LeaderElector(api, LeaseConfig(namespace=options.lease_namespace, name=options.lease_name,
-                                             identity=identity))
+    elector = LeaderElector(
+        api, LeaseConfig(namespace=options.lease_namespace, name=options.lease_name, identity=identity)
+    )
     runner.may_write = elector.is_leader
     election = ElectionMonitor(elector)
-    loop = ControllerLoop(runner, specs=specs, metrics=metrics, should_act=elector.is_leader,
-                          leadership=election.status, tick_deadline=options.tick_deadline,
-                          interval=BASE_TICK_SECONDS)
+    loop = ControllerLoop(
+        runner,
+        specs=specs,
+        metrics=metrics,
+        should_act=elector.is_leader,
+        leadership=election.status,
+        tick_deadline=options.tick_deadline,
+        interval=BASE_TICK_SECONDS,
+        hooks=hooks,
+    )
 
     def healthy() -> tuple[bool, str]:
         if not election.alive():
             return False, "leader election thread stopped"
         return loop.health()
 
-    server = EndpointServer(metrics.registry, healthy, loop.readiness, host=options.listen_host,
-                            port=options.listen_port)
+    def ready() -> tuple[bool, str]:
+        ok, body = loop.readiness()
+        if watch is None:
+            return ok, body
+        watching, detail = watch.status()
+        if not watching:
+            return False, f"not ready: RampRollout watch: {detail} | {body}"
+        return ok, f"{body}, RampRollout watch: {detail}"
+
+    server = EndpointServer(metrics.registry, healthy, ready, host=options.listen_host, port=options.listen_port)
     server.start()
     scheduler = TickScheduler(loop)
     if threading.current_thread() is threading.main_thread():  # signals can only be handled there
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     election.start(stop)
-    log.info("controller starting", identity=identity, specs=str(options.specs), prometheus=prometheus.url,
-             tick_deadline=options.tick_deadline, listen=f"{options.listen_host}:{server.port}")
+    if watch is not None:
+        watch.start(stop)
+    log.info(
+        "controller starting",
+        identity=identity,
+        specs=str(options.specs),
+        prometheus=prometheus.url,
+        tick_deadline=options.tick_deadline,
+        listen=f"{options.listen_host}:{server.port}",
+    )
     try:
         scheduler.start()
         stop.wait()
@@ -167,6 +209,8 @@ def run_controller(options: ControllerOptions, stop: threading.Event | None = No
         scheduler.stop()
         loop.wait_idle(options.tick_deadline)  # a tick still running ends (or is left) before the Lease goes
         election.join(timeout=15)  # it releases the Lease on stop, so a successor takes over at once
+        if watch is not None:
+            watch.join(timeout=5)
         server.stop()
         log.info("controller stopped", identity=identity)
     return 0
@@ -191,6 +235,6 @@ def run_controller_from_args(args: argparse.Namespace) -> int:
         specs=args.specs, prometheus=source.url, kubeconfig=args.kubeconfig, context=args.context,
         namespaces=namespaces, lease_namespace=args.lease_namespace, lease_name=args.lease_name,
         identity=args.identity, listen_port=port, listen_host=host, tick_deadline=args.tick_deadline,
-        prometheus_source=source,
+        prometheus_source=source, resources=not args.no_resources,
     )  # fmt: skip
     return run_controller(options)

@@ -56,11 +56,21 @@ class LoopRunner(Protocol):
 class SpecSource(Protocol):
     """A SpecDirectory: re-read on refresh(); its rollouts and the problems of the files it ignored."""
 
-    path: Path
+    @property
+    def path(self) -> Path: ...
+
     rollouts: list[ManagedRollout]
     problems: list[SpecProblem]
 
     def refresh(self) -> bool: ...
+
+
+class TickHooks(Protocol):
+    """Work around each acting tick within its deadline (e.g. the RampRollout bridge: forward commands before,
+    publish status after). A hook that raises is logged; the tick itself still counts."""
+
+    def before_tick(self, deadline: Deadline) -> None: ...
+    def after_tick(self, events: Sequence[TickEvent], deadline: Deadline) -> None: ...
 
 
 class Outcome(enum.Enum):
@@ -102,6 +112,7 @@ class ControllerLoop:
         interval: float | None = None,
         on_problems: Callable[[Sequence[SpecProblem]], None] = _log_problems,
         clock: Callable[[], float] = time.monotonic,
+        hooks: TickHooks | None = None,
     ) -> None:
         if not tick_deadline > 0:
             raise ValueError(f"tick deadline must be > 0 seconds, got {tick_deadline}")
@@ -116,6 +127,7 @@ class ControllerLoop:
         self._interval = interval
         self._on_problems = on_problems
         self._clock = clock
+        self._hooks = hooks
         self._lock = threading.Lock()
         self._created = clock()
         self._ticks = 0
@@ -159,8 +171,12 @@ class ControllerLoop:
                 self._current = tick
         if current is not None:
             self._count_skip("previous_tick_running")
-            log.warning("tick skipped: an abandoned tick is still running", tick=current.number,
-                        running_for=round(self._clock() - current.started, 1), doing=current.doing)
+            log.warning(
+                "tick skipped: an abandoned tick is still running",
+                tick=current.number,
+                running_for=round(self._clock() - current.started, 1),
+                doing=current.doing,
+            )
             return Outcome.BUSY
         thread = threading.Thread(target=self._work, args=(tick,), name=f"ramp-tick-{tick.number}", daemon=True)
         tick.thread = thread
@@ -180,8 +196,13 @@ class ControllerLoop:
             self.abandoned += 1
         if self.metrics is not None:
             self.metrics.ticks_abandoned.inc()
-        log.error("tick abandoned: it overran its deadline", tick=tick.number, deadline_s=self.tick_deadline,
-                  doing=tick.doing, stack=_innermost_frames(thread))
+        log.error(
+            "tick abandoned: it overran its deadline",
+            tick=tick.number,
+            deadline_s=self.tick_deadline,
+            doing=tick.doing,
+            stack=_innermost_frames(thread),
+        )
         return Outcome.ABANDONED
 
     def _work(self, tick: _Tick) -> None:
@@ -198,8 +219,15 @@ class ControllerLoop:
                     log.info("specs loaded", rollouts=[r.name for r in self.specs.rollouts])
             acting = self.acting()
             if acting:
+                hooks = self._hooks
+                if hooks is not None:
+                    tick.doing = "before the tick (forwarding commands)"
+                    _guarded("before_tick", hooks.before_tick, tick.deadline)
                 tick.doing = "ticking the due rollouts (state, metrics, gates, routing)"
-                self.runner.tick(tick.deadline)
+                events = self.runner.tick(tick.deadline)
+                if hooks is not None:
+                    tick.doing = "after the tick (publishing status)"
+                    _guarded("after_tick", hooks.after_tick, events, tick.deadline)
                 tick.outcome = Outcome.COMPLETED
             else:
                 tick.outcome = Outcome.STANDBY
@@ -230,8 +258,13 @@ class ControllerLoop:
                 self.metrics.ticks_skipped.labels(reason="standby").inc()
             self.metrics.last_tick.set_to_current_time()
         if tick.abandoned:
-            log.warning("abandoned tick finished", tick=tick.number, outcome=tick.outcome.value,
-                        after_s=round(duration, 1), error=tick.error)
+            log.warning(
+                "abandoned tick finished",
+                tick=tick.number,
+                outcome=tick.outcome.value,
+                after_s=round(duration, 1),
+                error=tick.error,
+            )
 
     def _count_skip(self, reason: str) -> None:
         if self.metrics is not None:
@@ -264,8 +297,10 @@ class ControllerLoop:
         stuck = self._running_abandoned()
         if stuck is None:
             return ""
-        return (f"; tick {stuck.number} abandoned, still running after {now - stuck.started:.1f}s"
-                f" (deadline {self.tick_deadline:g}s) while {stuck.doing}")
+        return (
+            f"; tick {stuck.number} abandoned, still running after {now - stuck.started:.1f}s"
+            f" (deadline {self.tick_deadline:g}s) while {stuck.doing}"
+        )
 
     def health(self) -> tuple[bool, str]:
         """Liveness: an iteration completed within `liveness_limit` (counted from start before the first)."""
@@ -321,6 +356,13 @@ class ControllerLoop:
         if problems:
             return False, "not ready: " + "; ".join(problems) + " | " + body
         return True, body
+
+
+def _guarded(name: str, hook: Callable[..., None], *args: object) -> None:
+    try:
+        hook(*args)
+    except Exception as exc:
+        log.error("tick hook failed", hook=name, error=f"{type(exc).__name__}: {exc}"[:300])
 
 
 def _innermost_frames(thread: threading.Thread, count: int = 4) -> str:

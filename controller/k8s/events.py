@@ -24,8 +24,10 @@ from kubernetes.client import ApiClient
 
 from controller.deadline import Deadline
 from controller.engine.phases import Phase, PhaseChange
-from controller.engine.ports import TickEvent
+from controller.engine.ports import ManagedRollout, TickEvent
 from controller.k8s.client import REQUEST_TIMEOUT_ATTR, Forbidden, KubeApi, KubeStats, NotLeader
+from controller.rollout_resource import API_VERSION as RESOURCE_API_VERSION
+from controller.rollout_resource import KIND as RESOURCE_KIND
 
 log = structlog.get_logger("ramp.events")
 
@@ -146,7 +148,7 @@ class EventRecorder:
                     "events cannot be recorded: forbidden",
                     namespace=namespace,
                     hint="grant the controller's ServiceAccount verb 'create' on resource 'events' in the core"
-                    f" API group (\"\") in namespace {namespace!r}",
+                    f' API group ("") in namespace {namespace!r}',
                     error=str(exc),
                 )
             return False
@@ -165,8 +167,17 @@ class EventRecorder:
                 self.recorded += 1
 
 
+def involved_object(rollout: ManagedRollout) -> ObjectRef:
+    """Where a rollout's Events go: its RampRollout when it comes from one (so `kubectl describe` shows them),
+    else the service's VirtualService."""
+    if rollout.resource is not None:
+        return ObjectRef(RESOURCE_API_VERSION, RESOURCE_KIND, rollout.resource.name, rollout.resource.uid or None)
+    return ObjectRef(VIRTUAL_SERVICE_API_VERSION, "VirtualService", rollout.spec.service)
+
+
 class RolloutEventObserver:
-    """A runner observer: an Event on the rollout's VirtualService for each phase or step change.
+    """A runner observer: an Event on the rollout's RampRollout (or, for a spec file, its VirtualService) for each
+    phase or step change.
 
     Reasons: HeaderTest, Progressing, Paused, Promoted (Normal), RolledBack, Failed (Warning), Restarted
     (a changed spec); the message is the change's reason (a rollback names the gate and its value).
@@ -187,7 +198,7 @@ class RolloutEventObserver:
 
     def _observe(self, event: TickEvent) -> None:
         spec = event.rollout.spec
-        involved = ObjectRef(VIRTUAL_SERVICE_API_VERSION, "VirtualService", spec.service)
+        involved = involved_object(event.rollout)
         for change in self._changes(event):
             reason, kind = PHASE_EVENTS[change.phase]
             self.recorder.record(spec.namespace, involved, reason, change.reason or change.phase.value, kind)
