@@ -72,6 +72,15 @@ class CommandRequest(BaseModel):
         return request
 
 
+def describe_pending(raw: str) -> str:
+    """A pending command's raw annotation or file text, for a "still waiting" refusal: `pause (id ...)`."""
+    try:
+        decoded = CommandRequest.decode(raw)
+    except CommandError:
+        return "an unreadable command"
+    return f"{decoded.command.value} (id {decoded.id or '?'})"
+
+
 def as_request(command: Command | CommandRequest) -> CommandRequest:
     return command if isinstance(command, CommandRequest) else CommandRequest(command=command)
 

@@ -24,7 +24,7 @@ import structlog
 from kubernetes.client import ApiClient
 
 from controller.deadline import Deadline
-from controller.engine.commands import CommandError, CommandRequest
+from controller.engine.commands import CommandRequest, describe_pending
 from controller.k8s.client import KubeApi
 from controller.k8s.errors import Conflict, Invalid, KubeDeadlineExceeded, KubeError, NotFound
 from controller.rollout_resource import COMMAND_ANNOTATION, GROUP, PLURAL, VERSION
@@ -132,12 +132,8 @@ def _refuse_pending(obj: Mapping[str, Any], namespace: str, name: str) -> None:
     pending = _command_of(obj)
     if pending is None:
         return
-    try:
-        decoded = CommandRequest.decode(pending)
-        what = f"{decoded.command.value} (id {decoded.id or '?'})"
-    except CommandError:
-        what = "an unreadable command"
-    raise CommandPending(f"{what} is still waiting for the controller of RampRollout {namespace}/{name}; it is "
+    where = f"RampRollout {namespace}/{name}"
+    raise CommandPending(f"{describe_pending(pending)} is still waiting for the controller of {where}; it is "
                          "applied or refused on the next tick (is the controller running?)")  # fmt: skip
 
 

@@ -37,7 +37,7 @@ import structlog
 from kubernetes.client import ApiClient
 
 from controller.deadline import Deadline
-from controller.engine.commands import CommandError, CommandRequest
+from controller.engine.commands import CommandError, CommandRequest, describe_pending
 from controller.engine.phases import Command, RolloutState
 from controller.k8s.client import KubeApi, KubeError
 from controller.routing.crd_schema import IstioSchemas
@@ -352,13 +352,8 @@ class IstioBackend(IstioRequests):
             pending = annotations_of(obj).get(COMMAND_ANNOTATION)
             if pending is None:
                 return
-            try:
-                decoded = CommandRequest.decode(pending)
-                what = f"{decoded.command.value} (id {decoded.id or '?'})"
-            except CommandError:
-                what = "an unreadable command"
-            raise CommandPending(f"{what} is still waiting for the controller of {where}; it is applied or "
-                                 "refused on the next tick (is the controller running?)")  # fmt: skip
+            raise CommandPending(f"{describe_pending(pending)} is still waiting for the controller of {where}; it is "
+                                 "applied or refused on the next tick (is the controller running?)")  # fmt: skip
 
         self._annotate(namespace, service, {COMMAND_ANNOTATION: request.encode()}, refuse_pending)
 

@@ -352,3 +352,31 @@ def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+class RecordingHooks:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.calls: list[str] = []
+
+    def before_tick(self, deadline: Deadline) -> None:
+        self.calls.append("before")
+        if self.fail:
+            raise RuntimeError("apiserver down")
+
+    def after_tick(self, events: Sequence[TickEvent], deadline: Deadline) -> None:
+        self.calls.append(f"after {len(events)}")
+        if self.fail:
+            raise RuntimeError("apiserver down")
+
+
+def test_hooks_run_around_each_acting_tick_within_its_deadline_and_never_fail_it() -> None:
+    runner = FakeRunner()
+    hooks = RecordingHooks(fail=True)
+    loop = ControllerLoop(runner, tick_deadline=5, hooks=hooks)
+    with capture_logs() as logs:
+        assert loop.iterate() is Outcome.COMPLETED
+    assert hooks.calls == ["before", "after 0"] and runner.calls == 1
+    assert [entry["hook"] for entry in logs if entry["event"] == "tick hook failed"] == ["before_tick", "after_tick"]
+    standby = ControllerLoop(runner, tick_deadline=5, hooks=(quiet := RecordingHooks()), should_act=lambda: False)
+    assert standby.iterate() is Outcome.STANDBY and quiet.calls == [], "a standby never forwards or publishes"

@@ -21,6 +21,7 @@ from controller.engine.decide import decide, routing_for
 from controller.engine.phases import Command, Phase, RolloutState
 from controller.engine.ports import ManagedRollout
 from controller.engine.tick_step import NOT_YET_CONFIRMED
+from controller.resource_crd import rollout_crd
 from controller.rollout_resource import API_VERSION, KIND, resource_from_spec_data
 from controller.rollout_status import invalid_status, rollout_status, status_changed
 from tests.unit import kstatus_rules, printer_columns
@@ -30,26 +31,7 @@ from tests.unit.engine_fixtures import NO_APPROVAL_YAML, SPEC_YAML, report, spec
 START = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 CREATED = "2026-03-01T11:55:00Z"  # five minutes before START
 
-CONTRACT_COLUMNS: list[dict[str, Any]] = [
-    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "Step", "type": "string", "jsonPath": ".status.step"},
-    {"name": "Target", "type": "string", "jsonPath": ".spec.target"},
-    {"name": "Weight", "type": "integer", "jsonPath": ".status.targetWeight"},
-    {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 0},
-    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-]
-
-
-def _crd_columns() -> list[dict[str, Any]] | None:
-    try:
-        from controller.resource_crd import rollout_crd  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
-    crd = rollout_crd()
-    return list(crd["spec"]["versions"][0]["additionalPrinterColumns"])
-
-
-COLUMNS = _crd_columns() or CONTRACT_COLUMNS
+COLUMNS = rollout_crd()["spec"]["versions"][0]["additionalPrinterColumns"]  # (their values: test_resource_crd)
 
 
 @dataclass
@@ -310,15 +292,6 @@ def test_statistical_gates_report_their_e_values_and_reasons_are_one_bounded_lin
     r.state = r.state.model_copy(update={"reason": "x\r\n  y " + "z" * 5000})
     reason = r.write()["reason"]
     assert reason.startswith("x y zzz") and len(reason) == 1024 and reason.endswith("…")
-
-
-def test_crd_columns_follow_the_contract() -> None:
-    columns = _crd_columns()
-    if columns is None:
-        pytest.skip("controller.resource_crd is not there yet")
-    assert [(c["name"], c["type"], c["jsonPath"], c.get("priority", 0)) for c in columns] == [
-        (c["name"], c["type"], c["jsonPath"], c.get("priority", 0)) for c in CONTRACT_COLUMNS
-    ]
 
 
 def test_kubectl_get_output() -> None:
