@@ -55,7 +55,7 @@ TIGHTENED: dict[tuple[str, str], dict[str, Any]] = {
 }
 _KEPT = frozenset(
     {"type", "description", "enum", "minimum", "maximum", "minLength", "maxLength", "pattern", "minItems",
-     "maxItems", "required", "default"}
+     "maxItems", "required", "default", "minProperties", "maxProperties"}
 )  # fmt: skip
 _BOUNDS = {"ge": ("minimum", False), "le": ("maximum", False), "gt": ("minimum", True), "lt": ("maximum", True)}
 

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+from controller.spec_hooks import MAX_HOOKS, Hook
+from controller.spec_notify import MAX_NOTIFICATIONS, Notification
 from controller.spec_rules import (
     DEFAULT_PROGRESS_DEADLINE,
     DNS_LABEL_PATTERN,
@@ -314,6 +316,20 @@ class RolloutSpec(StrictModel):
     schedule: Schedule = Field(default_factory=Schedule)
     analysis: Analysis = Field(default_factory=Analysis)
     rollback: RollbackPolicy = Field(default_factory=RollbackPolicy)
+    hooks: Annotated[list[Hook], AfterValidator(count_between("hooks", 0, MAX_HOOKS))] = Field(
+        default_factory=list,
+        description=(
+            f"Webhooks before steps, as step gates, to confirm promotion, after the rollout (at most {MAX_HOOKS})"
+        ),
+        json_schema_extra={"maxItems": MAX_HOOKS},
+    )
+    notifications: Annotated[
+        list[Notification], AfterValidator(count_between("notifications", 0, MAX_NOTIFICATIONS))
+    ] = Field(
+        default_factory=list,
+        description=f"Slack, Teams or JSON webhooks told about this rollout (at most {MAX_NOTIFICATIONS})",
+        json_schema_extra={"maxItems": MAX_NOTIFICATIONS},
+    )
     progress_deadline: ProgressDeadline = Field(
         default=DEFAULT_PROGRESS_DEADLINE,
         description=(

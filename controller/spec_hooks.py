@@ -1,0 +1,74 @@
+"""Webhooks at the points of a rollout (the `hooks:` list of a spec).
+
+- `pre-step`: called before a step starts (or only before the steps listed in `steps`, 1-based); a 2xx answer lets
+  the step start, anything else holds the rollout before it (the progress deadline then fails it);
+- `step-gate`: called on each tick of a step (of `steps`); a failing answer counts as a failed check;
+- `confirm-promotion`: called before the promotion; 2xx lets it happen, anything else holds;
+- `post-rollout`: called once the rollout is promoted, rolled back or failed (from a queue, never in the tick).
+
+Every call has a total `timeout`, `retries` with backoff, and (with `secret_file`) an HMAC-SHA256 signature of the
+body in the `X-Ramp-Signature-256` header (controller.webhook_signing).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+from controller.spec_rules import DNS_LABEL_PATTERN, duration_between, finite_number, format_seconds
+
+MAX_HOOKS = 20
+MIN_HOOK_TIMEOUT = 0.1
+MAX_HOOK_TIMEOUT = 60.0
+HookType = Literal["pre-step", "step-gate", "confirm-promotion", "post-rollout"]
+_DURATION_SCHEMA = WithJsonSchema({"type": ["string", "number"], "description": "e.g. '10s', '500ms'"})
+HookTimeout = Annotated[float, BeforeValidator(duration_between(MIN_HOOK_TIMEOUT, MAX_HOOK_TIMEOUT)), _DURATION_SCHEMA]
+
+
+def check_webhook_url(url: str) -> str:
+    """http(s)://host[:port]/path, printable, no credentials (a secret belongs in secret_file, never in a spec)."""
+    from urllib.parse import urlsplit
+
+    if not url.isprintable() or any(c.isspace() for c in url):
+        raise ValueError("url has spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as exc:
+        raise ValueError(f"url is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("url must be http:// or https:// with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("url must not carry credentials: put a secret in secret_file (HMAC-signed requests)")
+    return url
+
+
+WebhookUrl = Annotated[
+    str,
+    AfterValidator(check_webhook_url),
+    WithJsonSchema({"type": "string", "maxLength": 2048, "pattern": "^https?://", "description": "http(s) URL"}),
+]
+
+
+class Hook(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63)]
+    type: HookType
+    url: WebhookUrl = Field(max_length=2048)
+    steps: list[Annotated[int, BeforeValidator(finite_number), Field(ge=1, le=50)]] | None = Field(
+        default=None, description="pre-step / step-gate: the steps (1-based) it applies to; default every step"
+    )
+    timeout: HookTimeout = Field(
+        default=10.0,
+        description=f"Total time for one call, retries included ({format_seconds(MIN_HOOK_TIMEOUT)} to "
+        f"{format_seconds(MAX_HOOK_TIMEOUT)})",
+    )
+    retries: Annotated[int, BeforeValidator(finite_number)] = Field(default=2, ge=0, le=10)
+    secret_file: str | None = Field(
+        default=None, max_length=4096, description="File holding the HMAC-SHA256 secret (re-read when rotated)"
+    )
+    metadata: dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=dict, max_length=20, description="Sent as is in every payload"
+    )
