@@ -144,6 +144,8 @@ def render(info: dict[str, str], figures: dict[str, Any]) -> str:
             "| figure | value | target |",
             "| --- | --- | --- |",
             f"| Prometheus queries per tick (max) | {s['queries_per_tick_max']} | <= 3 per metric kind |",
+            f"| of which for the shared custom-gate template (max) | {s.get('custom_queries_per_tick_max', '-')} "
+            "| 1, whatever the number of rollouts |",
             f"| Kubernetes writes, first tick (creates) | {s['writes_first_tick']} | - |",
             f"| Kubernetes writes per tick, judging only | {s['writes_per_tick_quiet']} | only real changes |",
             f"| Kubernetes writes per tick, all stepping at once | {s['writes_per_tick_stepping']} | one per move |",

@@ -24,6 +24,7 @@ from controller.routing.istio_render import destination_rule, virtual_service
 from controller.routing.model import DesiredRouting
 from controller.spec import RolloutSpec
 from controller.spec_loader import LocatedSpec, SpecError, SpecProblem, load_spec, load_spec_located, spec_files
+from controller.spec_metrics import TemplateSet, load_templates
 from controller.spec_owners import without_clashes
 
 if TYPE_CHECKING:
@@ -103,10 +104,16 @@ def _warning_line(warning: SpecProblem) -> str:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    """Every problem, then the specs that clash over a service, host or rollout name; warnings never fail."""
+    """Every problem, then the specs that clash over a service, host or rollout name; warnings never fail.
+
+    MetricTemplate files are checked as templates; a spec's `template:` gates resolve against the
+    templates of its own directory (named on the command line or not)."""
     failed = False
     loaded: list[LocatedSpec] = []
     seen: set[Path] = set()
+    template_sets: dict[Path, TemplateSet] = {}
+    order: dict[str, int] = {}  # file -> position on the command line, for the ok lines
+    template_ok: list[tuple[str, str]] = []
     for arg in args.paths:
         files, problems = expand_path(arg)
         _print_problems(problems)
@@ -115,8 +122,21 @@ def run_validate(args: argparse.Namespace) -> int:
             if path.resolve() in seen:  # the same file named twice is not a clash with itself
                 continue
             seen.add(path.resolve())
+            order[str(path)] = len(order)
+            directory = path.parent.resolve()
+            if directory not in template_sets:
+                template_sets[directory] = load_templates(path.parent)
+            templates = template_sets[directory]
+            if path.resolve() in {Path(f).resolve() for f in templates.files}:
+                mine = [p for p in templates.problems if Path(p.file).resolve() == path.resolve()]
+                _print_problems(mine)
+                failed = failed or bool(mine)
+                here = path.resolve()
+                names = [t.template.name for t in templates.catalog.values() if Path(t.file).resolve() == here]
+                template_ok.extend((str(path), f"ok  {path} (metric template {name})") for name in names if not mine)
+                continue
             try:
-                loaded.append(load_spec_located(path))
+                loaded.append(load_spec_located(path, templates=templates.catalog))
             except SpecError as exc:
                 _print_problems(exc.problems)
                 failed = True
@@ -126,9 +146,12 @@ def run_validate(args: argparse.Namespace) -> int:
     for located in loaded:
         for warning in located.warnings:
             _err(_warning_line(warning))
+    ok_lines = list(template_ok)
     for located in owned:
         steps = _plural(len(located.spec.effective_steps), "step")
-        print(f"ok  {located.file} (rollout {located.spec.rollout_name}: {steps})")
+        ok_lines.append((located.file, f"ok  {located.file} (rollout {located.spec.rollout_name}: {steps})"))
+    for _, line in sorted(ok_lines, key=lambda item: order.get(item[0], len(order))):
+        print(line)
     return 1 if failed else 0
 
 

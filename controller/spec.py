@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from controller.spec_hooks import MAX_HOOKS, Hook
+from controller.spec_metrics import ClientErrorCode, MetricLabels, Query, Selector
 from controller.spec_notify import MAX_NOTIFICATIONS, Notification
 from controller.spec_rules import (
     DEFAULT_PROGRESS_DEADLINE,
@@ -154,15 +155,24 @@ class Step(StrictModel):
         return "none"
 
 
+_CUSTOM_BODY = ("query", "bad", "total", "labels", "higher_is_better")
+
+
 class Gate(StrictModel):
     name: DnsName | None = None
-    metric: Literal["error_rate", "latency"]
+    metric: Literal["error_rate", "latency", "custom"]
     quantile: Literal["p50", "p90", "p99"] | None = Field(default=None, description="Required for latency gates")
     max: Number | None = Field(
         default=None,
         ge=0,
         allow_inf_nan=False,
-        description="Absolute limit: percent for error_rate, milliseconds for latency",
+        description="Absolute limit: percent for error_rate and bad/total, milliseconds for latency, the query's unit",
+    )
+    min: Number | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="custom query: lower limit (the value must be at least this), e.g. a success rate",
     )
     stable_margin: Number | None = Field(
         default=None,
@@ -204,11 +214,40 @@ class Gate(StrictModel):
             "at the start of the rollout); snapped up to a histogram bucket boundary"
         ),
     )
+    grpc: bool = Field(
+        default=False, description="error_rate: also count gRPC failures (Istio's grpc_response_status not 0)"
+    )
+    codes: list[ClientErrorCode] = Field(
+        default_factory=list,
+        max_length=20,
+        description="error_rate: 4xx status codes counted as errors too, e.g. ['429']",
+        json_schema_extra={"maxItems": 20},
+    )
+    query: Query | None = Field(default=None, description="custom: PromQL template answering one value per version")
+    bad: Selector | None = Field(default=None, description="custom: counter selector of bad events (with total)")
+    total: Selector | None = Field(default=None, description="custom: counter selector of all events (with bad)")
+    template: DnsName | None = Field(default=None, description="custom: a MetricTemplate of the spec's directory")
+    labels: MetricLabels | None = Field(
+        default=None, description="custom: the answer's namespace/service/version labels (default: Istio's)"
+    )
+    higher_is_better: bool = Field(
+        default=False, description="custom query: higher is better (stable_margin then bounds how much lower)"
+    )
+
+    @model_validator(mode="after")
+    def _template_alone(self) -> Gate:
+        if self.template is not None:
+            given = [name for name in _CUSTOM_BODY if getattr(self, name) not in (None, False)]
+            if given:
+                raise ValueError(f"template {self.template!r} defines the metric: remove {', '.join(given)}")
+        return self
 
     @property
     def display_name(self) -> str:
         if self.name:
             return self.name
+        if self.metric == "custom":
+            return self.template or "custom"
         if self.metric == "error_rate":
             return self.metric
         return f"latency-{self.quantile}" if self.quantile else "latency"
@@ -216,6 +255,10 @@ class Gate(StrictModel):
     @property
     def statistical(self) -> bool:
         return self.mode != "threshold"
+
+    @property
+    def metric_labels(self) -> MetricLabels:
+        return self.labels or MetricLabels()
 
 
 class Schedule(StrictModel):

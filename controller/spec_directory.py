@@ -5,7 +5,8 @@ change) and ignored as a whole, never partially applied. Two files for the same
 service (namespace/service), host or rollout name are both refused, each problem
 naming the other file and line (controller.spec_owners): neither runs until the
 clash is resolved. With `allowed_namespaces`, a spec for any other namespace is
-rejected the same way.
+rejected the same way. MetricTemplate files are read first; the specs' `template:` gates resolve
+against them (an edited template reloads the directory like any edited file).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from controller.engine.runner import ManagedRollout
 from controller.spec import RolloutSpec
 from controller.spec_loader import FieldPath, LocatedSpec, SpecError, SpecProblem, load_spec_located, spec_files
+from controller.spec_metrics import LocatedTemplate, load_templates
 from controller.spec_owners import without_clashes
 
 Fingerprint = tuple[tuple[str, int, int], ...]
@@ -29,6 +31,7 @@ class SpecDirectory:
     rollouts: list[ManagedRollout] = field(default_factory=list)
     problems: list[SpecProblem] = field(default_factory=list)
     located: list[LocatedSpec] = field(default_factory=list)  # the owned specs, with their lines (same order)
+    templates: dict[str, LocatedTemplate] = field(default_factory=dict)  # MetricTemplates by name, for resources too
 
     def _current_fingerprint(self) -> Fingerprint:
         entries = []
@@ -57,9 +60,14 @@ class SpecDirectory:
         problems: list[SpecProblem] = []
         if not self.path.is_dir():
             problems.append(SpecProblem(str(self.path), 1, "", "spec directory does not exist"))
+        templates = load_templates(self.path)
+        self.templates = templates.catalog
+        problems.extend(templates.problems)
         for name, _, _ in fingerprint:
+            if name in templates.files:
+                continue
             try:
-                loaded.append(load_spec_located(Path(name), self._namespace_check))
+                loaded.append(load_spec_located(Path(name), self._namespace_check, templates.catalog))
             except SpecError as exc:
                 problems.extend(exc.problems)
         owned, clashes = without_clashes(loaded)

@@ -3,6 +3,10 @@
 Every problem in a file is collected (YAML syntax, duplicate keys, unknown fields,
 types and ranges, cross-field rules) and raised together as SpecError; nothing is
 returned for a file with any problem, so nothing half-valid can be applied.
+
+A spec's `template:` gates are resolved against the MetricTemplate documents of its directory
+(`load_templates`); the returned spec carries the templates' queries inline, so a template edit
+changes the spec (and its digest) like any gate edit.
 """
 
 from __future__ import annotations
@@ -18,6 +22,14 @@ from pydantic import ValidationError
 
 from controller.rollout_resource import is_resource, spec_data_from_resource
 from controller.spec import RolloutSpec, semantic_problems, spec_warnings
+from controller.spec_metrics import (
+    LocatedTemplate,
+    MetricTemplate,
+    TemplateCatalog,
+    load_templates,
+    resolve_templates,
+    template_problems,
+)
 
 MAX_SPEC_BYTES = 256 * 1024
 MAX_NESTING = 32
@@ -212,17 +224,20 @@ class LocatedSpec:
         return self.lines.get(field, self.lines.get("service", 1))
 
 
-def parse_spec_text(text: str, file: str, extra_check: ExtraCheck | None = None) -> RolloutSpec:
+def parse_spec_text(
+    text: str, file: str, extra_check: ExtraCheck | None = None, templates: TemplateCatalog | None = None
+) -> RolloutSpec:
     """Validate one YAML document; raises SpecError listing every problem.
 
     `extra_check` adds the caller's own rules (e.g. the controller's allowed namespaces), reported
-    with file, line and field like every other problem.
+    with file, line and field like every other problem. `templates`: the MetricTemplates `template:`
+    gates may name (none when not given).
     """
-    return parse_spec_located(text, file, extra_check).spec
+    return parse_spec_located(text, file, extra_check, templates).spec
 
 
-def parse_spec_located(text: str, file: str, extra_check: ExtraCheck | None = None) -> LocatedSpec:
-    """parse_spec_text, keeping the lines of the identity fields and the spec's warnings."""
+def parse_document(text: str, file: str) -> tuple[Any, _LineIndex, list[SpecProblem]]:
+    """One YAML mapping, its line index and its duplicate keys; SpecError when it cannot be read."""
     if len(text.encode("utf-8", "replace")) > MAX_SPEC_BYTES:
         raise SpecError([SpecProblem(file, 1, "", f"file larger than {MAX_SPEC_BYTES} bytes")])
     loader, docs = _compose(text, file)
@@ -242,7 +257,45 @@ def parse_spec_located(text: str, file: str, extra_check: ExtraCheck | None = No
         loader.dispose()
     if not isinstance(data, dict):
         raise SpecError([SpecProblem(file, 1, "", "a rollout spec must be a mapping of fields")])
-    return _validated(data, file, index, problems, extra_check)
+    return data, index, problems
+
+
+def parse_spec_located(
+    text: str, file: str, extra_check: ExtraCheck | None = None, templates: TemplateCatalog | None = None
+) -> LocatedSpec:
+    """parse_spec_text, keeping the lines of the identity fields and the spec's warnings."""
+    data, index, problems = parse_document(text, file)
+    return _validated(data, file, index, problems, extra_check, templates)
+
+
+def is_template_data(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("kind") == "MetricTemplate"
+
+
+def parse_template_located(text: str, file: str) -> LocatedTemplate:
+    """Validate one MetricTemplate document; raises SpecError listing every problem."""
+    data, index, problems = parse_document(text, file)
+    try:
+        template = MetricTemplate.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_model_problems(exc, file, index, ()))
+        raise SpecError(sorted(problems, key=lambda p: p.line)) from None
+    for path, reason in template_problems(template):
+        problems.append(SpecProblem(file, index.line_of(path), _dotted(path), reason))
+    if problems:
+        raise SpecError(sorted(problems, key=lambda p: p.line))
+    return LocatedTemplate(file, index.line_of(("name",)), template)
+
+
+def _model_problems(
+    exc: ValidationError, file: str, index: _LineIndex | _NoLines, prefix: FieldPath
+) -> list[SpecProblem]:
+    found = []
+    for err in exc.errors(include_url=False):
+        path = (*prefix, *_pydantic_path(err["loc"]))
+        reason = _one_line(err["msg"].removeprefix("Value error, "))
+        found.append(SpecProblem(file, index.line_of(path), _dotted(path), reason))
+    return found
 
 
 class _NoLines:
@@ -252,9 +305,11 @@ class _NoLines:
         return 1
 
 
-def validate_spec_data(data: dict[str, Any], where: str, extra_check: ExtraCheck | None = None) -> LocatedSpec:
+def validate_spec_data(
+    data: dict[str, Any], where: str, extra_check: ExtraCheck | None = None, templates: TemplateCatalog | None = None
+) -> LocatedSpec:
     """Validate parsed data (a flat spec or a RampRollout object) exactly as a file; problems name `where`."""
-    return _validated(data, where, _NoLines(), [], extra_check)
+    return _validated(data, where, _NoLines(), [], extra_check, templates)
 
 
 def _validated(
@@ -263,6 +318,7 @@ def _validated(
     index: _LineIndex | _NoLines,
     problems: list[SpecProblem],
     extra_check: ExtraCheck | None,
+    templates: TemplateCatalog | None = None,
 ) -> LocatedSpec:
     """Validate a flat spec or a RampRollout resource (its `spec`; paths then start with `spec.`)."""
     prefix: FieldPath = ()
@@ -282,16 +338,17 @@ def _validated(
     def locate(path: FieldPath) -> FieldPath:
         return (*prefix, *path)
 
+    if is_template_data(data):
+        reason = "a MetricTemplate, not a rollout spec: rollouts of its directory name it in gates[].template"
+        raise SpecError([*problems, SpecProblem(file, index.line_of(("kind",)), "kind", reason)])
     try:
         spec = RolloutSpec.model_validate(data)
     except ValidationError as exc:
-        for err in exc.errors(include_url=False):
-            path = locate(_pydantic_path(err["loc"]))
-            reason = _one_line(err["msg"].removeprefix("Value error, "))
-            problems.append(SpecProblem(file, index.line_of(path), _dotted(path), reason))
+        problems.extend(_model_problems(exc, file, index, prefix))
         raise SpecError(sorted(problems, key=lambda p: p.line)) from None
+    spec, unresolved = resolve_templates(spec, templates or {})
     extra = extra_check(spec) if extra_check is not None else []
-    for path, reason in [*semantic_problems(spec), *extra]:
+    for path, reason in [*unresolved, *semantic_problems(spec), *extra]:
         problems.append(SpecProblem(file, index.line_of(locate(path)), _dotted(locate(path)), reason))
     if problems:
         raise SpecError(sorted(problems, key=lambda p: p.line))
@@ -307,7 +364,9 @@ def load_spec(path: Path, extra_check: ExtraCheck | None = None) -> RolloutSpec:
     return load_spec_located(path, extra_check).spec
 
 
-def load_spec_located(path: Path, extra_check: ExtraCheck | None = None) -> LocatedSpec:
+def read_spec_file(path: Path) -> str:
+    """The text of a spec file: a regular file, at most MAX_SPEC_BYTES, UTF-8; SpecError otherwise."""
+
     def problem(reason: str) -> SpecError:
         return SpecError([SpecProblem(str(path), 1, "", reason)])
 
@@ -321,10 +380,19 @@ def load_spec_located(path: Path, extra_check: ExtraCheck | None = None) -> Loca
     if len(data) > MAX_SPEC_BYTES:
         raise problem(f"file larger than {MAX_SPEC_BYTES} bytes")
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise problem("file is not UTF-8 text") from None
-    return parse_spec_located(text, str(path), extra_check)
+
+
+def load_spec_located(
+    path: Path, extra_check: ExtraCheck | None = None, templates: TemplateCatalog | None = None
+) -> LocatedSpec:
+    """One spec file; its `template:` gates resolve against `templates`, by default those of its directory."""
+    text = read_spec_file(path)
+    if templates is None:
+        templates = load_templates(path.parent).catalog
+    return parse_spec_located(text, str(path), extra_check, templates)
 
 
 def spec_files(paths: list[Path]) -> list[Path]:

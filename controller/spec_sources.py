@@ -120,7 +120,7 @@ class CombinedSpecSource:
                 data = dict(obj)
                 meta = data.get("metadata")
                 data["metadata"] = {**meta, "namespace": key[0]} if isinstance(meta, Mapping) else meta
-                spec = validate_spec_data(data, label, self._namespace_check)
+                spec = validate_spec_data(data, label, self._namespace_check, self.directory.templates)
             except SpecError as exc:
                 kind: RefusalKind = "InvalidSpec"
                 if any("is not managed by this controller" in p.reason for p in exc.problems):

@@ -13,9 +13,13 @@ down): never a promotion, never a rollback by itself.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from dataclasses import replace
 
+from controller.analysis.custom_gate import custom_threshold, observe, problem_kinds
+from controller.analysis.custom_metrics import gate_queries
+from controller.analysis.gates_model import GateReport as GateReport  # re-exported
+from controller.analysis.gates_model import GateResult as GateResult  # re-exported
+from controller.analysis.gates_model import Verdict as Verdict  # re-exported
 from controller.analysis.metrics import (
     LATENCY,
     QUANTILES,
@@ -29,42 +33,6 @@ from controller.analysis.statistical_gate import GateEvidence, statistical_gate_
 from controller.spec import Gate, RolloutSpec
 
 
-class Verdict(StrEnum):
-    PASS = "pass"
-    FAIL = "fail"
-    NO_DATA = "no-data"
-    HOLD = "hold"
-
-
-@dataclass(frozen=True)
-class GateResult:
-    gate: str
-    verdict: Verdict
-    value: float | None
-    stable_value: float | None
-    reason: str
-    e_value: float | None = None  # statistical gates: the e-value now
-    e_limit: float | None = None  # ... and the e-value that rolls back (K / alpha)
-
-
-@dataclass(frozen=True)
-class GateReport:
-    results: tuple[GateResult, ...]
-    evidence: Mapping[str, GateEvidence] = field(default_factory=dict)  # the e-processes after this tick
-
-    @property
-    def verdict(self) -> Verdict:
-        """FAIL, else NO_DATA (its clock runs even while another gate holds), else HOLD, else PASS."""
-        verdicts = {r.verdict for r in self.results}
-        for verdict in (Verdict.FAIL, Verdict.NO_DATA, Verdict.HOLD):
-            if verdict in verdicts:
-                return verdict
-        return Verdict.PASS
-
-    def reasons(self, verdict: Verdict) -> str:
-        return "; ".join(r.reason for r in self.results if r.verdict == verdict)
-
-
 def _unit(gate: Gate) -> str:
     return "%" if gate.metric == "error_rate" else "ms"
 
@@ -75,7 +43,7 @@ def _fmt(value: float, gate: Gate) -> str:
 
 def _value(gate: Gate, metrics: VersionMetrics) -> float | None:
     if gate.metric == "error_rate":
-        return metrics.error_percent
+        return metrics.error_percent_for(gate.grpc, gate.codes)
     return metrics.quantile(QUANTILES[gate.quantile or "p99"])
 
 
@@ -133,7 +101,11 @@ def _statistical_gate(
     outcome = statistical_outcome(gate, spec, snapshot, stable_versions, stable, previous)
     needed = gate.min_requests or spec.analysis.min_requests
     stable_names = ",".join(stable_versions) or "none"
-    comparable = stable is not None and stable.requests >= needed
+    if gate.metric == "custom":  # bad/total: stable's evidence is its total events
+        stable_seen = observe(gate, spec, snapshot, stable_versions).stable_seen
+    else:
+        stable_seen = 0.0 if stable is None else stable.requests
+    comparable = stable_seen >= needed
     # mode statistical has no threshold (a latency max there only sets the slow threshold) while stable
     # traffic lets the test compare; without it, a max is the only judge left
     if gate.mode == "both":
@@ -142,12 +114,15 @@ def _statistical_gate(
         judged = gate.model_copy(update={"max": None, "stable_margin": None})
     else:
         judged = gate.model_copy(update={"stable_margin": None})
-    threshold = evaluate_gate(judged, spec, target, stable, stable_names)
+    if gate.metric == "custom":
+        threshold = custom_threshold(judged, spec, snapshot, stable_versions)
+    else:
+        threshold = evaluate_gate(judged, spec, target, stable, stable_names)
     verdict, reason = threshold.verdict, threshold.reason
     if outcome.rejected:
         verdict, reason = Verdict.FAIL, outcome.reason
     elif verdict == Verdict.PASS and not comparable and gate.max is None:  # nothing to compare with
-        seen = 0.0 if stable is None else stable.requests
+        seen = stable_seen
         reason = (
             f"{gate.display_name}: stable ({stable_names}) had {seen:.0f} requests in the last "
             f"{spec.analysis.window:g}s, a statistical gate needs {needed} to compare against (no max set)"
@@ -162,8 +137,10 @@ def _statistical_gate(
     return result, outcome.evidence
 
 
-def _kinds(gate: Gate) -> tuple[str, ...]:
+def _kinds(gate: Gate, spec: RolloutSpec) -> tuple[str, ...]:
     """The data a gate reads: the window's request counts always (min_requests), then its own kinds."""
+    if gate.metric == "custom":
+        return problem_kinds(gate, gate_queries(gate, spec))
     kinds = [REQUESTS]
     if gate.metric == "latency":
         kinds.append(LATENCY)
@@ -198,13 +175,15 @@ def evaluate_gates(
     versions = (spec.target, *stable_versions)
     results = []
     for gate in spec.gates:
-        problem = snapshot.problem(_kinds(gate), spec.namespace, spec.service, versions)
+        problem = snapshot.problem(_kinds(gate, spec), spec.namespace, spec.service, versions)
         if problem is not None:  # the e-process, if any, is carried unchanged: this tick's data is not trusted
             result = _no_data(gate, spec, f"{gate.display_name}: {problem}", carried)
         elif gate.statistical:
             result, carried[gate.display_name] = _statistical_gate(
                 gate, spec, snapshot, stable_versions, carried.get(gate.display_name)
             )
+        elif gate.metric == "custom":
+            result = custom_threshold(gate, spec, snapshot, stable_versions)
         else:
             result = evaluate_gate(gate, spec, target, stable, stable_names)
         results.append(result)

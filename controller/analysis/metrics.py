@@ -8,7 +8,7 @@ every latency gate (p50/p90/p99) of every rollout.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 WorkloadKey = tuple[str, str, str]  # (namespace, service, version)
@@ -20,10 +20,32 @@ class VersionMetrics:
     requests: float = 0.0
     errors: float = 0.0  # 5xx responses
     buckets: dict[float, float] = field(default_factory=dict)  # le (ms) -> cumulative count
+    # requests by (response_code, gRPC failed): what error gates with `grpc` or `codes` count besides 5xx
+    outcomes: dict[tuple[str, bool], float] = field(default_factory=dict)
 
     @property
     def error_percent(self) -> float | None:
         return None if self.requests <= 0 else 100.0 * self.errors / self.requests
+
+    def add_requests(self, count: float, response_code: str, grpc_failed: bool) -> None:
+        self.requests += count
+        if response_code.startswith("5"):
+            self.errors += count
+        key = (response_code, grpc_failed)
+        self.outcomes[key] = self.outcomes.get(key, 0.0) + count
+
+    def bad_requests(self, grpc: bool = False, codes: Collection[str] = ()) -> float:
+        """5xx, plus gRPC failures (`grpc`) and the 4xx `codes`, each request counted once."""
+        if not grpc and not codes:
+            return self.errors
+        return sum(
+            count
+            for (code, grpc_failed), count in self.outcomes.items()
+            if code.startswith("5") or code in codes or (grpc and grpc_failed)
+        )
+
+    def error_percent_for(self, grpc: bool = False, codes: Collection[str] = ()) -> float | None:
+        return None if self.requests <= 0 else 100.0 * self.bad_requests(grpc, codes) / self.requests
 
     def quantile(self, q: float) -> float | None:
         return histogram_quantile(q, self.buckets.items())
@@ -32,7 +54,10 @@ class VersionMetrics:
         buckets = dict(self.buckets)
         for le, count in other.buckets.items():
             buckets[le] = buckets.get(le, 0.0) + count
-        return VersionMetrics(self.requests + other.requests, self.errors + other.errors, buckets)
+        outcomes = dict(self.outcomes)
+        for key, count in other.outcomes.items():
+            outcomes[key] = outcomes.get(key, 0.0) + count
+        return VersionMetrics(self.requests + other.requests, self.errors + other.errors, buckets, outcomes)
 
 
 def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
@@ -82,6 +107,9 @@ class MetricsSnapshot:
     cumulative_series: dict[WorkloadKey, dict[str, VersionMetrics]] = field(default_factory=dict)
     # Samples that could not be trusted (NaN, negative, mistyped...): which data they blank out, and why.
     problems: dict[ProblemKey, str] = field(default_factory=dict)
+    # Custom gates (analysis.custom_metrics), by query id: one value per version, or raw counters per series.
+    custom: dict[str, dict[WorkloadKey, float]] = field(default_factory=dict)
+    custom_series: dict[str, dict[WorkloadKey, dict[str, float]]] = field(default_factory=dict)
 
     def version(self, namespace: str, service: str, version: str) -> VersionMetrics | None:
         return self.by_workload.get((namespace, service, version))

@@ -8,6 +8,9 @@ identity is its full label set, so a reset (a restarted pod/Envoy) is seen per s
 restarted pod among several would look like a reset of the whole version) is avoided. The answer grows
 with the number of series; it is bounded like every answer (`max_response_bytes`).
 
+Custom gates add one query per distinct custom query (text, window, reporter, labels), shared by every
+rollout that uses it (`analysis.custom_metrics`), so shared templates cost the same for 1 or 1000 rollouts.
+
 Every query runs under a total deadline (`timeout_seconds`, and never beyond the `Deadline` given to
 `fetch`) through `prometheus_http`, which explains why prometheus-api-client (per-read timeouts only) is
 not used on this path. Every sample is checked (`prometheus_parse`): a bad one gives *no data* for what it
@@ -21,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from controller.analysis.custom_metrics import CustomQuery, parse_custom
 from controller.analysis.metrics import (
     LATENCY,
     RAW_LATENCY,
@@ -38,7 +42,7 @@ from controller.analysis.prometheus_http import (
     PrometheusError,
     PrometheusHTTP,
 )
-from controller.analysis.prometheus_parse import Parsed, parse_vector, series_id
+from controller.analysis.prometheus_parse import GRPC_LABEL, Parsed, parse_vector, series_id
 from controller.deadline import Deadline
 from controller.redact import redact_text, redact_url
 
@@ -53,6 +57,8 @@ class MetricsRequest:
     reporter: str = "destination"
     cumulative_requests: bool = False  # raw istio_requests_total counters too (statistical error gates)
     cumulative_latency: bool = False  # raw duration buckets too (statistical latency gates)
+    grpc: bool = False  # an error gate counts gRPC failures: group requests by grpc_response_status too
+    custom: tuple[CustomQuery, ...] = ()  # the custom gates' queries (shared by every rollout that uses one)
 
 
 class MetricSource(Protocol):
@@ -77,10 +83,14 @@ def _selector(services: Iterable[str], namespaces: Iterable[str], reporter: str)
     )
 
 
-def requests_query(services: Iterable[str], namespaces: Iterable[str], window: float, reporter: str) -> str:
+def requests_query(
+    services: Iterable[str], namespaces: Iterable[str], window: float, reporter: str, grpc: bool = False
+) -> str:
+    """Requests by status; with `grpc` also by gRPC status (only when a rollout's error gate counts them)."""
     selector = _selector(services, namespaces, reporter)
+    by = f"{GROUP_LABELS}, response_code" + (f", {GRPC_LABEL}" if grpc else "")
     return (
-        f"sum by ({GROUP_LABELS}, response_code) "
+        f"sum by ({by}) "
         f"(increase(istio_requests_total{{{selector}}}[{_window(window)}]))"
     )
 
@@ -108,16 +118,14 @@ LATENCY_METRIC = "istio_request_duration_milliseconds_bucket"
 DEFAULT_TIMEOUT = 5.0
 
 
-def _is_error(labels: dict[str, str]) -> bool:
-    return labels.get("response_code", "").startswith("5")
+def _grpc_failed(labels: dict[str, str]) -> bool:
+    return labels.get(GRPC_LABEL, "") not in ("", "0")
 
 
 def _add_requests(into: dict[WorkloadKey, VersionMetrics], parsed: Parsed) -> None:
     for sample in parsed.samples:
         metrics = into.setdefault(sample.key, VersionMetrics())
-        metrics.requests += sample.value
-        if _is_error(sample.labels):
-            metrics.errors += sample.value
+        metrics.add_requests(sample.value, sample.labels.get("response_code", ""), _grpc_failed(sample.labels))
 
 
 def _add_buckets(into: dict[WorkloadKey, VersionMetrics], parsed: Parsed) -> None:
@@ -136,9 +144,7 @@ def _add_series(into: dict[WorkloadKey, dict[str, VersionMetrics]], parsed: Pars
         if histogram and sample.le is not None:
             metrics.buckets[sample.le] = metrics.buckets.get(sample.le, 0.0) + sample.value
         elif not histogram:
-            metrics.requests += sample.value
-            if _is_error(sample.labels):
-                metrics.errors += sample.value
+            metrics.add_requests(sample.value, sample.labels.get("response_code", ""), _grpc_failed(sample.labels))
 
 
 def _summed(series: dict[WorkloadKey, dict[str, VersionMetrics]]) -> dict[WorkloadKey, VersionMetrics]:
@@ -220,7 +226,43 @@ class PrometheusSource:
             for request in members:
                 result[request] = snapshot
         self._add_cumulative(requests, result, deadline)
+        self._add_custom(requests, result, deadline)
         return result
+
+    def _add_custom(
+        self,
+        requests: Sequence[MetricsRequest],
+        result: dict[MetricsRequest, MetricsSnapshot],
+        deadline: Deadline | None,
+    ) -> None:
+        """One query per distinct custom query, for every rollout using it (its services and namespaces as a
+        regex alternation); a failed query blanks only the gates that read it."""
+        members_of: dict[CustomQuery, list[MetricsRequest]] = {}
+        for request in requests:
+            if result[request].error is None:
+                for query in request.custom:
+                    members_of.setdefault(query, []).append(request)
+        values: dict[str, dict[WorkloadKey, float]] = {}
+        series: dict[str, dict[WorkloadKey, dict[str, float]]] = {}
+        problems: dict[ProblemKey, str] = {}
+        for query, members in members_of.items():
+            promql = query.promql([m.service for m in members], [m.namespace for m in members])
+            try:
+                rows = self._query(promql, deadline)
+            except PrometheusError as exc:  # no data for the gates reading this query, never a pass
+                problems[(query.id, None, None, None)] = str(exc)
+                continue
+            parsed = parse_custom(rows, query)
+            if query.raw:
+                series[query.id] = parsed.series
+            else:
+                values[query.id] = parsed.values
+            problems.update(self._safe(parsed.problems))
+        for request in {m for members in members_of.values() for m in members}:
+            snapshot = result[request]
+            result[request] = replace(
+                snapshot, custom=values, custom_series=series, problems={**snapshot.problems, **problems}
+            )
 
     def _add_cumulative(
         self,
@@ -269,9 +311,10 @@ class PrometheusSource:
     ) -> MetricsSnapshot:
         services = [m.service for m in members]
         namespaces = [m.namespace for m in members]
+        grpc = any(m.grpc for m in members)
         snapshot = MetricsSnapshot(window_seconds=window)
         try:
-            request_rows = self._query(requests_query(services, namespaces, window, reporter), deadline)
+            request_rows = self._query(requests_query(services, namespaces, window, reporter, grpc), deadline)
             latency_rows = self._query(latency_query(services, namespaces, window, reporter), deadline)
         except PrometheusError as exc:  # any transport/API failure means "no data", never "pass"
             snapshot.error = str(exc)

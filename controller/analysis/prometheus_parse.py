@@ -2,7 +2,8 @@
 
 A sample must be `{"metric": {label: str, ...}, "value": [timestamp, "number"]}` with a finite,
 non-negative number (Prometheus encodes NaN and infinities as the strings "NaN", "+Inf", "-Inf"), a
-numeric `le` (or "+Inf") on histogram buckets, a status-code `response_code` on request counters, and
+numeric `le` (or "+Inf") on histogram buckets, a status-code `response_code` on request counters (and a
+numeric `grpc_response_status` when it has one), and
 the same series only once. A sample that breaks a rule is not used, and it blanks out exactly what it
 belongs to, with a reason naming the problem and the series:
 
@@ -24,10 +25,12 @@ from typing import Any
 from controller.analysis.metrics import ProblemKey, WorkloadKey
 
 NAMESPACE, SERVICE, VERSION = "destination_workload_namespace", "destination_service_name", "destination_version"
+GRPC_LABEL = "grpc_response_status"
+_GRPC_STATUS = re.compile(r"\d{1,2}")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _SPECIAL = {"nan": "NaN", "+inf": "+Inf", "inf": "+Inf", "-inf": "-Inf"}
 _RESPONSE_CODE = re.compile(r"\d{1,3}")
-_SHOWN_LABELS = (NAMESPACE, SERVICE, VERSION, "response_code", "le", "pod", "instance")
+_SHOWN_LABELS = (NAMESPACE, SERVICE, VERSION, "response_code", "grpc_response_status", "le", "pod", "instance")
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,8 @@ def _labels_problem(labels: Any, histogram: bool) -> str | None:
             return f"a bucket bound le={_short(le)}"
     elif not _RESPONSE_CODE.fullmatch(labels.get("response_code", "")):
         return f"a response_code of {_short(labels.get('response_code'))}"
+    elif labels.get(GRPC_LABEL, "") != "" and not _GRPC_STATUS.fullmatch(labels[GRPC_LABEL]):
+        return f"a {GRPC_LABEL} of {_short(labels[GRPC_LABEL])}"
     return None
 
 

@@ -7,7 +7,8 @@ state file and continues it: the first interval after a restart then spans the d
 still a valid interval.
 
 Counters are differenced per series (a series = one label set: one pod's/Envoy's counter), then summed
-per version, so one restarted pod among several is a reset of its own series only:
+per version, so one restarted pod among several is a reset of its own series only (a custom gate's `bad`
+and `total` are two counters, each differenced per series on its own, then bad <= total per interval):
 
 - a series seen before: its growth; a counter that went down was reset, so its new value is the growth;
 - a series seen for the first time only sets its baseline. Counting its value could count requests from
@@ -26,6 +27,7 @@ from typing import NamedTuple
 
 from pydantic import BaseModel, Field
 
+from controller.analysis.custom_metrics import gate_queries
 from controller.analysis.metrics import QUANTILES, MetricsSnapshot, VersionMetrics
 from controller.analysis.sequential import (
     Counts,
@@ -113,6 +115,8 @@ def _counts(
 ) -> dict[str, tuple[str, Counts]]:
     """Per series key, (version, raw counters): from per-series counters when the snapshot has them."""
     found: dict[str, tuple[str, Counts]] = {}
+    if gate.metric == "custom":
+        return _custom_counts(gate, spec, snapshot, versions)
     for version in dict.fromkeys(versions):
         key = (spec.namespace, spec.service, version)
         per_series = snapshot.cumulative_series.get(key)
@@ -123,9 +127,26 @@ def _counts(
             series = version if not identity else f"{version}/{identity}"
             if gate.metric == "error_rate":
                 if not identity or not metrics.buckets:  # a histogram's series carries no request counter
-                    found[series] = (version, Counts(metrics.requests, metrics.errors))
+                    found[series] = (version, Counts(metrics.requests, metrics.bad_requests(gate.grpc, gate.codes)))
             elif slow is not None and (counts := slow_counts(metrics.buckets, slow)) is not None:
                 found[series] = (version, counts)
+    return found
+
+
+BAD_COUNTER = "b:"  # the series key mark of a custom gate's `bad` counter (its growth counts bad events only)
+
+
+def _custom_counts(
+    gate: Gate, spec: RolloutSpec, snapshot: MetricsSnapshot, versions: Sequence[str]
+) -> dict[str, tuple[str, Counts]]:
+    """A custom gate's raw `total` and `bad` counters, per series: each is its own counter (own resets)."""
+    queries = gate_queries(gate, spec)
+    found: dict[str, tuple[str, Counts]] = {}
+    for mark, query in (("t:", queries.raw_total), (BAD_COUNTER, queries.raw_bad)):
+        per_version = {} if query is None else snapshot.custom_series.get(query.id, {})
+        for version in dict.fromkeys(versions):
+            for identity, value in per_version.get((spec.namespace, spec.service, version), {}).items():
+                found[f"{version}/{mark}{identity}"] = (version, Counts(value, 0.0))
     return found
 
 
@@ -148,17 +169,22 @@ def series_interval(
         if before is not None:
             delta = counter_delta(Counts(*before), now)
             into = new if version == new_version else stable
-            into[0] += delta.total
-            into[1] += delta.bad
+            if series.startswith(f"{version}/{BAD_COUNTER}"):  # a custom gate's bad counter
+                into[1] += delta.total
+            else:
+                into[0] += delta.total
+                into[1] += delta.bad
         counters[series] = (now.total, now.bad)
         seen[series] = tick
     def priority(series: str) -> tuple[int, bool, str]:  # the most recently seen; then the new version's
         return (-seen[series], series.split("/", 1)[0] != new_version, series)
 
     kept = sorted((k for k in counters if tick - seen[k] < STALE_TICKS), key=priority)[:MAX_SERIES]
+    # bad <= total per interval (a custom gate's two counters may disagree: e.g. a bad series seen first)
     return SeriesInterval(
-        Counts(*new), Counts(*stable), {k: counters[k] for k in kept}, {k: seen[k] for k in kept}
-    )
+        Counts(new[0], min(new[1], new[0])), Counts(stable[0], min(stable[1], stable[0])),
+        {k: counters[k] for k in kept}, {k: seen[k] for k in kept},
+    )  # fmt: skip
 
 
 def statistical_outcome(
@@ -203,7 +229,7 @@ def statistical_outcome(
     if value < limit:
         slow_note = "" if evidence.slow_ms is None else f" (slow: > {evidence.slow_ms:g}ms)"
         return Outcome(evidence, value, limit, False, f"{name}: e-value {value:.3g} < {limit:g}{slow_note}", missing)
-    what = "errors" if gate.metric == "error_rate" else f"slower than {evidence.slow_ms:g}ms"
+    what = {"error_rate": "errors", "custom": "bad"}.get(gate.metric) or f"slower than {evidence.slow_ms:g}ms"
     new_total, new_bad = evidence.new
     stable_total, stable_bad = evidence.stable
     reason = (
