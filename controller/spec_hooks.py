@@ -12,11 +12,14 @@ body in the `X-Ramp-Signature-256` header (controller.webhook_signing).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from controller.spec_rules import DNS_LABEL_PATTERN, duration_between, finite_number, format_seconds
+
+if TYPE_CHECKING:
+    from controller.spec import RolloutSpec
 
 MAX_HOOKS = 20
 MIN_HOOK_TIMEOUT = 0.1
@@ -72,3 +75,33 @@ class Hook(BaseModel):
     metadata: dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=1024)]] = Field(
         default_factory=dict, max_length=20, description="Sent as is in every payload"
     )
+
+    @model_validator(mode="after")
+    def _steps_fit_the_type(self) -> Hook:
+        """`steps` says which steps a pre-step or step-gate hook applies to; the other types have one point."""
+        if self.steps is not None and self.type not in STEP_TYPES:
+            raise ValueError(f"steps applies to pre-step and step-gate hooks only, not {self.type}")
+        if self.steps is not None and len(set(self.steps)) != len(self.steps):
+            raise ValueError("steps lists a step twice")
+        return self
+
+
+STEP_TYPES = ("pre-step", "step-gate")
+Path = tuple[str | int, ...]
+
+
+def hook_problems(spec: RolloutSpec) -> list[tuple[Path, str]]:
+    """Cross-field problems of `hooks` as (field path, reason): names must be unique (they key the answers and
+    the reasons), and `steps` must name steps the rollout has (default steps included)."""
+    problems: list[tuple[Path, str]] = []
+    seen: set[str] = set()
+    count = len(spec.effective_steps)
+    for i, hook in enumerate(spec.hooks):
+        if hook.name in seen:
+            problems.append((("hooks", i, "name"), f"duplicate hook name {hook.name!r}"))
+        seen.add(hook.name)
+        for j, step in enumerate(hook.steps or ()):
+            if step > count:
+                why = f"step {step} does not exist: the rollout has {count} steps"
+                problems.append((("hooks", i, "steps", j), why))
+    return problems

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from controller.spec_hooks import hook_problems
+from controller.spec_metrics import body_problems
 from controller.spec_rules import format_seconds, header_match_problem
 from controller.weights import integer_percentages
 
@@ -37,6 +39,11 @@ def semantic_problems(spec: RolloutSpec) -> list[tuple[Path, str]]:
             (("versions",), f"no version other than target {spec.target!r} carries traffic to roll back to")
         )
     problems.extend(_binding_problems(spec))
+    problems.extend(hook_problems(spec))
+    notification_names = [n.name for n in spec.notifications]
+    for i, name in enumerate(notification_names):
+        if name in notification_names[:i]:
+            problems.append((("notifications", i, "name"), f"duplicate notification name {name!r}"))
     if spec.steps is not None:
         problems.extend(_step_problems(spec, seen))
     if spec.analysis.window < spec.schedule.interval:
@@ -146,19 +153,58 @@ def _step_problems(spec: RolloutSpec, known: set[str]) -> list[tuple[Path, str]]
 
 def _gate_problems(gate: Gate, i: int) -> list[tuple[Path, str]]:
     problems: list[tuple[Path, str]] = []
-    if gate.mode == "threshold" and gate.max is None and gate.stable_margin is None:
-        problems.append((("gates", i), "gate without threshold: set max and/or stable_margin"))
-    if gate.mode == "both" and gate.max is None and gate.stable_margin is None:
+    has_limit = gate.max is not None or gate.min is not None or gate.stable_margin is not None
+    if gate.mode == "threshold" and not has_limit:
+        what = "max, min and/or stable_margin" if gate.metric == "custom" else "max and/or stable_margin"
+        problems.append((("gates", i), f"gate without threshold: set {what}"))
+    if gate.mode == "both" and not has_limit:
         problems.append(
             (("gates", i), "mode both without threshold: set max and/or stable_margin, or use mode statistical")
         )
     if gate.metric == "latency" and gate.quantile is None and gate.mode != "statistical":
         problems.append((("gates", i, "quantile"), "latency gate needs a quantile (p50, p90 or p99)"))
     problems.extend(_statistical_problems(gate, i))
-    if gate.metric == "error_rate" and gate.quantile is not None:
+    if gate.metric != "latency" and gate.quantile is not None:
         problems.append((("gates", i, "quantile"), "quantile applies only to latency gates"))
     if gate.metric == "error_rate" and gate.max is not None and gate.max > 100:
         problems.append((("gates", i, "max"), "error_rate max is a percentage (0-100)"))
+    if gate.metric != "error_rate":
+        for field in ("grpc", "codes"):
+            if getattr(gate, field):  # by value: the API server writes the defaults (false, [])
+                problems.append((("gates", i, field), f"{field} applies only to error_rate gates"))
+    if len(set(gate.codes)) != len(gate.codes):
+        problems.append((("gates", i, "codes"), "a code is listed twice"))
+    problems.extend(_custom_problems(gate, i) if gate.metric == "custom" else _not_custom(gate, i))
+    return problems
+
+
+def _not_custom(gate: Gate, i: int) -> list[tuple[Path, str]]:
+    fields = ("min", "query", "bad", "total", "template", "labels", "higher_is_better")
+    return [
+        (("gates", i, field), f"{field} applies only to custom gates (metric: custom)")
+        for field in fields
+        if getattr(gate, field) not in (None, False)  # by value: the API server writes the defaults
+    ]
+
+
+def _custom_problems(gate: Gate, i: int) -> list[tuple[Path, str]]:
+    """A resolved custom gate: one body (query, or bad + total), thresholds that fit it."""
+    if gate.template is not None:  # not resolved: the loader reports the unknown template
+        return []
+    problems = body_problems(gate.query, gate.bad, gate.total, gate.higher_is_better, ("gates", i))
+    if gate.name is None:
+        problems.append((("gates", i, "name"), "a custom gate needs a name: reasons and status show it"))
+    if gate.min is not None and gate.max is not None and gate.min > gate.max:
+        problems.append((("gates", i, "min"), f"min {gate.min:g} is above max {gate.max:g}: nothing could pass"))
+    if gate.query is not None and gate.statistical:
+        problems.append(
+            (("gates", i, "mode"), "the statistical test needs counters: give bad and total instead of query")
+        )
+    if gate.bad is not None:
+        if gate.min is not None:
+            problems.append((("gates", i, "min"), "min applies to a query; bad/total is judged by max (percent)"))
+        if gate.max is not None and gate.max > 100:
+            problems.append((("gates", i, "max"), "bad/total max is a percentage (0-100)"))
     return problems
 
 
@@ -169,21 +215,21 @@ def _statistical_problems(gate: Gate, i: int) -> list[tuple[Path, str]]:
             if field in gate.model_fields_set:
                 problems.append((("gates", i, field), f"{field} applies only to mode statistical or both"))
         return problems
-    if gate.metric == "error_rate" and gate.slow_ms is not None:
+    if gate.metric != "latency" and gate.slow_ms is not None:
         problems.append((("gates", i, "slow_ms"), "slow_ms applies only to latency gates"))
     if gate.mode == "statistical":
         if gate.stable_margin is not None:
             problems.append(
                 (("gates", i, "stable_margin"), "stable_margin is a threshold: use mode both to combine it")
             )
-        if gate.metric == "error_rate" and gate.max is not None:
+        if gate.metric != "latency" and gate.max is not None:
             problems.append((("gates", i, "max"), "max is a threshold: use mode both to combine it"))
     return problems
 
 
 def _absolute_limit(gate: Gate) -> bool:
-    """True when the gate can judge the target alone (a max it applies), without stable traffic."""
-    return gate.mode != "statistical" and gate.max is not None
+    """True when the gate can judge the target alone (a max or min it applies), without stable traffic."""
+    return gate.mode != "statistical" and (gate.max is not None or gate.min is not None)
 
 
 def spec_warnings(spec: RolloutSpec) -> list[tuple[Path, str]]:

@@ -19,7 +19,13 @@ No I/O and no clock of its own. Rules:
   the spec's `progress_deadline` the rollout fails, traffic on the baseline. Approval waits and pauses by a
   person never count, and any progress starts the count afresh;
 - every command gets an outcome (`state.last_command`): applied, or refused with the reason (see commands);
-- terminal phases change only by a person's command (a new spec digest starts a new rollout, see runner).
+- terminal phases change only by a person's command (a new spec digest starts a new rollout, see runner);
+- hooks (controller.hooks): their answers are an input like the gate report. A step with `pre-step` hooks, and
+  the promotion with `confirm-promotion` hooks, is entered only once each hook answered 2xx (a pass is kept in
+  `hooks_passed` until the step is entered); until then the rollout holds with the hook's reason and
+  `hook_wait` names the point, so the runner calls those hooks and decides again in the same tick. A failing
+  `step-gate` answer is a failed check (rollback.failed_checks); a step-gate that was not answered (no time
+  left in the tick) keeps its step from completing. A person's `promote` skips confirm-promotion hooks.
 """
 
 from __future__ import annotations
@@ -37,6 +43,14 @@ from controller.engine.commands import (
     set_weights_refusal,
 )
 from controller.engine.phases import ACTIVE_PHASES, Command, EValue, GateSnapshot, Phase, RolloutState
+from controller.hooks.results import (
+    CONFIRM_PROMOTION,
+    HookAnswers,
+    HookPoint,
+    boundary_hooks,
+    hooks_at,
+    step_gate_hooks,
+)
 from controller.plan import Plan
 from controller.routing.model import DesiredRouting
 from controller.spec import RolloutSpec
@@ -83,14 +97,27 @@ def _needs_pods(routing: DesiredRouting) -> set[str]:
 
 
 def _enter_step(
-    plan: Plan, state: RolloutState, index: int, now: float, unavailable: frozenset[str] = frozenset()
+    plan: Plan,
+    spec: RolloutSpec,
+    state: RolloutState,
+    index: int,
+    now: float,
+    unavailable: frozenset[str] = frozenset(),
+    hooks: HookAnswers | None = None,
+    skip_hooks: bool = False,
 ) -> RolloutState:
     routing = plan.promoted if index >= len(plan.steps) else plan.steps[index].routing
+    where = "promotion" if index >= len(plan.steps) else f"step {index + 1}/{len(plan.steps)}"
     missing = sorted(_needs_pods(routing) & unavailable)
     if missing:  # never send traffic to a version without ready pods: hold where we are
-        where = "promotion" if index >= len(plan.steps) else f"step {index + 1}/{len(plan.steps)}"
         pods = ", ".join(missing)
         return state.model_copy(update={"reason": f"holding before {where}: no ready pods for {pods}"})
+    if not skip_hooks:
+        point = HookPoint(CONFIRM_PROMOTION) if index >= len(plan.steps) else HookPoint("pre-step", index + 1)
+        state, waiting = boundary_hooks(spec, state, point, hooks)
+        if waiting:
+            return state.model_copy(update={"reason": f"holding before {where}: {waiting}", "hook_wait": point.key})
+    state = state.model_copy(update={"hooks_passed": []})
     if index >= len(plan.steps):
         return state.moved(Phase.PROMOTED, len(plan.steps), now, f"all steps passed: {plan.target} promoted")
     step = plan.steps[index]
@@ -101,18 +128,34 @@ def _enter_step(
 
 
 def _apply_command(
-    plan: Plan, state: RolloutState, request: CommandRequest, now: float, unavailable: frozenset[str]
+    plan: Plan,
+    spec: RolloutSpec,
+    state: RolloutState,
+    request: CommandRequest,
+    now: float,
+    unavailable: frozenset[str],
+    hooks: HookAnswers | None,
 ) -> RolloutState:
     """The state after `request`, with its outcome recorded in `last_command` (applied or refused, and why)."""
-    result, reason = _command_result(plan, state, request, now, unavailable)
+    result, reason = _command_result(plan, spec, state, request, now, unavailable, hooks)
     applied = result is not None
     if result is None:
         result = state
+        if request.command == Command.RESUME and state.phase == Phase.PAUSED and not state.paused_by_user:
+            # An approval refused because the next step's hooks hold: say which hooks the runner must call.
+            held = _enter_step(plan, spec, state, state.step + 1, now, unavailable, hooks)
+            result = state.model_copy(update={"hook_wait": held.hook_wait, "hooks_passed": held.hooks_passed})
     return result.model_copy(update={"last_command": outcome(request, applied, reason, now)})
 
 
 def _command_result(
-    plan: Plan, state: RolloutState, request: CommandRequest, now: float, unavailable: frozenset[str]
+    plan: Plan,
+    spec: RolloutSpec,
+    state: RolloutState,
+    request: CommandRequest,
+    now: float,
+    unavailable: frozenset[str],
+    hooks: HookAnswers | None,
 ) -> tuple[RolloutState | None, str]:
     """(new state, reason) when applied; (None, why not) when refused."""
     command, phase = request.command, state.phase
@@ -143,10 +186,13 @@ def _command_result(
                 f"the rollout is {phase.value} ({state.reason}): promoting would send all traffic to {plan.target}; "
                 "change the spec to start a new rollout"
             )
-        promoted = _enter_step(plan, state, len(plan.steps), now, unavailable)
+        # A person's promote is an explicit override: confirm-promotion hooks are skipped, and the outcome says so.
+        promoted = _enter_step(plan, spec, state, len(plan.steps), now, unavailable, skip_hooks=True)
         if promoted.phase != Phase.PROMOTED:
             return None, promoted.reason
-        return promoted.model_copy(update={"reason": "promoted by user", "override": None}), "promoted by user"
+        skipped = [h.name for h in hooks_at(spec, HookPoint(CONFIRM_PROMOTION))]
+        said = "promoted by user" + (f" (confirm-promotion hooks skipped: {', '.join(skipped)})" if skipped else "")
+        return promoted.model_copy(update={"reason": said, "override": None}), said
     if state.terminal:
         return None, f"the rollout is {phase.value}: nothing to {command.value}"
     if command == Command.PAUSE:
@@ -163,7 +209,7 @@ def _command_result(
         return resumed.model_copy(update=update), "resumed by user" + (
             "; manual weights dropped" if state.override else ""
         )
-    entered = _enter_step(plan, state, state.step + 1, now, unavailable)  # approval given
+    entered = _enter_step(plan, spec, state, state.step + 1, now, unavailable, hooks)  # approval given
     if entered.step == state.step:
         return None, entered.reason
     return entered, "approved by user"
@@ -208,24 +254,28 @@ def decide(
     command: Command | CommandRequest | None = None,
     unavailable: frozenset[str] = frozenset(),
     elapsed: float | None = None,
+    hooks: HookAnswers | None = None,
 ) -> Decision:
     """Pure: the next state and the routing it requires.
 
     `report` None = gates not evaluated; `unavailable` = versions with no ready pods (they never get
     traffic: a step that would route to one is not entered, the rollout holds with the reason);
-    `elapsed` = seconds since the previous tick of this rollout (monotonic; see the module docstring).
+    `elapsed` = seconds since the previous tick of this rollout (monotonic; see the module docstring);
+    `hooks` = the hook answers of this tick by point (None: no hook called).
     """
     if elapsed is None:
         elapsed = 0.0 if state.observed_at is None else now - state.observed_at
     elapsed = max(0.0, elapsed)
     observed = 0.0 if state.unconfirmed is not None else elapsed  # time with the routing confirmed in place
-    state = _with_gates(state.model_copy(update={"ticks": state.ticks + 1, "observed_at": now}), report, now)
+    update = {"ticks": state.ticks + 1, "observed_at": now, "hook_wait": None}
+    state = _with_gates(state.model_copy(update=update), report, now)
     if command is not None:
-        state = _apply_command(plan, state, as_request(command), now, unavailable)
+        state = _apply_command(plan, spec, state, as_request(command), now, unavailable, hooks)
         if state.phase not in (Phase.PENDING, *ACTIVE_PHASES) or state.paused_by_user:
             observed = 0.0
     if state.phase == Phase.PENDING:
-        entered = _progress_deadline(plan, spec, state, _enter_step(plan, state, 0, now, unavailable), elapsed, now)
+        first = _enter_step(plan, spec, state, 0, now, unavailable, hooks)
+        entered = _progress_deadline(plan, spec, state, first, elapsed, now)
         return Decision(entered, routing_for(plan, entered), entered.reason)
     if state.apply_failures >= MAX_APPLY_FAILURES and state.phase in (*ACTIVE_PHASES, Phase.PROMOTED):
         reason = (
@@ -237,7 +287,7 @@ def decide(
     if state.phase not in ACTIVE_PHASES:
         return Decision(state, routing_for(plan, state), state.reason)
     judged = _progress_deadline(
-        plan, spec, state, _judge(plan, spec, state, report, now, unavailable, elapsed, observed), elapsed, now
+        plan, spec, state, _judge(plan, spec, state, report, now, unavailable, elapsed, observed, hooks), elapsed, now
     )
     refused = state.last_command if command is not None else None
     if refused is not None and not refused.applied and (judged.phase, judged.step) == (state.phase, state.step):
@@ -255,13 +305,16 @@ def _judge(
     unavailable: frozenset[str],
     elapsed: float,
     observed: float,
+    hooks: HookAnswers | None,
 ) -> RolloutState:
     verdict = Verdict.NO_DATA if report is None else report.verdict
     if state.phase != Phase.PAUSED:
         state = state.model_copy(update={"step_elapsed": state.step_elapsed + observed})
-    if report is not None and verdict == Verdict.FAIL:
+    hook_failed, hook_unanswered = step_gate_hooks(spec, state, hooks)
+    gate_failed = report is not None and verdict == Verdict.FAIL
+    if gate_failed or hook_failed:  # one failed check per tick, whatever failed in it
         failed = state.failed_checks + 1
-        why = report.reasons(Verdict.FAIL)
+        why = "; ".join(w for w in (report.reasons(Verdict.FAIL) if report and gate_failed else "", hook_failed) if w)
         if failed >= spec.rollback.failed_checks:
             return state.moved(Phase.ROLLED_BACK, state.step, now, f"gate failed: {why}")
         limit = spec.rollback.failed_checks
@@ -293,7 +346,9 @@ def _judge(
         reason = f"{where}; holding: routing not confirmed by the data plane: {state.unconfirmed}"
         return state.model_copy(update={"reason": reason})
     if state.step_elapsed + 1e-6 >= step.duration:
-        return _enter_step(plan, state, state.step + 1, now, unavailable)
+        if hook_unanswered:
+            return state.model_copy(update={"reason": f"{where}; holding: {hook_unanswered}"})
+        return _enter_step(plan, spec, state, state.step + 1, now, unavailable, hooks)
     remaining = step.duration - state.step_elapsed
     return state.model_copy(update={"reason": f"{where}; gates pass, {remaining:.0f}s left"})
 

@@ -112,6 +112,14 @@ class RolloutState(BaseModel):
         default_factory=dict,
         description="Statistical gates' last e-values; in cluster mode written with the reason (as of that write)",
     )
+    hooks_passed: list[str] = Field(
+        default_factory=list,
+        description="Hooks that answered 2xx at the point the rollout waits at ('pre-step:3/name'): not called "
+        "again there; cleared when a step is entered. In memory (a restarted controller calls them again)",
+    )
+    hook_wait: str | None = Field(
+        default=None, description="The hook point holding the rollout this tick (pre-step:N, confirm-promotion)"
+    )
 
     def durable(self) -> dict[str, object]:
         """What must survive a restart; per-tick details (gate values and e-processes, tick count, hold text)
@@ -124,7 +132,7 @@ class RolloutState(BaseModel):
             mode="json",
             exclude={
                 "ticks", "last_gates", "reason", "sequential", "e_values", "observed_at", "step_elapsed",
-                "missing_data_for", "stalled_for", "drift",
+                "missing_data_for", "stalled_for", "drift", "hooks_passed", "hook_wait",
             },
         )  # fmt: skip
 

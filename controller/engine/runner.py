@@ -6,6 +6,11 @@ routing. State is saved before routing is applied and routing is derived from th
 state alone, so a controller killed between the two converges on restart (the
 next tick re-applies the saved state's routing): a step is never replayed or
 skipped. Routers skip writes when nothing changed.
+
+Hooks (spec `hooks:`): after the metrics fetch, the hooks the due rollouts need are called for all of them
+at once, concurrently and within the tick's deadline (controller.hooks.evaluation); their answers are inputs
+to `decide`. Post-rollout hooks are handed to a background sender by an observer (`post_rollout_hooks`,
+called after the other observers), never inside the tick.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from controller.engine.ports import (
 )
 from controller.engine.state_check import StateDamaged, state_problem
 from controller.engine.tick_step import TickStep
+from controller.hooks.evaluation import HookCaller, run_hook_rounds
+from controller.hooks.post_rollout import PostRolloutHooks
 from controller.state.file_store import StateStore
 
 __all__ = [
@@ -61,6 +68,8 @@ class RolloutRunner:
     # test injects one), so a replica's wall clock never shortens or stretches a step.
     monotonic: Callable[[], float] | None = None
     rollouts: dict[str, ManagedRollout] = field(default_factory=dict)
+    hook_caller: HookCaller = field(default_factory=HookCaller)  # its thread pool starts on the first hook call
+    post_rollout_hooks: Observer | None = field(default_factory=PostRolloutHooks)
     _last_tick: dict[str, float] = field(default_factory=dict)
     _last_seen: dict[str, float] = field(default_factory=dict)
 
@@ -154,7 +163,7 @@ class RolloutRunner:
         active = [r for r in due if states[r.name].phase in ACTIVE_PHASES]
         snapshots = self._fetch(active, deadline)
         unavailable = self._unavailable([r for r in due if not states[r.name].terminal], deadline)
-        events = []
+        steps: list[tuple[TickStep, str | None]] = []
         for rollout in due:
             self._last_tick[rollout.name] = mono
             last = self._last_seen.get(rollout.name)
@@ -168,9 +177,16 @@ class RolloutRunner:
                 report = evaluate_gates(rollout.spec, rollout.plan.stable_versions, snapshot, state.sequential)
             missing = unavailable.get(rollout.name, frozenset())
             step = TickStep(self, rollout, state, report, now, missing, elapsed, deadline)
-            events.append(step.run(damaged.get(rollout.name)))
+            step.prepare()
+            steps.append((step, damaged.get(rollout.name)))
+        try:
+            run_hook_rounds(self.hook_caller, [step for step, _ in steps], deadline)
+        except Exception as exc:  # hooks unanswered: their steps hold; never a pass
+            log.error("hooks not called", error=_short(exc))
+        events = [step.run(problem) for step, problem in steps]
+        extra = [self.post_rollout_hooks] if self.post_rollout_hooks is not None else []
         for event in events:
-            for observer in self.observers:
+            for observer in [*self.observers, *extra]:
                 try:
                     observer(event)
                 except Exception as exc:  # an observer never breaks a tick

@@ -9,12 +9,15 @@ before each one, so a replica that lost its lease or a tick that was abandoned n
   `unconfirmed` (the reason) and the step's clock does not run (see decide).
 - When the router believes its routing is in place, it is read back from the data plane (if the router
   can): a difference is drift, reported in the event and the state, and repaired at once.
+- Hooks: `prepare` reads the command first, so the runner can ask `decide` (pure, no answers yet) which hooks
+  this tick needs (controller.hooks.evaluation), call them for all rollouts at once, put the answers in
+  `hooks`, and `run` decides with them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
@@ -25,11 +28,15 @@ from controller.engine.commands import CommandError, CommandRequest
 from controller.engine.decide import Decision, decide, routing_for
 from controller.engine.phases import CommandOutcome, RolloutState
 from controller.engine.ports import ManagedRollout, TickEvent, TrafficRouter
+from controller.hooks.results import HookAnswer, HookPoint
 from controller.routing.model import DesiredRouting
 from controller.state.file_store import StateStore
 
 log = structlog.get_logger("ramp.runner")
 NOT_YET_CONFIRMED = "routing saved, not yet confirmed by the data plane"
+NOT_LEADER = "not leader"
+DEADLINE_PASSED = "tick deadline passed"
+BLOCKED = frozenset({NOT_LEADER, DEADLINE_PASSED})  # a TickEvent's apply_error when nothing was written
 
 
 class RunnerParts(Protocol):
@@ -52,14 +59,37 @@ class TickStep:
     unavailable: frozenset[str]
     elapsed: float
     deadline: Deadline | None
+    hooks: dict[HookPoint, list[HookAnswer]] = field(default_factory=dict)
+    _prepared: tuple[CommandRequest | None, CommandOutcome | None, RolloutState] | None = None
 
     def _blocked(self) -> str | None:
         """Why this replica must not write now, or None."""
         if self.runner.may_write is not None and not self.runner.may_write():
-            return "not leader"
+            return NOT_LEADER
         if self.deadline is not None and self.deadline.expired:
-            return "tick deadline passed"
+            return DEADLINE_PASSED
         return None
+
+    def prepare(self) -> RolloutState:
+        """Read the pending command (once); returns the state `decide` starts from."""
+        if self._prepared is None:
+            request, unreadable = self._command()
+            done = self.state.last_command
+            if request is not None and request.id and done is not None and done.id == request.id:
+                request = None  # already decided (its removal failed last time): never applied twice
+                unreadable = done
+            state = self.state if unreadable is None else self.state.model_copy(update={"last_command": unreadable})
+            self._prepared = (request, unreadable, state)
+        return self._prepared[2]
+
+    def decide(self) -> Decision:
+        """Pure: the decision from the prepared inputs and the hook answers gathered so far."""
+        self.prepare()
+        assert self._prepared is not None
+        request, _, state = self._prepared
+        rollout = self.rollout
+        return decide(rollout.plan, rollout.spec, state, self.report, self.now, request, self.unavailable,
+                      self.elapsed, self.hooks)  # fmt: skip
 
     def _command(self) -> tuple[CommandRequest | None, CommandOutcome | None]:
         try:
@@ -71,22 +101,16 @@ class TickStep:
 
     def run(self, damaged: str | None = None) -> TickEvent:
         rollout, store = self.rollout, self.runner.store
-        request, unreadable = self._command()
-        done = self.state.last_command
-        if request is not None and request.id and done is not None and done.id == request.id:
-            request = None  # already decided (its removal failed last time): never applied twice
-            unreadable = done
-        state = self.state if unreadable is None else self.state.model_copy(update={"last_command": unreadable})
-        decision = decide(
-            rollout.plan, rollout.spec, state, self.report, self.now, request, self.unavailable, self.elapsed
-        )
+        decision = self.decide()
+        assert self._prepared is not None
+        request, unreadable, _ = self._prepared
         event_args: dict[str, str | None] = {"damaged": damaged}
         command = None if request is None else request.command
         blocked = self._blocked()
         if blocked is not None:
             log.warning("tick abandoned: nothing written", rollout=rollout.name, why=blocked)
             return TickEvent(rollout, self.now, self.state.phase, decision, self.report, command, False, blocked,
-                             **event_args)  # fmt: skip
+                             previous_state=self.state, **event_args)  # fmt: skip
         if (decision.state.phase, decision.state.step) != (self.state.phase, self.state.step):
             log.info("phase change", rollout=rollout.name, phase=decision.state.phase.value,
                      step=decision.state.step, reason=decision.state.reason)  # fmt: skip
@@ -104,7 +128,7 @@ class TickStep:
                 held = Decision(self.state.model_copy(update={"reason": f"holding: {error}"}),
                                 decision.routing, error)  # fmt: skip
                 return TickEvent(rollout, self.now, self.state.phase, held, self.report, command, False, None,
-                                 damaged=damaged, store_error=error)  # fmt: skip
+                                 damaged=damaged, store_error=error, previous_state=self.state)  # fmt: skip
             event_args["store_error"] = error  # a move to the baseline is applied all the same
         if request is not None or unreadable is not None:
             try:
@@ -120,7 +144,7 @@ class TickStep:
                 event_args["store_error"] = f"state not saved: {_short(exc)}"
         decision = Decision(saved, decision.routing, decision.message)
         return TickEvent(rollout, self.now, self.state.phase, decision, self.report, command, written, apply_error,
-                         drift=drift, **event_args)  # fmt: skip
+                         drift=drift, previous_state=self.state, **event_args)  # fmt: skip
 
     def _apply(self, routing: DesiredRouting) -> tuple[bool, str | None, str | None]:
         """(written, error, drift): apply and confirm; read back what the data plane serves when nothing was written."""
