@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def register(subparsers: Subparsers) -> None:
     from controller.analysis.prometheus_auth import add_prometheus_arguments
-    from controller.cli_run import add_loop_arguments
+    from controller.cli_run import add_loop_arguments, add_notifications_argument
 
     ctl = subparsers.add_parser("controller", help="run the controller in a cluster (Istio + leader election)")
     ctl.add_argument("--specs", type=Path, required=True, help="directory of rollout specs (e.g. a ConfigMap)")
@@ -30,6 +30,7 @@ def register(subparsers: Subparsers) -> None:
     ctl.add_argument("--lease-name", default="ramp-controller")
     ctl.add_argument("--identity", default=os.environ.get("POD_NAME", ""), help="leader election identity")
     add_loop_arguments(ctl, default_listen="0.0.0.0:8080")
+    add_notifications_argument(ctl)
     ctl.add_argument("--kubeconfig")
     ctl.add_argument("--context")
     ctl.set_defaults(handler=_controller)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from controller.spec_loader import SpecProblem
+    from controller.spec_notify import Notification
 
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -76,6 +77,27 @@ def listen_address(args: argparse.Namespace) -> tuple[str, int] | None:
     return None if args.default_listen is None else parse_listen_address(args.default_listen)
 
 
+def add_notifications_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--notifications", type=Path, metavar="FILE",
+        help="YAML list of notifications (Slack, Teams, webhook) for every rollout, besides each spec's own",
+    )  # fmt: skip
+
+
+def global_notifications(args: argparse.Namespace, command: str) -> list[Notification] | None:
+    """The --notifications file's list ([] without the option); None (problems printed) when it is invalid."""
+    from controller.notify.observer import load_notifications
+    from controller.spec_loader import SpecError
+
+    if getattr(args, "notifications", None) is None:
+        return []
+    try:
+        return load_notifications(args.notifications)
+    except SpecError as exc:
+        print(f"ramp {command}: --notifications:\n{exc}", file=sys.stderr)
+        return None
+
+
 def check_tick_deadline(tick_deadline: float, prometheus_timeout: float) -> None:
     if tick_deadline < prometheus_timeout:
         raise ValueError(f"--tick-deadline ({tick_deadline:g}s) must be at least --prometheus-timeout"
@@ -90,6 +112,7 @@ def register(subparsers: Subparsers) -> None:
     demo.add_argument("--spec", type=Path, help="rollout spec to use (default rollout-specs/demo.yaml)")
     demo.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     demo.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+    add_notifications_argument(demo)
     demo.set_defaults(handler=_demo)
 
     run = subparsers.add_parser("run", help="run the controller in local mode (Envoy route file)")
@@ -99,6 +122,7 @@ def register(subparsers: Subparsers) -> None:
     run.add_argument("--envoy-admin", required=True, help="Envoy admin URL, to confirm route updates")
     run.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     run.add_argument("--once", action="store_true", help="run one tick and exit (1 if it failed or overran)")
+    add_notifications_argument(run)
     add_loop_arguments(run, default_listen=None)
     run.set_defaults(handler=_run)
 
@@ -109,8 +133,12 @@ def _demo(args: argparse.Namespace) -> int:
 
     configure_logging(level="warning")
     progress = sys.stderr if args.json else sys.stdout
+    notifications = global_notifications(args, "demo")
+    if notifications is None:
+        return 2
     try:
-        summary = run_demo(args.scenario, spec_path=args.spec, out=progress, timeout=args.timeout)
+        summary = run_demo(args.scenario, spec_path=args.spec, out=progress, timeout=args.timeout,
+                           notifications=notifications)  # fmt: skip
     except SpecError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -134,6 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     from controller.engine.scheduler import TickScheduler
     from controller.http_endpoints import EndpointServer
     from controller.local.availability import EnvoyAvailability
+    from controller.notify.observer import DRAIN_SECONDS, start_notifications
     from controller.routing.envoy import EnvoyFileRouter
     from controller.spec_directory import SpecDirectory
     from controller.state.file_store import FileStateStore, StateDirLocked
@@ -145,6 +174,9 @@ def _run(args: argparse.Namespace) -> int:
         check_tick_deadline(args.tick_deadline, source.timeout_seconds)
     except ValueError as exc:
         print(f"ramp run: {exc}", file=sys.stderr)
+        return 2
+    notifications = global_notifications(args, "run")
+    if notifications is None:
         return 2
     store = FileStateStore(args.state_dir)
     try:
@@ -158,17 +190,20 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ramp run: state directory {args.state_dir}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     metrics = ControllerMetrics(backends={"prometheus": lambda: (source.queries_sent, source.query_errors)})
+    notifier, dispatcher = start_notifications(notifications, metrics)  # sends from its own threads
     runner = RolloutRunner(
         router=EnvoyFileRouter(args.envoy_routes_dir, args.envoy_admin),
         metrics=source,
         store=store,
-        observers=[metrics],
+        observers=[metrics, notifier],
         availability=EnvoyAvailability(args.envoy_admin),  # never route to a version Envoy sees as down
     )
     loop = ControllerLoop(runner, specs=SpecDirectory(args.specs), metrics=metrics, tick_deadline=args.tick_deadline,
                           interval=LOCAL_LOOP_INTERVAL, on_problems=_print_problems)
     if args.once:
-        return 0 if loop.iterate() is Outcome.COMPLETED else 1
+        completed = loop.iterate() is Outcome.COMPLETED
+        dispatcher.stop(DRAIN_SECONDS)
+        return 0 if completed else 1
     address = listen_address(args)
     server = None
     if address is not None:
@@ -176,6 +211,7 @@ def _run(args: argparse.Namespace) -> int:
             server = EndpointServer(metrics.registry, loop.health, loop.readiness, host=address[0], port=address[1])
         except OSError as exc:
             print(f"ramp run: cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}", file=sys.stderr)
+            dispatcher.stop(0)
             store.unlock()
             return 1
         server.start()
@@ -193,6 +229,7 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         scheduler.stop()
         loop.wait_idle(args.tick_deadline)
+        dispatcher.stop(DRAIN_SECONDS)  # what the last ticks queued goes out, within a bound
         if server is not None:
             server.stop()
         store.unlock()

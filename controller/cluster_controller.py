@@ -36,8 +36,10 @@ from controller.k8s.leader import LeaderElectionForbidden, LeaderElector, LeaseC
 from controller.k8s.rollout_bridge import RolloutResourceBridge
 from controller.k8s.rollout_watch import RolloutResourceWatch, WatchConfig
 from controller.k8s.rollout_writes import RolloutResourceClient
+from controller.notify.observer import DRAIN_SECONDS, start_notifications
 from controller.routing.istio import IstioBackend
 from controller.spec_directory import SpecDirectory
+from controller.spec_notify import Notification
 from controller.spec_sources import CombinedSpecSource
 
 log = structlog.get_logger("ramp.controller")
@@ -60,6 +62,7 @@ class ControllerOptions:
     prometheus_source: PrometheusSource | None = None  # built from the CLI's --prometheus* options; else from URL
     resources: bool = True  # watch RampRollout custom resources besides the spec directory
     watch_config: WatchConfig | None = None
+    notifications: tuple[Notification, ...] = ()  # global ones (--notifications), besides each spec's own
 
 
 class ElectionMonitor:
@@ -137,12 +140,14 @@ def run_controller(options: ControllerOptions, stop: threading.Event | None = No
         }
     )
     recorder = EventRecorder(api)
+    # Only the leader ticks, so only the leader notifies; messages go out from the dispatcher's own threads.
+    notifier, dispatcher = start_notifications(options.notifications, metrics)
     runner = RolloutRunner(
         router=backend,
         metrics=prometheus,
         store=backend,
         availability=DeploymentAvailability(api),
-        observers=[metrics, RolloutEventObserver(recorder)],
+        observers=[metrics, RolloutEventObserver(recorder), notifier],
     )
     directory = SpecDirectory(options.specs, options.namespaces)
     specs: SpecDirectory | CombinedSpecSource = directory
@@ -208,6 +213,7 @@ def run_controller(options: ControllerOptions, stop: threading.Event | None = No
         stop.set()
         scheduler.stop()
         loop.wait_idle(options.tick_deadline)  # a tick still running ends (or is left) before the Lease goes
+        dispatcher.stop(DRAIN_SECONDS)  # what the last ticks queued goes out, within a bound
         election.join(timeout=15)  # it releases the Lease on stop, so a successor takes over at once
         if watch is not None:
             watch.join(timeout=5)
@@ -219,7 +225,7 @@ def run_controller(options: ControllerOptions, stop: threading.Event | None = No
 def run_controller_from_args(args: argparse.Namespace) -> int:
     """`ramp controller ...` (options registered in cli_cluster); exit 2 with a safe message for bad options."""
     from controller.analysis.prometheus_auth import prometheus_source_from_args
-    from controller.cli_run import check_tick_deadline, listen_address
+    from controller.cli_run import check_tick_deadline, global_notifications, listen_address
     from controller.observability import configure_logging
 
     configure_logging(level="info")
@@ -229,12 +235,15 @@ def run_controller_from_args(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"ramp controller: {exc}", file=sys.stderr)
         return 2
+    notifications = global_notifications(args, "controller")
+    if notifications is None:
+        return 2
     host, port = listen_address(args) or ("0.0.0.0", 8080)
     namespaces = frozenset(n.strip() for n in args.namespaces.split(",") if n.strip()) or None
     options = ControllerOptions(
         specs=args.specs, prometheus=source.url, kubeconfig=args.kubeconfig, context=args.context,
         namespaces=namespaces, lease_namespace=args.lease_namespace, lease_name=args.lease_name,
         identity=args.identity, listen_port=port, listen_host=host, tick_deadline=args.tick_deadline,
-        prometheus_source=source, resources=not args.no_resources,
+        prometheus_source=source, resources=not args.no_resources, notifications=tuple(notifications),
     )  # fmt: skip
     return run_controller(options)

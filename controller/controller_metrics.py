@@ -1,8 +1,9 @@
 """The controller's own Prometheus metrics, fed by the runner (an observer of every tick).
 
 Per rollout and version: weight; per rollout: phase, step, gate values, verdicts and e-values;
-rollbacks by reason; tick duration, abandoned, skipped and failed ticks, the last loop iteration;
-requests/errors towards Prometheus and Kubernetes.
+rollbacks by reason and transitions by kind (from `TickEvent.transitions`); tick duration, abandoned, skipped and
+failed ticks, the last loop iteration; requests/errors towards Prometheus and Kubernetes; notifications by notifier
+and outcome (read from the delivery queue at scrape time).
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from controller.analysis.gates import Verdict
 from controller.engine.phases import Command, Phase
+from controller.engine.ports import TRANSITION_KINDS
 from controller.engine.runner import TickEvent
 
 TICK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, float("inf"))
@@ -49,6 +51,35 @@ class _CallCounters(Collector):
             errors.add_metric([backend], failed)
         yield requests
         yield errors
+
+
+NOTIFIERS = ("slack", "teams", "webhook")
+NOTIFICATION_OUTCOMES = ("sent", "failed", "dropped")
+
+
+class _NotificationCounters(Collector):
+    """`ramp_notifications_total{notifier,outcome}` (sent, failed, dropped), retries, and the queue's depth, read
+    from the delivery queue's own counts at scrape time."""
+
+    def __init__(self, stats: Callable[[], Mapping[tuple[str, str], int]], queued: Callable[[], int]) -> None:
+        self.stats = stats
+        self.queued = queued
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        counts = self.stats()
+        notifiers = sorted({*NOTIFIERS, *(notifier for notifier, _ in counts)})
+        total = CounterMetricFamily(
+            "ramp_notifications", "Notifications by notifier and outcome (sent, failed, dropped)",
+            labels=["notifier", "outcome"],
+        )  # fmt: skip
+        retries = CounterMetricFamily("ramp_notification_retries", "Notification attempts retried", labels=["notifier"])
+        for notifier in notifiers:
+            for outcome in NOTIFICATION_OUTCOMES:
+                total.add_metric([notifier, outcome], counts.get((notifier, outcome), 0))
+            retries.add_metric([notifier], counts.get((notifier, "retried"), 0))
+        yield total
+        yield retries
+        yield GaugeMetricFamily("ramp_notifications_queued", "Notifications waiting to be sent", value=self.queued())
 
 
 class ControllerMetrics:
@@ -139,10 +170,23 @@ class ControllerMetrics:
             [*labels, "command", "outcome"],
             registry=self.registry,
         )
+        self.transitions = Counter(
+            "ramp_rollout_transitions", "What happened to rollouts (started, step, rolled_back, ...), by kind",
+            [*labels, "kind"], registry=self.registry,
+        )  # fmt: skip
         for reason in SKIP_REASONS:  # start at 0, so increase() sees the first skip
             self.ticks_skipped.labels(reason=reason)
         if backends:
             self.registry.register(_CallCounters(backends))
+        self._notifications: _NotificationCounters | None = None
+
+    def watch_notifications(
+        self, stats: Callable[[], Mapping[tuple[str, str], int]], queued: Callable[[], int]
+    ) -> None:
+        """Export the notification queue's counts (a NotificationDispatcher's `stats` and `queued`)."""
+        if self._notifications is None:
+            self._notifications = _NotificationCounters(stats, queued)
+            self.registry.register(self._notifications)
 
     def observe(self, event: TickEvent) -> None:
         spec = event.rollout.spec
@@ -154,6 +198,8 @@ class ControllerMetrics:
                 self.rollbacks.labels(**key, cause=cause)
             for counter in (self.drift, self.damaged, self.state_save_errors):
                 counter.labels(**key)
+            for kind in TRANSITION_KINDS:
+                self.transitions.labels(**key, kind=kind)
         state = event.decision.state
         for version, weight in event.decision.routing.weights:
             self.weight.labels(**key, version=version).set(weight)
@@ -167,8 +213,10 @@ class ControllerMetrics:
                 self.gate_verdict.labels(**key, gate=result.gate).set(VERDICT_VALUE[result.verdict])
                 if result.e_value is not None:
                     self.gate_evalue.labels(**key, gate=result.gate).set(result.e_value)
-        if event.phase_changed and state.phase == Phase.ROLLED_BACK:
-            self.rollbacks.labels(**key, cause=rollback_cause(state.reason)).inc()
+        for transition in event.transitions:
+            self.transitions.labels(**key, kind=transition.kind).inc()
+            if transition.kind == "rolled_back":
+                self.rollbacks.labels(**key, cause=rollback_cause(transition.reason)).inc()
         self._observe_safety(event, key)
 
     def _observe_safety(self, event: TickEvent, key: dict[str, str]) -> None:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +35,11 @@ from controller.http_endpoints import EndpointServer
 from controller.local.loadgen import LoadGenerator, send_requests
 from controller.local.ports import free_port
 from controller.local.stack import LocalStack, VersionKnobs
+from controller.notify.observer import DRAIN_SECONDS, start_notifications
 from controller.plan import build_plan
 from controller.spec import RolloutSpec
 from controller.spec_loader import load_spec
+from controller.spec_notify import Notification
 from controller.state.file_store import FileStateStore
 from controller.state.local_info import write_local_info
 
@@ -98,6 +100,7 @@ def run_demo(
     timeout: float = 300.0,
     on_finished: Callable[[DemoRun], None] | None = None,
     tick_deadline: float = DEFAULT_TICK_DEADLINE,
+    notifications: Sequence[Notification] = (),
 ) -> dict[str, Any]:
     """Run the demo rollout; `on_finished` (if given) runs after the rollout ends, before the stack stops."""
     spec = load_spec(spec_path or DEMO_SPEC)
@@ -138,11 +141,12 @@ def run_demo(
             )
             write_local_info(work / "state", envoy_admin=stack.envoy_admin_url,
                              envoy_routes_dir=stack.router.routes_dir)  # for `ramp status --state-dir`
+            notifier, dispatcher = start_notifications(notifications, metrics)  # the spec's own and the global ones
             runner = RolloutRunner(
                 router=stack.router,
                 metrics=source,
                 store=FileStateStore(work / "state"),
-                observers=[recorder, metrics],
+                observers=[recorder, metrics, notifier],
                 availability=stack.availability,
             )
             runner.set_rollouts([rollout])
@@ -158,6 +162,7 @@ def run_demo(
                 finally:
                     scheduler.stop()
                     loop.wait_idle(tick_deadline)
+                    dispatcher.stop(DRAIN_SECONDS)
             responses = load.results
             sampled = send_requests(stack.envoy_url + "/api/version", spec.fqdn, 200, random_seed=99)
             final_split = Counter(version or f"HTTP {status}" for status, version in sampled)

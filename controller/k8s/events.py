@@ -23,7 +23,7 @@ import structlog
 from kubernetes.client import ApiClient
 
 from controller.deadline import Deadline
-from controller.engine.phases import Phase, PhaseChange
+from controller.engine.phases import Phase
 from controller.engine.ports import ManagedRollout, TickEvent
 from controller.k8s.client import REQUEST_TIMEOUT_ATTR, Forbidden, KubeApi, KubeStats, NotLeader
 from controller.rollout_resource import API_VERSION as RESOURCE_API_VERSION
@@ -177,7 +177,7 @@ def involved_object(rollout: ManagedRollout) -> ObjectRef:
 
 class RolloutEventObserver:
     """A runner observer: an Event on the rollout's RampRollout (or, for a spec file, its VirtualService) for each
-    phase or step change.
+    phase or step change of the tick (`TickEvent.transitions`, computed once per tick; holds are not Events).
 
     Reasons: HeaderTest, Progressing, Paused, Promoted (Normal), RolledBack, Failed (Warning), Restarted
     (a changed spec); the message is the change's reason (a rollback names the gate and its value).
@@ -187,7 +187,6 @@ class RolloutEventObserver:
 
     def __init__(self, recorder: EventRecorder) -> None:
         self.recorder = recorder
-        self._last_change: dict[str, tuple[Phase, int, str]] = {}
         self._routing_errors: dict[str, set[str]] = {}
 
     def __call__(self, event: TickEvent) -> None:
@@ -199,7 +198,9 @@ class RolloutEventObserver:
     def _observe(self, event: TickEvent) -> None:
         spec = event.rollout.spec
         involved = involved_object(event.rollout)
-        for change in self._changes(event):
+        for change in event.transitions:
+            if change.kind == "holding":
+                continue
             reason, kind = PHASE_EVENTS[change.phase]
             self.recorder.record(spec.namespace, involved, reason, change.reason or change.phase.value, kind)
         name = event.rollout.name
@@ -229,15 +230,3 @@ class RolloutEventObserver:
                 self.recorder.record(namespace, involved, "CommandApplied", message, "Normal")
             else:
                 self.recorder.record(namespace, involved, "CommandRefused", message, "Warning")
-
-    def _changes(self, event: TickEvent) -> list[PhaseChange]:
-        """The phase/step changes made in this tick: history entries stamped with the tick's time (history is
-        bounded, so entries are matched by content, not position; an entry re-stamped when its routing was
-        confirmed later is not reported twice)."""
-        name = event.rollout.name
-        fresh = [change for change in event.decision.state.history if change.at == event.at]
-        last = self._last_change.get(name)
-        changes = [c for c in fresh if (c.phase, c.step, c.reason) != last]
-        if fresh:
-            self._last_change[name] = (fresh[-1].phase, fresh[-1].step, fresh[-1].reason)
-        return changes
