@@ -215,6 +215,25 @@ def cel_rules() -> dict[SchemaPath, list[Rule]]:
                  "message has control characters: use one line of printable text"),
         ],
         (*spec, "gates", "*"): _gate_rules(),
+        (*spec, "hooks"): [
+            rule("self.all(h, self.exists_one(g, g.name == h.name))", "duplicate hook name"),
+        ],
+        (*spec, "hooks", "*"): [
+            rule("!has(self.steps) || self.type in ['pre-step', 'step-gate']",
+                 "steps applies to pre-step and step-gate hooks only", ".steps"),
+            rule("!has(self.steps) || self.steps.all(s, self.steps.exists_one(t, t == s))",
+                 "steps lists a step twice", ".steps"),
+        ],
+        (*spec, "notifications"): [
+            rule("self.all(n, self.exists_one(m, m.name == n.name))", "duplicate notification name"),
+        ],
+        (*spec, "notifications", "*"): [
+            rule("has(self.url) != has(self.url_file)", "give exactly one of url and url_file"),
+            rule("self.type == 'webhook' || !has(self.url)",
+                 "a Slack or Teams webhook URL is a secret: give it in url_file"),
+            rule("self.type == 'webhook' || !has(self.secret_file)",
+                 "secret_file signs generic webhooks only (type: webhook)"),
+        ],
     }  # fmt: skip
 
 

@@ -60,10 +60,15 @@ def test_validate_examples_ok(capsys: pytest.CaptureFixture[str], in_repo: None)
     assert run(capsys, "validate", "rollout-specs") == (
         0,
         [
+            "ok  rollout-specs/custom-metrics.yaml (rollout cart: 4 steps)",
             "ok  rollout-specs/defaults.yaml (rollout checkout: 4 steps)",
             "ok  rollout-specs/demo.yaml (rollout demo: 4 steps)",
+            "ok  rollout-specs/hooks.yaml (rollout catalog: 4 steps)",
             "ok  rollout-specs/ingress.yaml (rollout storefront: 4 steps)",
+            "ok  rollout-specs/loadtest.yaml (rollout ratings: 4 steps)",
+            "ok  rollout-specs/notifications.yaml (rollout shop: 2 steps)",
             "ok  rollout-specs/statistical.yaml (rollout payments: 4 steps)",
+            "ok  rollout-specs/templates.yml (metric template http-4xx-rate)",
             "ok  rollout-specs/three-versions.yaml (rollout reviews: 5 steps)",
         ],
         [],

@@ -298,6 +298,21 @@ INVALID: list[tuple[str, Any, str]] = [
     ("slow_ms on error_rate", _set("spec.gates.2.slow_ms", 100), "slow_ms applies only to latency gates"),
     ("stable_margin on statistical", _set("spec.gates.2.stable_margin", 1), "stable_margin is a threshold"),
     ("max on statistical error_rate", _set("spec.gates.2.max", 1), "max is a threshold"),
+    ("duplicate hook name", _set("spec.hooks", [{"name": "h", "type": "post-rollout", "url": "http://a/"},
+                                                {"name": "h", "type": "post-rollout", "url": "http://b/"}]),
+     "duplicate hook name"),
+    ("steps on a post-rollout hook", _set("spec.hooks", [{"name": "h", "type": "post-rollout", "url": "http://a/",
+                                                          "steps": [1]}]), "steps applies to pre-step"),
+    ("a step listed twice", _set("spec.hooks", [{"name": "h", "type": "pre-step", "url": "http://a/",
+                                                 "steps": [1, 1]}]), "steps lists a step twice"),
+    ("hook url with credentials", _set("spec.hooks", [{"name": "h", "type": "pre-step", "url": "ftp://a/"}]), SCHEMA),
+    ("duplicate notification name", _set("spec.notifications", [
+        {"name": "n", "type": "webhook", "url": "http://a/"}, {"name": "n", "type": "webhook", "url": "http://b/"}]),
+     "duplicate notification name"),
+    ("url and url_file", _set("spec.notifications", [{"name": "n", "type": "webhook", "url": "http://a/",
+                                                      "url_file": "/f"}]), "give exactly one of url and url_file"),
+    ("slack url inline", _set("spec.notifications", [{"name": "n", "type": "slack", "url": "https://hooks.x/"}]),
+     "a Slack or Teams webhook URL is a secret"),
 ]  # fmt: skip
 _ALSO = {
     "window default below the interval": _set("spec.schedule.interval", "1m"),

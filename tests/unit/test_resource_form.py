@@ -40,6 +40,7 @@ def test_every_example_wrapped_by_ramp_resource_reads_back_to_the_same_spec(
     assert "apiVersion" not in resource["spec"] and "kind" not in resource["spec"]
     wrapped = tmp_path / "wrapped.yaml"
     wrapped.write_text(text)
+    (tmp_path / "templates.yml").write_text((example.parent / "templates.yml").read_text())  # for custom-metrics
     original = load_spec(example)
     assert load_spec(wrapped) == original  # same fields, same defaults, same everything
     assert resource["metadata"]["name"] == original.rollout_name

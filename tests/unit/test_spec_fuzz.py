@@ -21,11 +21,13 @@ from hypothesis import strategies as st
 from controller.plan import build_plan
 from controller.spec import RolloutSpec
 from controller.spec_loader import SpecError, parse_spec_text
+from controller.spec_metrics import load_templates
 from controller.weights import integer_percentages
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_TEXTS = {p.name: p.read_text() for p in sorted((REPO_ROOT / "rollout-specs").glob("*.yaml"))}
 EXAMPLE_DATA = {name: yaml.safe_load(text) for name, text in EXAMPLE_TEXTS.items()}
+TEMPLATES = load_templates(REPO_ROOT / "rollout-specs").catalog  # custom-metrics.yaml names one
 
 FUZZ = settings(
     max_examples=300,
@@ -51,7 +53,7 @@ def yaml_line_count(text: str) -> int:
 def check(text: str, file: str = "fuzz.yaml") -> RolloutSpec | None:
     """The property: a spec (that plans cleanly) or a SpecError with well-formed problems."""
     try:
-        spec = parse_spec_text(text, file)
+        spec = parse_spec_text(text, file, templates=TEMPLATES)
     except SpecError as exc:
         assert exc.problems
         last_line = yaml_line_count(text) + 1  # PyYAML may point just past the last line break
