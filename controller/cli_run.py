@@ -230,6 +230,7 @@ def _run(args: argparse.Namespace) -> int:
         scheduler.stop()
         loop.wait_idle(args.tick_deadline)
         dispatcher.stop(DRAIN_SECONDS)  # what the last ticks queued goes out, within a bound
+        runner.close(DRAIN_SECONDS)
         if server is not None:
             server.stop()
         store.unlock()

@@ -214,6 +214,7 @@ def run_controller(options: ControllerOptions, stop: threading.Event | None = No
         scheduler.stop()
         loop.wait_idle(options.tick_deadline)  # a tick still running ends (or is left) before the Lease goes
         dispatcher.stop(DRAIN_SECONDS)  # what the last ticks queued goes out, within a bound
+        runner.close(DRAIN_SECONDS)  # post-rollout hooks too
         election.join(timeout=15)  # it releases the Lease on stop, so a successor takes over at once
         if watch is not None:
             watch.join(timeout=5)

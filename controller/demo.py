@@ -163,6 +163,7 @@ def run_demo(
                     scheduler.stop()
                     loop.wait_idle(tick_deadline)
                     dispatcher.stop(DRAIN_SECONDS)
+                    runner.close(DRAIN_SECONDS)
             responses = load.results
             sampled = send_requests(stack.envoy_url + "/api/version", spec.fqdn, 200, random_seed=99)
             final_split = Counter(version or f"HTTP {status}" for status, version in sampled)

@@ -83,6 +83,13 @@ class RolloutRunner:
         self._last_tick = {k: v for k, v in self._last_tick.items() if k in self.rollouts}
         self._last_seen = {k: v for k, v in self._last_seen.items() if k in self.rollouts}
 
+    def close(self, timeout: float = 5.0) -> None:
+        """On shutdown: queued post-rollout deliveries go out within `timeout`, and the hook pool stops."""
+        sender = getattr(self.post_rollout_hooks, "sender", None)
+        if sender is not None:
+            sender.close(timeout)
+        self.hook_caller.close()
+
     def base_interval(self) -> float:
         return min((r.spec.schedule.interval for r in self.rollouts.values()), default=5.0)
 

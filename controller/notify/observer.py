@@ -66,15 +66,16 @@ class NotificationObserver:
 
 def load_notifications(path: Path) -> list[Notification]:
     """The controller's global notifications from a YAML list; raises SpecError naming file, line and field."""
+    from controller.atomic_file import read_limited
     from controller.spec_loader import SpecError, SpecProblem, _compose, _dotted, _LineIndex, _pydantic_path
 
     file = str(path)
     try:
-        raw = path.read_bytes()[: MAX_FILE_BYTES + 1]
+        raw = read_limited(path, MAX_FILE_BYTES)  # a regular file only: a FIFO in its place never blocks the start
     except OSError as exc:
         raise SpecError([SpecProblem(file, 1, "", f"cannot read: {exc.strerror or exc}")]) from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise SpecError([SpecProblem(file, 1, "", f"file larger than {MAX_FILE_BYTES} bytes")])
+    except ValueError as exc:
+        raise SpecError([SpecProblem(file, 1, "", f"cannot read: {exc}")]) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
