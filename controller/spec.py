@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from controller.spec_hooks import MAX_HOOKS, Hook
 from controller.spec_metrics import ClientErrorCode, MetricLabels, Query, Selector
 from controller.spec_notify import MAX_NOTIFICATIONS, Notification
 from controller.spec_rules import (
     DEFAULT_PROGRESS_DEADLINE,
-    DNS_LABEL_PATTERN,
     MAX_EXTRA_HOSTS,
     MAX_GATES,
     MAX_GATEWAYS,
@@ -33,72 +32,29 @@ from controller.spec_rules import (
     MIN_INTERVAL,
     MIN_PROGRESS_DEADLINE,
     MIN_WINDOW,
-    check_gateway,
-    check_header_name,
     check_header_value,
-    check_host,
-    check_version_name,
     count_between,
-    duration_between,
-    finite_number,
     format_seconds,
 )
 from controller.spec_rules import parse_duration as parse_duration  # re-exported
 from controller.spec_rules import validate_version_name as validate_version_name  # re-exported for the CLI
 from controller.spec_semantics import semantic_problems as semantic_problems  # re-exported
 from controller.spec_semantics import spec_warnings as spec_warnings  # re-exported
-
-_DURATION_SCHEMA = WithJsonSchema({"type": ["string", "number"], "description": "e.g. '30s', '2m', '1h30m', '500ms'"})
-StepDuration = Annotated[float, BeforeValidator(duration_between(0.0, MAX_STEP_DURATION)), _DURATION_SCHEMA]
-Interval = Annotated[float, BeforeValidator(duration_between(MIN_INTERVAL, MAX_INTERVAL)), _DURATION_SCHEMA]
-Window = Annotated[float, BeforeValidator(duration_between(MIN_WINDOW, MAX_WINDOW)), _DURATION_SCHEMA]
-Timeout = Annotated[float, BeforeValidator(duration_between(0.0, MAX_MISSING_DATA_TIMEOUT)), _DURATION_SCHEMA]
-ProgressDeadline = Annotated[
-    float, BeforeValidator(duration_between(MIN_PROGRESS_DEADLINE, MAX_PROGRESS_DEADLINE)), _DURATION_SCHEMA
-]
-Int = Annotated[int, BeforeValidator(finite_number)]
-Number = Annotated[float, BeforeValidator(finite_number)]
-VersionName = Annotated[
-    str,
-    AfterValidator(check_version_name),
-    WithJsonSchema({"type": "string", "pattern": DNS_LABEL_PATTERN, "maxLength": 63, "description": "DNS label"}),
-]
-DnsName = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63)]
-HeaderName = Annotated[
-    str,
-    AfterValidator(check_header_name),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "pattern": r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$",
-            "maxLength": 128,
-            "description": "lowercase header token; not a pseudo-header, host, hop-by-hop or Envoy-set header",
-        }
-    ),
-]
-Host = Annotated[
-    str,
-    AfterValidator(check_host),
-    WithJsonSchema({"type": "string", "maxLength": 253, "description": "RFC 1123 DNS name, no wildcard"}),
-]
-
-_DNS_NAME = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
-Gateway = Annotated[
-    str,
-    AfterValidator(check_gateway),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "pattern": rf"^(mesh|([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?{_DNS_NAME})$",
-            "maxLength": 317,
-            "description": "An Istio Gateway as [namespace/]name, or mesh (the sidecars)",
-        }
-    ),
-]
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from controller.spec_types import (
+    DnsName,
+    Gateway,
+    HeaderName,
+    Host,
+    Int,
+    Interval,
+    Number,
+    ProgressDeadline,
+    StepDuration,
+    StrictModel,
+    Timeout,
+    VersionName,
+    Window,
+)
 
 
 class VersionWeight(StrictModel):
