@@ -44,7 +44,22 @@ def check_webhook_url(url: str) -> str:
         raise ValueError("url must be http:// or https:// with a host")
     if parts.username is not None or parts.password is not None:
         raise ValueError("url must not carry credentials: put a secret in secret_file (HMAC-signed requests)")
+    if _link_local(parts.hostname):
+        raise ValueError(
+            "url points at a link-local address (e.g. a cloud metadata service): no hook or notification lives there"
+        )
     return url
+
+
+def _link_local(host: str) -> bool:
+    """A literal link-local address (169.254.0.0/16, fe80::/10): where cloud metadata services answer. A spec author
+    (with self-service RampRollouts, any namespace editor) must not make the controller call it (SSRF)."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_link_local
+    except ValueError:
+        return host.lower().rstrip(".") in ("metadata.google.internal", "metadata")
 
 
 WebhookUrl = Annotated[

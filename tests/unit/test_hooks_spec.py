@@ -73,3 +73,16 @@ def test_default_steps_count_for_steps() -> None:
         yaml.safe_load(text + "hooks: [{name: h, type: step-gate, url: 'http://h/', steps: [5]}]\n")
     )
     assert hook_problems(ok) == [] and len(hook_problems(bad)) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://169.254.169.254/latest/meta-data/", "http://[fe80::1]/x", "http://metadata.google.internal/computeMetadata/v1/"],
+)
+def test_a_hook_or_notification_url_at_a_metadata_service_is_refused(url: str) -> None:
+    text = NO_APPROVAL_YAML + f"hooks: [{{name: h, type: post-rollout, url: '{url}'}}]\n"
+    with pytest.raises(SpecError, match="link-local address"):
+        parse_spec_text(text, "x.yaml")
+    text = NO_APPROVAL_YAML + f"notifications: [{{name: n, type: webhook, url: '{url}'}}]\n"
+    with pytest.raises(SpecError, match="link-local address"):
+        parse_spec_text(text, "x.yaml")
