@@ -45,9 +45,11 @@ class ResourceWrites(Protocol):
 
 
 class CommandChannel(Protocol):
-    """Where the controller takes commands from (IstioBackend.request_command: the VirtualService annotation)."""
+    """Where the controller takes commands from (IstioBackend.request_command: the VirtualService annotation), and
+    the state that records their outcomes (IstioBackend.load)."""
 
     def request_command(self, namespace: str, service: str, command: CommandRequest) -> None: ...
+    def load(self, rollout: str) -> RolloutState | None: ...
 
 
 def _call_deadline(deadline: Deadline) -> Deadline:
@@ -114,6 +116,9 @@ class RolloutResourceBridge:
         if not request.id:
             version = _meta(obj).get("resourceVersion")
             request = request.model_copy(update={"id": f"rr-{version}" if isinstance(version, str) else "rr"})
+        if self._already_decided(rollout, request.id):  # forwarded before, its removal failed: never apply twice
+            self.writes.remove_command(key[0], key[1], raw, _call_deadline(deadline))
+            return
         try:
             self.commands.request_command(rollout.spec.namespace, rollout.spec.service, request)
         except CommandPending as exc:
@@ -123,6 +128,13 @@ class RolloutResourceBridge:
         log.info(
             "resource command forwarded", resource=f"{key[0]}/{key[1]}", command=request.command.value, id=request.id
         )
+
+    def _already_decided(self, rollout: ManagedRollout, request_id: str) -> bool:
+        try:
+            state = self.commands.load(rollout.name)
+        except Exception:  # unreadable now: forwarding is still safe (the channel refuses a pending duplicate)
+            return False
+        return state is not None and state.last_command is not None and state.last_command.id == request_id
 
     def _refuse(
         self,

@@ -11,7 +11,7 @@ from typing import Any
 from controller.deadline import Deadline
 from controller.engine.commands import CommandRequest
 from controller.engine.decide import Decision, routing_for
-from controller.engine.phases import Phase, RolloutState
+from controller.engine.phases import CommandOutcome, Phase, RolloutState
 from controller.engine.ports import TickEvent
 from controller.k8s.events import ObjectRef
 from controller.k8s.rollout_bridge import RolloutResourceBridge
@@ -47,6 +47,14 @@ class FakeChannel:
         if self.pending:
             raise CommandPending("abort (id x) is still waiting")
         self.requests.append((namespace, service, command))
+
+    decided: str | None = None  # the id of the last command the engine decided
+
+    def load(self, rollout: str) -> RolloutState | None:
+        if self.decided is None:
+            return None
+        outcome = CommandOutcome(id=self.decided, command="pause", applied=True, reason="paused by user", at=1.0)
+        return RolloutState(rollout=rollout, spec_digest="d", last_command=outcome)
 
 
 @dataclass
@@ -158,3 +166,12 @@ def test_nothing_is_done_once_the_deadline_has_passed(tmp_path: Path) -> None:
     b.before_tick(spent)
     b.after_tick([tick_event(b.source)], spent)
     assert channel.requests == [] and writes.statuses == [] and writes.removed == []
+
+
+def test_a_command_forwarded_before_whose_removal_failed_is_never_applied_twice(tmp_path: Path) -> None:
+    b, cache, writes, channel, _ = bridge(tmp_path)
+    cache.put(with_command(resource(), "pause"))  # resourceVersion 77: its id is rr-77
+    b.source.refresh()
+    channel.decided = "rr-77"  # the engine already recorded its outcome
+    b.before_tick(Deadline(10))
+    assert channel.requests == [] and writes.removed == [("shop", "cart", "pause")]
