@@ -131,7 +131,7 @@ def _labels_problem(labels: Any, histogram: bool) -> str | None:
 def parse_vector(result: Sequence[Any], metric: str, kind: str, *, histogram: bool) -> Parsed:
     """Check every element of `data.result`; `kind` says what a bad sample blanks out."""
     parsed = Parsed()
-    seen: set[str] = set()
+    seen: set[frozenset[tuple[str, str]]] = set()
     for item in result:
         labels = item.get("metric") if isinstance(item, dict) else None
         problem: str | None = None
@@ -151,7 +151,8 @@ def parse_vector(result: Sequence[Any], metric: str, kind: str, *, histogram: bo
                     problem = wrong
         scope = _scope(kind, labels)
         if problem is None and isinstance(labels, dict):
-            identity = series_id(labels)
+            # The exact label set (values checked to be strings): cheaper than hashing a text, for every sample.
+            identity = frozenset((k, v) for k, v in labels.items() if k != "__name__")
             if identity in seen:
                 problem = "the same series twice"
             seen.add(identity)
