@@ -158,6 +158,14 @@ def apply_defaults(schema: Mapping[str, Any], value: Any) -> None:
         apply_defaults(sub, child)
 
 
+
+def defaulted(schema: Mapping[str, Any], value: Any) -> Any:
+    """What the API server stores: a copy of `value` with the schema's defaults filled in."""
+    stored = copy.deepcopy(value)
+    apply_defaults(schema, stored)
+    return stored
+
+
 def _schema_causes(schema: Mapping[str, Any], obj: Any) -> list[Cause]:
     causes: list[Cause] = []
     errors = jsonschema.Draft4Validator(to_jsonschema(schema)).iter_errors(obj)

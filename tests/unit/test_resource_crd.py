@@ -40,6 +40,7 @@ from controller.routing.crd_schema import IstioSchemas
 from controller.spec import RolloutSpec, semantic_problems
 from controller.spec_loader import load_spec
 from controller.spec_rules import parse_duration
+from tests.k8s.crd_validation import defaulted
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = sorted((REPO / "rollout-specs").glob("*.yaml"))
@@ -345,19 +346,6 @@ def test_every_default_in_the_crd_is_the_pydantic_default() -> None:
     assert not defaulted & set(NOT_DEFAULTED)
 
 
-def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
-    """What the API server stores: defaults filled in wherever the parent object is present."""
-    if isinstance(value, dict) and "properties" in schema:
-        for name, sub in schema["properties"].items():
-            if name not in value and "default" in sub:
-                value[name] = copy.deepcopy(sub["default"])
-            if name in value:
-                value[name] = apply_defaults(sub, value[name])
-    elif isinstance(value, list) and "items" in schema:
-        return [apply_defaults(schema["items"], item) for item in value]
-    return value
-
-
 def _every_default_exercised() -> dict[str, Any]:
     """A spec whose objects are all present but empty, so that every default applies."""
     return {
@@ -376,7 +364,7 @@ FLAT_SPECS = [yaml.safe_load(p.read_text(encoding="utf-8")) for p in SPECS] + [_
 def test_defaults_applied_by_kubernetes_change_nothing(flat: dict[str, Any]) -> None:
     """The stored (defaulted) resource is the same spec for the controller, and no more invalid."""
     resource = resource_from_spec_data(flat)
-    stored = apply_defaults(openapi_schema(), copy.deepcopy(resource))
+    stored = defaulted(openapi_schema(), resource)
     data, problems = spec_data_from_resource(stored)
     original, _ = spec_data_from_resource(resource)
     assert problems == [] and data is not None and original is not None
@@ -385,7 +373,7 @@ def test_defaults_applied_by_kubernetes_change_nothing(flat: dict[str, Any]) -> 
 
 
 def test_defaults_do_apply() -> None:
-    stored = apply_defaults(openapi_schema(), resource_from_spec_data(_every_default_exercised()))["spec"]
+    stored = defaulted(openapi_schema(), resource_from_spec_data(_every_default_exercised()))["spec"]
     assert stored["schedule"] == {"interval": 5} and stored["analysis"]["window"] == 30
     assert stored["rollback"]["missing_data_timeout"] == 120 and stored["gates"][0]["mode"] == "threshold"
     assert stored["steps"][0]["header"] == {"value": "v2", "name": "x-version", "match": "exact"}

@@ -22,6 +22,7 @@ from controller.resource_crd import CRD_PATH, rollout_crd
 from controller.rollout_resource import resource_from_spec_data
 from controller.routing.crd_schema import IstioSchemas
 from controller.spec_loader import SpecError, load_spec
+from tests.k8s.crd_validation import defaulted
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = sorted((REPO / "rollout-specs").glob("*.yaml"))
@@ -124,23 +125,11 @@ def test_rules_use_only_standard_cel() -> None:
 # ---------------------------------------------------------------------------------------------- valid specs
 
 
-def _defaulted(schema: dict[str, Any], value: Any) -> Any:
-    if isinstance(value, dict) and "properties" in schema:
-        for name, sub in schema["properties"].items():
-            if name not in value and "default" in sub:
-                value[name] = copy.deepcopy(sub["default"])
-            if name in value:
-                value[name] = _defaulted(sub, value[name])
-    elif isinstance(value, list) and "items" in schema:
-        return [_defaulted(schema["items"], item) for item in value]
-    return value
-
-
 @pytest.mark.parametrize("path", SPECS, ids=[p.name for p in SPECS])
 def test_every_example_passes_every_rule(path: Path) -> None:
     resource = resource_from_spec_data(yaml.safe_load(path.read_text(encoding="utf-8")))
     assert api_server_verdict(resource) == ([], [])
-    stored = _defaulted(openapi_schema(), copy.deepcopy(resource))
+    stored = defaulted(openapi_schema(), resource)
     assert api_server_verdict(stored) == ([], [])
 
 
