@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import structlog
 
 from controller.engine.ports import TickEvent
-from controller.engine.tick_step import BLOCKED
 from controller.hooks.client import HookClient
 from controller.hooks.payload import build_payload, encode
 from controller.spec_hooks import Hook
@@ -25,7 +23,7 @@ from controller.spec_hooks import Hook
 log = structlog.get_logger("ramp.hooks")
 
 QUEUE_CAPACITY = 256
-_REMEMBERED = 1024  # rollout endings already handed over (a replayed tick never sends twice)
+ENDINGS = frozenset({"promoted", "rolled_back", "failed"})  # transition kinds that end a rollout
 
 
 @dataclass(frozen=True)
@@ -99,7 +97,6 @@ class PostRolloutHooks:
 
     def __init__(self, sender: BackgroundSender | None = None) -> None:
         self.sender = sender or BackgroundSender()
-        self._seen: OrderedDict[tuple[str, str, str, float], None] = OrderedDict()
 
     def __call__(self, event: TickEvent) -> None:
         try:
@@ -110,18 +107,11 @@ class PostRolloutHooks:
     def _observe(self, event: TickEvent) -> None:
         spec = event.rollout.spec
         hooks = [h for h in spec.hooks if h.type == "post-rollout"]
+        # The tick's transitions say, once, that the rollout ended now (never for an abandoned tick, nor for an
+        # ending merely confirmed by the data plane a tick later).
+        if not hooks or not any(t.kind in ENDINGS for t in event.transitions):
+            return
         state = event.decision.state
-        if not hooks or not event.phase_changed or not state.terminal:
-            return
-        if not event.routing_written and event.apply_error in BLOCKED:
-            return  # nothing was written: the next tick decides again
-        ended = state.history[-1].at if state.history else event.at
-        key = (event.rollout.name, event.rollout.digest, state.phase.value, ended)
-        if key in self._seen:
-            return
-        self._seen[key] = None
-        while len(self._seen) > _REMEMBERED:
-            self._seen.popitem(last=False)
         plan = event.rollout.plan
         steps = len(plan.steps)
         for hook in hooks:
