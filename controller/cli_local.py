@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.deadline import Deadline
-from controller.routing.model import DesiredRouting
+from controller.engine.routing_model import DesiredRouting
 from controller.state.local_info import LocalInfo, read_local_info
 
 ENVOY_READ_SECONDS = 3.0

@@ -22,7 +22,7 @@ from controller.engine.phases import Command
 from controller.weights import display_percentages, integer_percentages
 
 if TYPE_CHECKING:
-    from controller.routing.istio_merge import ClusterRouting
+    from controller.routing.k8s_objects import ClusterRouting
 
 STATE_ANNOTATION = "ramp.dev/state"  # the controller's state on a managed VirtualService (see routing.istio)
 
@@ -99,8 +99,8 @@ class ClusterTarget:
         return Poll(lost=LOST + (f" ({routing.state_error})" if routing.state_error else ""))
 
     def _set_directly(self, request: CommandRequest, routing: ClusterRouting) -> tuple[int, str]:
+        from controller.engine.routing_model import DesiredRouting
         from controller.k8s.availability import DeploymentAvailability
-        from controller.routing.model import DesiredRouting
 
         given = dict(request.weights or {})
         live = {v: w for v, w in routing.weights if isinstance(w, int) and w >= 0}  # nothing negative from outside

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from controller.engine.routing_model import DesiredRouting
 from controller.plan import Plan, build_plan
 from controller.resource_crd import crd_yaml
 from controller.routing.crd_schema import CRD_ENV_VAR, IstioSchemas
 from controller.routing.istio_render import destination_rule, virtual_service
-from controller.routing.model import DesiredRouting
 from controller.spec import RolloutSpec
 from controller.spec_loader import LocatedSpec, SpecError, SpecProblem, load_spec, load_spec_located, spec_files
 from controller.spec_metrics import TemplateSet, load_templates

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from controller.cli_common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, kube_api, kube_flags, printable
 from controller.deadline import Deadline
 from controller.engine.phases import RolloutState
-from controller.routing.model import HeaderRoute
+from controller.engine.routing_model import HeaderRoute
 from controller.weights import display_percentages, integer_percentages
 
 if TYPE_CHECKING:

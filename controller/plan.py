@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from controller.routing.model import DesiredRouting, HeaderRoute
+from controller.engine.routing_model import DesiredRouting, HeaderRoute
 from controller.spec import DEFAULT_STEP_DURATION, RolloutSpec, Step
+from controller.spec_routers import backends_of, parent_refs_of
 from controller.weights import integer_percentages, target_share
 
 
@@ -62,6 +63,9 @@ def _routing(spec: RolloutSpec, weights: dict[str, int], headers: tuple[HeaderRo
         weights=tuple((n, weights.get(n, 0)) for n in names),
         extra_hosts=tuple(spec.hosts),
         gateways=spec.bound_gateways,
+        router=spec.router,
+        parent_refs=parent_refs_of(spec),
+        backends=backends_of(spec),
     )
 
 

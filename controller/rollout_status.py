@@ -30,7 +30,7 @@ from typing import Any, Literal
 from controller.engine.decide import routing_for
 from controller.engine.phases import CommandOutcome, GateSnapshot, Phase, RolloutState
 from controller.engine.ports import ManagedRollout
-from controller.routing.model import DesiredRouting
+from controller.engine.routing_model import DesiredRouting
 
 MAX_REASON_CHARS = 1024  # status.reason and every condition message / gate reason
 INVALID_PHASE = "Invalid"  # not an engine phase: the controller refuses the resource

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, ConfigDict, Field, model_validator
 from controller.spec_hooks import MAX_HOOKS, Hook
 from controller.spec_metrics import ClientErrorCode, MetricLabels, Query, Selector
 from controller.spec_notify import MAX_NOTIFICATIONS, Notification
+from controller.spec_routers import GatewayApiRouting, RouterName
 from controller.spec_rules import (
     DEFAULT_PROGRESS_DEADLINE,
     MAX_EXTRA_HOSTS,
@@ -296,6 +297,13 @@ class RolloutSpec(StrictModel):
             f"default: mesh only (at most {MAX_GATEWAYS})"
         ),
         json_schema_extra={"minItems": 1, "maxItems": MAX_GATEWAYS},
+    )
+    router: RouterName = Field(
+        default="istio",
+        description="What routes the traffic: istio (VirtualService + DestinationRule) or gateway-api (HTTPRoute)",
+    )
+    gateway_api: GatewayApiRouting | None = Field(
+        default=None, description="For router: gateway-api: the versions' Services, and where the HTTPRoute attaches"
     )
     versions: Annotated[list[VersionWeight], AfterValidator(count_between("versions", 1, MAX_VERSIONS))] = Field(
         description=f"Current traffic, relative weights (1 to {MAX_VERSIONS} versions)",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from controller.spec_hooks import hook_problems
 from controller.spec_metrics import body_problems
+from controller.spec_routers import router_problems
 from controller.spec_rules import format_seconds, header_match_problem
 from controller.weights import integer_percentages
 
@@ -39,6 +40,7 @@ def semantic_problems(spec: RolloutSpec) -> list[tuple[Path, str]]:
             (("versions",), f"no version other than target {spec.target!r} carries traffic to roll back to")
         )
     problems.extend(_binding_problems(spec))
+    problems.extend(router_problems(spec))
     problems.extend(hook_problems(spec))
     notification_names = [n.name for n in spec.notifications]
     for i, name in enumerate(notification_names):

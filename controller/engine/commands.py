@@ -22,8 +22,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.engine.phases import ACTIVE_PHASES, Command, CommandOutcome, Phase, RolloutState
+from controller.engine.routing_model import DesiredRouting
 from controller.plan import Plan
-from controller.routing.model import DesiredRouting
 from controller.weights import integer_percentages
 
 MAX_COMMAND_BYTES = 4096

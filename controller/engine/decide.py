@@ -43,6 +43,7 @@ from controller.engine.commands import (
     set_weights_refusal,
 )
 from controller.engine.phases import ACTIVE_PHASES, Command, EValue, GateSnapshot, Phase, RolloutState
+from controller.engine.routing_model import DesiredRouting
 from controller.hooks.results import (
     CONFIRM_PROMOTION,
     HookAnswers,
@@ -52,7 +53,6 @@ from controller.hooks.results import (
     step_gate_hooks,
 )
 from controller.plan import Plan
-from controller.routing.model import DesiredRouting
 from controller.spec import RolloutSpec
 from controller.spec_rules import format_seconds
 

@@ -19,8 +19,8 @@ from controller.analysis.prometheus import MetricsRequest
 from controller.deadline import Deadline
 from controller.engine.decide import Decision
 from controller.engine.phases import TERMINAL_PHASES, Command, GateSnapshot, Phase, PhaseChange, RolloutState
+from controller.engine.routing_model import DesiredRouting
 from controller.plan import Plan, build_plan
-from controller.routing.model import DesiredRouting
 from controller.spec import RolloutSpec
 
 

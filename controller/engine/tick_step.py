@@ -28,8 +28,8 @@ from controller.engine.commands import CommandError, CommandRequest
 from controller.engine.decide import Decision, decide, routing_for
 from controller.engine.phases import CommandOutcome, RolloutState
 from controller.engine.ports import ManagedRollout, TickEvent, TrafficRouter
+from controller.engine.routing_model import DesiredRouting
 from controller.hooks.results import HookAnswer, HookPoint
-from controller.routing.model import DesiredRouting
 from controller.state.file_store import StateStore
 
 log = structlog.get_logger("ramp.runner")

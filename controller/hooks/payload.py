@@ -27,7 +27,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from controller.routing.model import DesiredRouting
+from controller.engine.routing_model import DesiredRouting
 from controller.spec import RolloutSpec
 from controller.spec_hooks import Hook
 

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from controller.deadline import Deadline
+from controller.engine.routing_model import DesiredRouting
 from controller.local.availability import EnvoyAvailability, EnvoyAvailabilityError
 from controller.local.envoy_process import Upstream, start_envoy, wait_envoy_ready
 from controller.local.ports import free_ports
@@ -36,7 +37,6 @@ from controller.local.processes import ManagedProcess, ProcessError, ProcessGrou
 from controller.local.prometheus_process import start_prometheus, wait_prometheus_ready
 from controller.routing.envoy import EnvoyFileRouter
 from controller.routing.envoy_admin import EnvoyAdminError, bounded_request
-from controller.routing.model import DesiredRouting
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

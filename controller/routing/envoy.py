@@ -18,6 +18,7 @@ from typing import Any
 
 from controller.atomic_file import atomic_write, read_limited
 from controller.deadline import Deadline, DeadlineExceeded
+from controller.engine.routing_model import DesiredRouting
 from controller.redact import redact_url
 from controller.routing.envoy_admin import DEFAULT_MAX_BYTES, EnvoyAdminError, admin_get_json
 from controller.routing.envoy_readback import CLUSTER_SEPARATOR, UnrepresentableRoutes, read_back
@@ -32,7 +33,6 @@ from controller.routing.envoy_render import (
     render_virtual_host,
     virtual_host_name,
 )
-from controller.routing.model import DesiredRouting
 
 __all__ = [
     "CLUSTER_SEPARATOR",

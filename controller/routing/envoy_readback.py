@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.routing.model import DesiredRouting, HeaderRoute
+from controller.engine.routing_model import DesiredRouting, HeaderRoute
 from controller.weights import integer_percentages
 
 CLUSTER_SEPARATOR = "--"

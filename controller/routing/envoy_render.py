@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from controller.engine.routing_model import PRIMARY_ROUTE_NAME, DesiredRouting, HeaderRoute
 from controller.routing.envoy_readback import CLUSTER_SEPARATOR
-from controller.routing.model import PRIMARY_ROUTE_NAME, DesiredRouting, HeaderRoute
 
 ROUTE_CONFIG_NAME = "ramp-routes"
 ROUTE_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"

@@ -39,6 +39,7 @@ from kubernetes.client import ApiClient
 from controller.deadline import Deadline
 from controller.engine.commands import CommandError, CommandRequest, describe_pending
 from controller.engine.phases import Command, RolloutState
+from controller.engine.routing_model import DesiredRouting
 from controller.k8s.client import KubeApi, KubeError
 from controller.routing.crd_schema import IstioSchemas
 from controller.routing.istio_merge import (
@@ -58,8 +59,8 @@ from controller.routing.istio_requests import (
     Obj,
     not_found,
 )
-from controller.routing.istio_shape import MalformedObject, check_metadata, observed_routing, ref
-from controller.routing.model import DesiredRouting
+from controller.routing.istio_shape import observed_routing
+from controller.routing.k8s_objects import MalformedObject, check_metadata, ref
 from controller.routing.state_codec import (
     DAMAGED_ANNOTATION,
     STATE_ANNOTATION,

@@ -17,15 +17,23 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from controller.engine.phases import RolloutState
+from controller.engine.routing_model import MANAGED_ROUTE_PREFIX, PRIMARY_ROUTE_NAME, DesiredRouting, HeaderRoute
 from controller.routing.istio_render import destination_rule, managed_http_routes, virtual_service
-from controller.routing.istio_shape import MalformedObject, check_destination_rule, check_virtual_service, ref
-from controller.routing.model import MANAGED_ROUTE_PREFIX, PRIMARY_ROUTE_NAME, DesiredRouting, HeaderRoute
+from controller.routing.istio_shape import check_destination_rule, check_virtual_service
+from controller.routing.k8s_objects import (
+    COMMAND_ANNOTATION,
+    ClusterRouting,
+    MalformedObject,
+    annotations_of,
+    object_ref,
+    ref,
+    resource_version,
+    state_of,
+)
 from controller.routing.state_codec import (
     DAMAGED_ANNOTATION,
     STATE_ANNOTATION,
@@ -43,7 +51,6 @@ __all__ = [
     "same_durable_state", "state_of",
 ]  # fmt: skip
 
-COMMAND_ANNOTATION = "ramp.dev/command"
 OWNED_ROUTE_FIELDS = frozenset({"name", "match", "route"})
 _CLUSTER_SUFFIX = "svc.cluster.local"
 MESH_GATEWAY = "mesh"  # Istio's reserved name for the sidecars (the default binding)
@@ -55,38 +62,6 @@ class IstioMergeError(ValueError):
 
 class RouteShadowingError(IstioMergeError):
     pass
-
-
-def _meta(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
-    return meta if isinstance(meta, Mapping) else {}
-
-
-def object_ref(obj: Mapping[str, Any]) -> str:
-    meta = _meta(obj)
-    kind = obj.get("kind") if isinstance(obj.get("kind"), str) else "object"
-    return f"{kind} {str(meta.get('namespace', '?'))[:253]}/{str(meta.get('name', '?'))[:253]}"
-
-
-def resource_version(obj: Mapping[str, Any] | None) -> str | None:
-    value = _meta(obj).get("resourceVersion")
-    return None if value is None else str(value)
-
-
-def annotations_of(obj: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The annotations (values as found: check_metadata has checked them where it matters)."""
-    found = _meta(obj).get("annotations") or {}
-    return dict(found) if isinstance(found, Mapping) else {}
-
-
-# --- state annotation (the codec lives in state_codec; re-exported here) -----------------------
-
-
-def state_of(obj: Mapping[str, Any] | None) -> RolloutState | None:
-    notes = annotations_of(obj)
-    if obj is None or STATE_ANNOTATION not in notes:
-        return None
-    return decode_state(notes[STATE_ANNOTATION], object_ref(obj))
 
 
 # --- hosts ------------------------------------------------------------------------------------
@@ -258,24 +233,6 @@ def merge_destination_rule(current: Mapping[str, Any] | None, routing: DesiredRo
 
 
 # --- reading back -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ClusterRouting:
-    """Ramp's routing as found in the cluster (for `ramp status`)."""
-
-    namespace: str
-    service: str
-    found: bool
-    weights: tuple[tuple[str, int], ...] = ()
-    header_routes: tuple[HeaderRoute, ...] = ()
-    foreign_routes: tuple[str, ...] = ()
-    state: RolloutState | None = None
-    state_error: str | None = None
-    command: str | None = None
-    resource_version: str | None = None
-    annotations: Mapping[str, str] = field(default_factory=dict)
-    problem: str | None = None  # the VirtualService is malformed (see istio_shape): what and where
 
 
 def _subset(destination: Any) -> str | None:

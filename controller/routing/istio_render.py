@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.routing.model import PRIMARY_ROUTE_NAME, DesiredRouting
+from controller.engine.routing_model import PRIMARY_ROUTE_NAME, DesiredRouting
 
 API_VERSION = "networking.istio.io/v1"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "ramp"}

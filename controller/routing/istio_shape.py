@@ -10,55 +10,14 @@ own routes' `route`/`match` fields are re-rendered on the next write, so they ar
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
-from controller.routing.model import MANAGED_ROUTE_PREFIX, PRIMARY_ROUTE_NAME, DesiredRouting, HeaderRoute
-from controller.routing.state_codec import kind_of
+from controller.engine.routing_model import MANAGED_ROUTE_PREFIX, PRIMARY_ROUTE_NAME, DesiredRouting, HeaderRoute
+from controller.routing.k8s_objects import MalformedObject, check_metadata, fail, ref
 
-MAX_OBJECT_BYTES = 1_572_864  # etcd's default request limit (1.5 MiB): no real object is larger
 MAX_HTTP_ROUTES = 1000
 MATCH_KINDS = ("exact", "prefix", "regex")
-
-
-class MalformedObject(ValueError):
-    """An object from the apiserver that does not have the shape Ramp needs; nothing is written over it."""
-
-
-def ref(kind: str, namespace: str, name: str) -> str:
-    return f"{kind} {namespace}/{name}"
-
-
-def _fail(where: str, field: str, wanted: str, value: object) -> MalformedObject:
-    return MalformedObject(f"{where}: {field} must be {wanted}, got {kind_of(value)}")
-
-
-def check_metadata(obj: object, where: str) -> Mapping[str, Any]:
-    """The object's metadata, after checking the object, its size and its annotations."""
-    if not isinstance(obj, Mapping):
-        raise MalformedObject(f"{where}: the object must be a mapping, got {kind_of(obj)}")
-    size = len(json.dumps(obj, default=repr))
-    if size > MAX_OBJECT_BYTES:
-        raise MalformedObject(f"{where}: the object is {size} bytes, more than Kubernetes stores ({MAX_OBJECT_BYTES})")
-    meta = obj.get("metadata")
-    if meta is None:
-        raise MalformedObject(f"{where}: metadata is missing")
-    if not isinstance(meta, Mapping):
-        raise _fail(where, "metadata", "a mapping", meta)
-    for key in ("name", "namespace", "resourceVersion"):
-        if meta.get(key) is not None and not isinstance(meta[key], str):
-            raise _fail(where, f"metadata.{key}", "a string", meta[key])
-    notes = meta.get("annotations")
-    if notes is not None:
-        if not isinstance(notes, Mapping):
-            raise _fail(where, "metadata.annotations", "a mapping", notes)
-        for key, value in notes.items():
-            if not isinstance(key, str):
-                raise _fail(where, "metadata.annotations keys", "strings", key)
-            if not isinstance(value, str) and key != "ramp.dev/state":  # a damaged state is StateDamaged
-                raise _fail(where, f"metadata.annotations[{key!r}]", "a string", value)
-    return meta
 
 
 def check_virtual_service(obj: object, where: str) -> None:
@@ -69,24 +28,24 @@ def check_virtual_service(obj: object, where: str) -> None:
     if spec is None:
         return
     if not isinstance(spec, Mapping):
-        raise _fail(where, "spec", "a mapping", spec)
+        raise fail(where, "spec", "a mapping", spec)
     hosts = spec.get("hosts")
     if hosts is not None and not (isinstance(hosts, list) and all(isinstance(h, str) for h in hosts)):
-        raise _fail(where, "spec.hosts", "a list of strings", hosts)
+        raise fail(where, "spec.hosts", "a list of strings", hosts)
     http = spec.get("http")
     if http is None:
         return
     if not isinstance(http, list):
-        raise _fail(where, "spec.http", "a list", http)
+        raise fail(where, "spec.http", "a list", http)
     if len(http) > MAX_HTTP_ROUTES:
         raise MalformedObject(f"{where}: spec.http has {len(http)} routes (more than {MAX_HTTP_ROUTES})")
     for index, route in enumerate(http):
         field = f"spec.http[{index}]"
         if not isinstance(route, Mapping):
-            raise _fail(where, field, "a mapping", route)
+            raise fail(where, field, "a mapping", route)
         name = route.get("name")
         if name is not None and not isinstance(name, str):
-            raise _fail(where, f"{field}.name", "a string", name)
+            raise fail(where, f"{field}.name", "a string", name)
         if isinstance(name, str) and name.startswith(MANAGED_ROUTE_PREFIX):
             continue  # Ramp's own: re-rendered on write, checked when read back
         for part in ("match", "route"):  # written back as found: a real apiserver would refuse them anyway
@@ -94,10 +53,10 @@ def check_virtual_service(obj: object, where: str) -> None:
             if value is None:
                 continue
             if not isinstance(value, list):
-                raise _fail(where, f"{field}.{part}", "a list of mappings", value)
+                raise fail(where, f"{field}.{part}", "a list of mappings", value)
             for at, item in enumerate(value):
                 if not isinstance(item, Mapping):
-                    raise _fail(where, f"{field}.{part}[{at}]", "a mapping", item)
+                    raise fail(where, f"{field}.{part}[{at}]", "a mapping", item)
 
 
 def check_destination_rule(obj: object, where: str) -> None:
@@ -108,39 +67,39 @@ def check_destination_rule(obj: object, where: str) -> None:
     if spec is None:
         return
     if not isinstance(spec, Mapping):
-        raise _fail(where, "spec", "a mapping", spec)
+        raise fail(where, "spec", "a mapping", spec)
     subsets = spec.get("subsets")
     if subsets is None:
         return
     if not isinstance(subsets, list):
-        raise _fail(where, "spec.subsets", "a list", subsets)
+        raise fail(where, "spec.subsets", "a list", subsets)
     for index, subset in enumerate(subsets):
         if not isinstance(subset, Mapping):
-            raise _fail(where, f"spec.subsets[{index}]", "a mapping", subset)
+            raise fail(where, f"spec.subsets[{index}]", "a mapping", subset)
         labels = subset.get("labels")
         if labels is not None and not isinstance(labels, Mapping):
-            raise _fail(where, f"spec.subsets[{index}].labels", "a mapping", labels)
+            raise fail(where, f"spec.subsets[{index}].labels", "a mapping", labels)
 
 
 def _route_destinations(route: Mapping[str, Any], where: str, field: str) -> list[tuple[str, int | None]]:
     """(subset, weight or None) of each destination of an http route."""
     destinations = route.get("route")
     if not isinstance(destinations, list) or not destinations:
-        raise _fail(where, f"{field}.route", "a non-empty list", destinations)
+        raise fail(where, f"{field}.route", "a non-empty list", destinations)
     found: list[tuple[str, int | None]] = []
     for index, item in enumerate(destinations):
         at = f"{field}.route[{index}]"
         if not isinstance(item, Mapping):
-            raise _fail(where, at, "a mapping", item)
+            raise fail(where, at, "a mapping", item)
         destination = item.get("destination")
         if not isinstance(destination, Mapping):
-            raise _fail(where, f"{at}.destination", "a mapping", destination)
+            raise fail(where, f"{at}.destination", "a mapping", destination)
         subset = destination.get("subset")
         if not isinstance(subset, str):
-            raise _fail(where, f"{at}.destination.subset", "a string", subset)
+            raise fail(where, f"{at}.destination.subset", "a string", subset)
         weight = item.get("weight")
         if weight is not None and (not isinstance(weight, int) or isinstance(weight, bool) or weight < 0):
-            raise _fail(where, f"{at}.weight", "an integer >= 0", weight)
+            raise fail(where, f"{at}.weight", "an integer >= 0", weight)
         found.append((subset, weight))
     return found
 
@@ -155,13 +114,13 @@ def _weights(found: list[tuple[str, int | None]]) -> tuple[tuple[str, int], ...]
 def _header_route(route: Mapping[str, Any], where: str, field: str) -> HeaderRoute:
     matches = route.get("match")
     if not isinstance(matches, list) or len(matches) != 1 or not isinstance(matches[0], Mapping):
-        raise _fail(where, f"{field}.match", "a list of one mapping", matches)
+        raise fail(where, f"{field}.match", "a list of one mapping", matches)
     headers = matches[0].get("headers")
     if not isinstance(headers, Mapping) or len(headers) != 1:
-        raise _fail(where, f"{field}.match[0].headers", "a mapping of one header", headers)
+        raise fail(where, f"{field}.match[0].headers", "a mapping of one header", headers)
     header, condition = next(iter(headers.items()))
     if not isinstance(condition, Mapping) or len(condition) != 1:
-        raise _fail(where, f"{field}.match[0].headers[{header!r}]", "a mapping of one condition", condition)
+        raise fail(where, f"{field}.match[0].headers[{header!r}]", "a mapping of one condition", condition)
     kind, value = next(iter(condition.items()))
     if kind not in MATCH_KINDS or not isinstance(value, str) or not isinstance(header, str):
         raise MalformedObject(f"{where}: {field}.match[0].headers[{header!r}] is not an exact/prefix/regex string")

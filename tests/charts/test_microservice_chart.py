@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from controller.engine.routing_model import DesiredRouting, HeaderRoute
 from controller.routing.istio_render import destination_rule, virtual_service
-from controller.routing.model import DesiredRouting, HeaderRoute
 from controller.weights import integer_percentages
 from tests.charts.checks import assert_hardened, probe_port
 from tests.charts.rendering import (

@@ -13,10 +13,10 @@ import pytest
 
 from controller.atomic_file import atomic_write
 from controller.deadline import Deadline
+from controller.engine.routing_model import DesiredRouting, HeaderRoute
 from controller.local.loadgen import send_requests
 from controller.local.stack import LocalStack, VersionKnobs, default_routing
 from controller.routing.envoy import EnvoyFileRouter, discovery_response
-from controller.routing.model import DesiredRouting, HeaderRoute
 from controller.spec import RolloutSpec
 from tests.e2e.conftest import require_local_stack
 

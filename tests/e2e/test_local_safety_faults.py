@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from controller.deadline import Deadline
+from controller.engine.routing_model import DesiredRouting
 from controller.local.availability import EnvoyAvailability, EnvoyAvailabilityError
 from controller.local.processes import http_get
 from controller.local.stack import default_routing
 from controller.routing.envoy import EnvoyFileRouter, EnvoyRejectedError, EnvoyRoutingError, discovery_response
-from controller.routing.model import DesiredRouting
 from controller.spec import RolloutSpec
 from tests.fakes.envoy_admin import FakeEnvoyAdmin
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from scipy.stats import binom
 
+from controller.engine.routing_model import DesiredRouting, HeaderRoute
 from controller.local.loadgen import LoadGenerator, send_requests
 from controller.local.prometheus_process import instant_query
 from controller.local.stack import LocalStack, VersionKnobs, default_routing
 from controller.routing.envoy import EnvoyFileRouter, EnvoyRoutingError
-from controller.routing.model import DesiredRouting, HeaderRoute
 from tests.e2e.conftest import require_local_stack
 
 pytestmark = pytest.mark.e2e

@@ -18,10 +18,10 @@ import pytest
 
 from controller.analysis.metrics import VersionMetrics
 from controller.engine.phases import Command, Phase
+from controller.engine.routing_model import DesiredRouting
 from controller.engine.runner import ManagedRollout, RolloutRunner
 from controller.local.loadgen import send_requests
 from controller.local.stack import LocalStack, VersionKnobs
-from controller.routing.model import DesiredRouting
 from controller.spec_loader import parse_spec_text
 from controller.state.file_store import FileStateStore
 from tests.e2e.conftest import binomial_bounds, require_local_stack

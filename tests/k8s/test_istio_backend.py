@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from controller.engine.phases import Phase, RolloutState
+from controller.engine.routing_model import DesiredRouting
 from controller.plan import build_plan
 from controller.routing.istio import IstioBackend
 from controller.routing.istio_merge import IstioMergeError, RouteShadowingError
 from controller.routing.istio_render import managed_http_routes, virtual_service
-from controller.routing.model import DesiredRouting
 from tests.k8s.emulator import KubeHarness
 from tests.k8s.helpers import (
     DR,

@@ -19,7 +19,7 @@ from controller.k8s.client import KubeError
 from controller.plan import build_plan
 from controller.routing.istio import IstioBackend
 from controller.routing.istio_render import managed_http_routes, virtual_service
-from controller.routing.istio_shape import MalformedObject
+from controller.routing.k8s_objects import MalformedObject
 from controller.state.file_store import StateStoreError
 from tests.k8s.emulator import KubeHarness
 from tests.k8s.helpers import DR, VS, G, V, count, custom_objects, kube_api, stored, three_versions

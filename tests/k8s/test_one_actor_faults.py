@@ -16,6 +16,7 @@ import pytest
 from kubernetes.client import CustomObjectsApi
 
 from controller.deadline import Deadline, DeadlineExceeded
+from controller.engine.routing_model import DesiredRouting
 from controller.k8s.client import (
     Conflict,
     KubeApi,
@@ -29,7 +30,6 @@ from controller.k8s.events import EventRecorder, ObjectRef
 from controller.k8s.leader import LeaderElector, LeaseConfig
 from controller.plan import build_plan
 from controller.routing.istio import IstioBackend
-from controller.routing.model import DesiredRouting
 from tests.fakes.kube_proxy import KubeProxy, running_proxy
 from tests.k8s.emulator import KubeHarness
 from tests.k8s.helpers import VS, G, V, kube_api, stored, three_versions

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import pytest
 
 from controller.engine.phases import Phase, RolloutState
+from controller.engine.routing_model import DesiredRouting
 from controller.k8s.client import KubeApi, RetryPolicy
 from controller.k8s.leader import LeaderElector, LeaseConfig
 from controller.plan import build_plan
 from controller.routing.istio import IstioBackend
-from controller.routing.model import DesiredRouting
 from tests.fakes.kube_proxy import KubeProxy, Record, running_proxy
 from tests.k8s.emulator import KubeHarness
 from tests.k8s.helpers import VS, kube_api, three_versions

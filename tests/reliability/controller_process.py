@@ -17,8 +17,8 @@ from pathlib import Path
 from controller.analysis.metrics import MetricsSnapshot, VersionMetrics
 from controller.analysis.prometheus import MetricsRequest
 from controller.deadline import Deadline
+from controller.engine.routing_model import DesiredRouting
 from controller.engine.runner import RolloutRunner
-from controller.routing.model import DesiredRouting
 from controller.spec_directory import SpecDirectory
 from controller.state.file_store import FileStateStore
 

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from controller.engine.phases import Phase
+from controller.engine.routing_model import DesiredRouting
 from controller.plan import build_plan
-from controller.routing.model import DesiredRouting
 from controller.spec_loader import load_spec
 from controller.state.file_store import FileStateStore
 

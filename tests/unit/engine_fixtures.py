@@ -9,7 +9,7 @@ from controller.analysis.gates import GateReport, GateResult, Verdict
 from controller.analysis.metrics import MetricsSnapshot, VersionMetrics
 from controller.analysis.prometheus import MetricsRequest
 from controller.deadline import Deadline
-from controller.routing.model import DesiredRouting
+from controller.engine.routing_model import DesiredRouting
 from controller.spec_loader import parse_spec_text
 
 SPEC_YAML = """

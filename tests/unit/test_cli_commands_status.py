@@ -12,8 +12,8 @@ import pytest
 from controller.cli import main
 from controller.cli_ping import http_probe
 from controller.engine.phases import CommandOutcome, Phase, RolloutState
+from controller.engine.routing_model import DesiredRouting
 from controller.routing.envoy import EnvoyFileRouter
-from controller.routing.model import DesiredRouting
 from controller.state.file_store import FileStateStore
 from controller.state.local_info import write_local_info
 from tests.fakes.envoy_admin import FakeEnvoyAdmin

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from controller.engine.routing_model import PRIMARY_ROUTE_NAME, DesiredRouting, HeaderRoute
 from controller.local.envoy_process import LATENCY_BUCKETS_MS, HealthCheck, Upstream, render_bootstrap
 from controller.routing.envoy import (
     RANDOM_VALUE_HEADER,
@@ -23,7 +24,6 @@ from controller.routing.envoy import (
     render_route_configuration,
 )
 from controller.routing.envoy_readback import UnrepresentableRoutes, read_back
-from controller.routing.model import PRIMARY_ROUTE_NAME, DesiredRouting, HeaderRoute
 
 
 def make(

@@ -7,8 +7,8 @@ from pathlib import Path
 from controller.analysis.metrics import VersionMetrics
 from controller.deadline import Deadline
 from controller.engine.phases import Command, Phase
+from controller.engine.routing_model import DesiredRouting
 from controller.engine.runner import ManagedRollout, RolloutRunner, TickEvent
-from controller.routing.model import DesiredRouting
 from controller.state.file_store import FileStateStore
 from tests.unit.engine_fixtures import NO_APPROVAL_YAML, SPEC_YAML, FakeClock, FixedMetrics, RecordingRouter, spec
 

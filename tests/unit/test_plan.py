@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from controller.engine.routing_model import HeaderRoute
 from controller.plan import Plan, build_plan
-from controller.routing.model import HeaderRoute
 from controller.spec_loader import load_spec, parse_spec_text
 
 SPECS = Path(__file__).resolve().parents[2] / "rollout-specs"

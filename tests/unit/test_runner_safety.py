@@ -13,8 +13,8 @@ from controller.analysis.metrics import VersionMetrics
 from controller.deadline import Deadline
 from controller.engine.commands import CommandRequest
 from controller.engine.phases import MAX_HISTORY, Command, Phase
+from controller.engine.routing_model import DesiredRouting
 from controller.engine.runner import ManagedRollout, RolloutRunner
-from controller.routing.model import DesiredRouting
 from controller.state.file_store import CommandPending, FileStateStore, StateDirLocked
 from tests.unit.engine_fixtures import NO_APPROVAL_YAML, FakeClock, FixedMetrics, RecordingRouter, spec
 

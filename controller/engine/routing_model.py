@@ -1,9 +1,13 @@
-"""The desired-routing model shared by the Istio and Envoy routers.
+"""The desired-routing model, owned by the core and shared by every router.
 
 One `DesiredRouting` describes a service's traffic completely: header routes
-first (in order), then the weighted default route. Renderers turn it into an
-Istio VirtualService/DestinationRule or an Envoy RouteConfiguration, so the local
-data plane runs exactly the routing we would send to Istio.
+first (in order), then the weighted default route. Routers render it: an Istio
+VirtualService/DestinationRule, a Gateway API HTTPRoute, an Envoy RouteConfiguration;
+so the local data plane runs exactly the routing we would send to a cluster.
+
+`router` names the cluster router that serves it (see controller.cluster_backend);
+`parent_refs` and `backends` say where an HTTPRoute attaches and which Service
+serves each version (Gateway API weights go to Services, not subsets).
 """
 
 from __future__ import annotations
@@ -27,6 +31,45 @@ class HeaderRoute(BaseModel):
         return f"{MANAGED_ROUTE_PREFIX}header-{self.version}"
 
 
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+
+
+class ParentRef(BaseModel):
+    """Where an HTTPRoute attaches: a Gateway (listener `section_name`), or a Service for mesh traffic (GAMMA)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    group: str = GATEWAY_GROUP
+    kind: str = "Gateway"
+    name: str
+    namespace: str | None = None
+    section_name: str | None = None
+    port: int | None = None
+
+    def describe(self) -> str:
+        where = f"{self.namespace}/{self.name}" if self.namespace else self.name
+        listener = f" ({self.section_name})" if self.section_name else ""
+        return f"{self.kind} {where}{listener}"
+
+
+class ServiceBackends(BaseModel):
+    """The Service (and port) that serves each version, for routers that weight Services."""
+
+    model_config = ConfigDict(frozen=True)
+
+    port: int
+    services: tuple[tuple[str, str], ...] = Field(description="(version, Service name) in spec order")
+
+    def service_of(self, version: str) -> str:
+        found = dict(self.services).get(version)
+        if found is None:
+            raise ValueError(f"no Service is named for version {version!r}")
+        return found
+
+    def version_of(self, service: str) -> str | None:
+        return next((version for version, name in self.services if name == service), None)
+
+
 class DesiredRouting(BaseModel):
     """Traffic for one service; `weights` are integer percentages summing to 100."""
 
@@ -40,6 +83,9 @@ class DesiredRouting(BaseModel):
     weights: tuple[tuple[str, int], ...] = Field(description="(version, percent) in spec order")
     extra_hosts: tuple[str, ...] = Field(default=(), description="Hosts served besides `host` (e.g. on an ingress)")
     gateways: tuple[str, ...] = Field(default=(), description="Gateways bound; () = Istio's default, mesh only")
+    router: str = Field(default="istio", description="The cluster router serving it (a registered name)")
+    parent_refs: tuple[ParentRef, ...] = Field(default=(), description="Where an HTTPRoute attaches")
+    backends: ServiceBackends | None = Field(default=None, description="Per-version Services (Gateway API)")
 
     def weight_of(self, version: str) -> int:
         return dict(self.weights).get(version, 0)

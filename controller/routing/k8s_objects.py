@@ -1,0 +1,106 @@
+"""What every cluster router reads on the objects it writes: names, resourceVersion, annotations, the state
+annotation, the command annotation, and a tolerant view of the routing for `ramp status` (ClusterRouting).
+
+Objects from the apiserver are hostile until checked: `check_metadata` checks the size, the metadata and the
+annotations, and a problem is a MalformedObject naming the object and the field; nothing is written over it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.engine.phases import RolloutState
+from controller.engine.routing_model import HeaderRoute
+from controller.routing.state_codec import STATE_ANNOTATION, decode_state, kind_of
+
+COMMAND_ANNOTATION = "ramp.dev/command"
+MAX_OBJECT_BYTES = 1_572_864  # etcd's default request limit (1.5 MiB): no real object is larger
+
+
+class MalformedObject(ValueError):
+    """An object from the apiserver that does not have the shape Ramp needs; nothing is written over it."""
+
+
+def ref(kind: str, namespace: str, name: str) -> str:
+    return f"{kind} {namespace}/{name}"
+
+
+def fail(where: str, field: str, wanted: str, value: object) -> MalformedObject:
+    return MalformedObject(f"{where}: {field} must be {wanted}, got {kind_of(value)}")
+
+
+def check_metadata(obj: object, where: str) -> Mapping[str, Any]:
+    """The object's metadata, after checking the object, its size and its annotations."""
+    if not isinstance(obj, Mapping):
+        raise MalformedObject(f"{where}: the object must be a mapping, got {kind_of(obj)}")
+    size = len(json.dumps(obj, default=repr))
+    if size > MAX_OBJECT_BYTES:
+        raise MalformedObject(f"{where}: the object is {size} bytes, more than Kubernetes stores ({MAX_OBJECT_BYTES})")
+    meta = obj.get("metadata")
+    if meta is None:
+        raise MalformedObject(f"{where}: metadata is missing")
+    if not isinstance(meta, Mapping):
+        raise fail(where, "metadata", "a mapping", meta)
+    for key in ("name", "namespace", "resourceVersion"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise fail(where, f"metadata.{key}", "a string", meta[key])
+    notes = meta.get("annotations")
+    if notes is not None:
+        if not isinstance(notes, Mapping):
+            raise fail(where, "metadata.annotations", "a mapping", notes)
+        for key, value in notes.items():
+            if not isinstance(key, str):
+                raise fail(where, "metadata.annotations keys", "strings", key)
+            if not isinstance(value, str) and key != STATE_ANNOTATION:  # a damaged state is StateDamaged
+                raise fail(where, f"metadata.annotations[{key!r}]", "a string", value)
+    return meta
+
+
+def _meta(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def object_ref(obj: Mapping[str, Any]) -> str:
+    meta = _meta(obj)
+    kind = obj.get("kind") if isinstance(obj.get("kind"), str) else "object"
+    return f"{kind} {str(meta.get('namespace', '?'))[:253]}/{str(meta.get('name', '?'))[:253]}"
+
+
+def resource_version(obj: Mapping[str, Any] | None) -> str | None:
+    value = _meta(obj).get("resourceVersion")
+    return None if value is None else str(value)
+
+
+def annotations_of(obj: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The annotations (values as found: check_metadata has checked them where it matters)."""
+    found = _meta(obj).get("annotations") or {}
+    return dict(found) if isinstance(found, Mapping) else {}
+
+
+def state_of(obj: Mapping[str, Any] | None) -> RolloutState | None:
+    notes = annotations_of(obj)
+    if obj is None or STATE_ANNOTATION not in notes:
+        return None
+    return decode_state(notes[STATE_ANNOTATION], object_ref(obj))
+
+
+@dataclass(frozen=True)
+class ClusterRouting:
+    """Ramp's routing as found in the cluster (for `ramp status`)."""
+
+    namespace: str
+    service: str
+    found: bool
+    weights: tuple[tuple[str, int], ...] = ()
+    header_routes: tuple[HeaderRoute, ...] = ()
+    foreign_routes: tuple[str, ...] = ()
+    state: RolloutState | None = None
+    state_error: str | None = None
+    command: str | None = None
+    resource_version: str | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    problem: str | None = None  # the route object is malformed: what and where
