@@ -207,7 +207,7 @@ class LocalTarget:
         self.rollout = rollout
 
     def prepare(self, request: CommandRequest) -> tuple[int, str] | None:
-        from controller.state.file_store import StateStoreError
+        from controller.engine.state_port import StateStoreError
 
         if not self.rollout or "/" in self.rollout or self.rollout.startswith("."):
             return EXIT_USAGE, f"{self.rollout!r} is not a rollout name"
@@ -224,7 +224,7 @@ class LocalTarget:
         return active_refusal(state, request)
 
     def submit(self, request: CommandRequest) -> tuple[int, str] | None:
-        from controller.state.file_store import CommandPending
+        from controller.engine.state_port import CommandPending
 
         try:
             self.store.request(self.rollout, request)
@@ -236,7 +236,7 @@ class LocalTarget:
 
     def poll(self, request_id: str) -> Poll:
         from controller.engine.commands import CommandError
-        from controller.state.file_store import StateStoreError
+        from controller.engine.state_port import StateStoreError
 
         try:
             try:

@@ -19,10 +19,10 @@ from controller.cli_set_weights import ClusterTarget
 from controller.deadline import Deadline
 from controller.engine.commands import CommandError, CommandRequest
 from controller.engine.phases import CommandOutcome
+from controller.engine.state_port import CommandPending
 from controller.k8s.errors import KubeError, NotFound
 from controller.k8s.rollout_writes import RolloutResourceClient
 from controller.rollout_resource import COMMAND_ANNOTATION, GROUP, PLURAL, VERSION
-from controller.state.file_store import CommandPending
 
 CALL_SECONDS = 10.0
 

@@ -1,11 +1,12 @@
 """Cluster mode of the people's commands: the `ramp.dev/command` annotation, and set-weights without a rollout.
 
-A service is managed by a rollout when its VirtualService carries the `ramp.dev/state` annotation:
-commands then go to the controller (see `controller.cli_commands`). On an unmanaged service
-`set-weights` writes the VirtualService itself, with the same partial-edit semantics: the versions
-named get their new relative weight, the others keep theirs (the relative weights recorded by the
-last `set-weights` while they still describe the live split, else the live percentages). Versions
-named with a weight but without ready pods are refused unless `--force`.
+The service's route object is found whichever router wrote it (a VirtualService or an HTTPRoute: see
+`controller.cluster_backend`). A service is managed by a rollout when that object carries the `ramp.dev/state`
+annotation: commands then go to the controller (see `controller.cli_commands`). On an unmanaged service `set-
+weights` writes the route object itself (an HTTPRoute keeps its parents and version Services), with the same
+partial-edit semantics: the versions named get their new relative weight, the others keep theirs (the relative
+weights recorded by the last `set-weights` while they still describe the live split, else the live percentages).
+Versions named with a weight but without ready pods are refused unless `--force`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from controller.weights import display_percentages, integer_percentages
 if TYPE_CHECKING:
     from controller.routing.k8s_objects import ClusterRouting
 
-STATE_ANNOTATION = "ramp.dev/state"  # the controller's state on a managed VirtualService (see routing.istio)
+STATE_ANNOTATION = "ramp.dev/state"  # the controller's state on a managed route object (see routing.object_backend)
 
 
 def describe_pending(raw: str) -> str:
@@ -37,19 +38,29 @@ def describe_pending(raw: str) -> str:
 
 
 class ClusterTarget:
-    """A service's VirtualService: the command annotation, and the state annotation's `last_command`."""
+    """A service's route object: the command annotation, and the state annotation's `last_command`."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from controller.routing.istio import IstioBackend
+        from controller.cluster_backend import cluster_backend
 
         self.args = args
         self.namespace: str = args.namespace
         self.service: str = args.service
         self.api = kube_api(args)
-        self.backend = IstioBackend(self.api)
+        self.backend = cluster_backend(self.api)
+        self._router: str | None = None
+        self.kind = "VirtualService"
+
+    @property
+    def router(self) -> str | None:
+        """The router whose object the service has (found once), or None (then the default's is used)."""
+        if self._router is None:
+            self._router = self.backend.locate(self.namespace, self.service)
+            self.kind = self.backend.router(self._router).resource.kind
+        return self._router
 
     def prepare(self, request: CommandRequest) -> tuple[int, str] | None:
-        routing = self.backend.read_routing(self.namespace, self.service)
+        routing = self.backend.read_routing(self.namespace, self.service, self.router)
         where = f"{self.namespace}/{self.service}"
         if routing.state_error:
             return EXIT_REFUSED, f"refused: the rollout state is unreadable: {routing.state_error}"
@@ -57,9 +68,9 @@ class ClusterTarget:
             if request.command == Command.SET_WEIGHTS:
                 return self._set_directly(request, routing)
             if not routing.found:
-                return EXIT_REFUSED, f"no VirtualService {where}: no rollout to {request.command.value}"
+                return EXIT_REFUSED, f"no VirtualService or HTTPRoute {where}: no rollout to {request.command.value}"
             return EXIT_REFUSED, (
-                f"no rollout manages {where} (its VirtualService has no {STATE_ANNOTATION} annotation): "
+                f"no rollout manages {where} (its {self.kind} has no {STATE_ANNOTATION} annotation): "
                 f"nothing to {request.command.value}"
             )
         refusal = active_refusal(routing.state, request)
@@ -73,10 +84,10 @@ class ClusterTarget:
         return None
 
     def submit(self, request: CommandRequest) -> tuple[int, str] | None:
-        from controller.state.file_store import CommandPending
+        from controller.engine.state_port import CommandPending
 
         try:
-            self.backend.request_command(self.namespace, self.service, request)
+            self.backend.request_command(self.namespace, self.service, request, self.router)
         except CommandPending as exc:
             return EXIT_REFUSED, f"refused: another command is pending: {exc}"
         return None
@@ -85,7 +96,7 @@ class ClusterTarget:
         from controller.k8s.client import KubeError
 
         try:
-            routing = self.backend.read_routing(self.namespace, self.service)
+            routing = self.backend.read_routing(self.namespace, self.service, self.router)
         except (KubeError, ValueError) as exc:  # unreachable, or a malformed object: read again until the wait ends
             return Poll(problem=str(exc))
         last = routing.state.last_command if routing.state is not None else None
@@ -94,7 +105,7 @@ class ClusterTarget:
         if routing.command is not None and _request_id(routing.command) == request_id:
             return Poll()
         if not routing.found:
-            return Poll(lost="the VirtualService was deleted before the controller applied the command")
+            return Poll(lost=f"the {self.kind} was deleted before the controller applied the command")
         # The controller writes the outcome and removes the command in the same update.
         return Poll(lost=LOST + (f" ({routing.state_error})" if routing.state_error else ""))
 
@@ -120,8 +131,18 @@ class ClusterTarget:
             host=self.args.host or f"{self.service}.{self.namespace}.svc.cluster.local",
             versions=tuple(merged), header_routes=routing.header_routes, weights=tuple(percent.items()),
         )  # fmt: skip
+        if self.router not in (None, "istio"):  # weights to Services: keep the route's parents and version Services
+            seen = self.backend.observed(self.namespace, self.service) if routing.found else None
+            named = dict(seen.backends.services) if seen is not None and seen.backends is not None else {}
+            unknown = [v for v in merged if v not in named]
+            if seen is None or seen.backends is None or unknown:
+                return EXIT_REFUSED, (f"refused: the {self.kind} {self.namespace}/{self.service} names no Service for "
+                                      f"{', '.join(unknown) or 'its versions'}; a rollout spec names them")  # fmt: skip
+            desired = desired.model_copy(update={"router": self.router, "parent_refs": seen.parent_refs,
+                                                 "backends": seen.backends})  # fmt: skip
         written = self.backend.apply(desired)
-        self.backend.annotate(self.namespace, self.service, {RELATIVE_WEIGHTS_ANNOTATION: json.dumps(merged)})
+        self.backend.annotate(self.namespace, self.service, {RELATIVE_WEIGHTS_ANNOTATION: json.dumps(merged)},
+                              self.router)  # fmt: skip
         shares = display_percentages(merged)
         text = ", ".join(f"{v}={merged[v]} ({shares[v]:.1f}%)" for v in merged)
         return EXIT_OK, text + ("" if written else " (already in place)")

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from controller.cluster_backend import ROUTERS
 from controller.engine.routing_model import DesiredRouting
 from controller.plan import Plan, build_plan
 from controller.resource_crd import crd_yaml
-from controller.routing.crd_schema import CRD_ENV_VAR, IstioSchemas
-from controller.routing.istio_render import destination_rule, virtual_service
+from controller.routing.crd_schema import CRD_ENV_VAR, IstioSchemas, RouteSchemas
 from controller.spec import RolloutSpec
 from controller.spec_loader import LocatedSpec, SpecError, SpecProblem, load_spec, load_spec_located, spec_files
 from controller.spec_metrics import TemplateSet, load_templates
@@ -186,7 +186,8 @@ class PlanState:
     step_index: int | None = None  # 0-based index into spec steps (field path steps.N)
 
     def manifests(self) -> list[dict[str, Any]]:
-        return [virtual_service(self.routing), destination_rule(self.routing)]
+        """What the spec's router writes for this state (VirtualService + DestinationRule, or an HTTPRoute)."""
+        return ROUTERS[self.routing.router]().render(self.routing)
 
 
 def plan_states(plan: Plan) -> list[PlanState]:
@@ -205,10 +206,11 @@ def plan_states(plan: Plan) -> list[PlanState]:
 
 
 def _crd_schemas(option: str | None) -> IstioSchemas:
-    """The CRDs to validate against: --crds, else $RAMP_ISTIO_CRDS, else the packaged copy.
+    """The CRDs to validate against: Istio's from --crds, else $RAMP_ISTIO_CRDS, else the packaged copy; plus the
+    packaged Gateway API HTTPRoute CRD.
 
     Always validates: a missing file raises FileNotFoundError (reported, exit 1), never a silent skip."""
-    return IstioSchemas.load(Path(option) if option is not None else None)
+    return RouteSchemas.load(Path(option) if option is not None else None)
 
 
 Rendered = list[tuple[PlanState, list[dict[str, Any]]]]
@@ -254,7 +256,7 @@ def run_plan(args: argparse.Namespace) -> int:
     try:
         schemas = _crd_schemas(args.crds)
     except (OSError, ValueError, yaml.YAMLError) as exc:
-        _err(f"ramp plan: cannot load Istio CRDs: {exc}")
+        _err(f"ramp plan: cannot load the CRDs (Istio, Gateway API): {exc}")
         return 1
     errors = [
         f"{args.spec}: {state.state}: {manifest['kind']} {manifest['metadata']['name']}: {error}"

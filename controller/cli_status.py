@@ -124,17 +124,20 @@ def command_line(state: RolloutState) -> str | None:
 def _status(args: argparse.Namespace) -> int:
     if args.state_dir is not None:
         return _local_status(args)
+    from controller.cluster_backend import cluster_backend
     from controller.k8s.availability import DeploymentAvailability
-    from controller.routing.istio import IstioBackend
 
     if not args.service:
         print("ramp status: name a SERVICE (or use --state-dir for local rollouts)", file=sys.stderr)
         return EXIT_USAGE
     api = kube_api(args)
-    routing = IstioBackend(api).read_routing(args.namespace, args.service)
-    if not routing.found:
-        print(f"no VirtualService {args.namespace}/{args.service}", file=sys.stderr)
+    backend = cluster_backend(api)
+    router = backend.locate(args.namespace, args.service)
+    if router is None:
+        kinds = " or ".join(kind.resource.kind for kind in backend.routers.values())
+        print(f"no {kinds} {args.namespace}/{args.service}", file=sys.stderr)
         return EXIT_REFUSED
+    routing = backend.read_routing(args.namespace, args.service, router)
     pods = DeploymentAvailability(api).pods_by_version(args.namespace, args.service)
     state = routing.state
     recorded = state.override if state is not None and state.override else None
@@ -142,12 +145,17 @@ def _status(args: argparse.Namespace) -> int:
         recorded = parse_recorded(routing.annotations.get(RELATIVE_WEIGHTS_ANNOTATION))
     rows = status_rows(dict(routing.weights), routing.header_routes, pods, recorded)
     if args.output == "json":
-        doc = {"service": args.service, "namespace": args.namespace, "versions": rows,
+        doc = {"service": args.service, "namespace": args.namespace, "router": router, "versions": rows,
                "rollout": None if state is None else state.model_dump(mode="json", exclude={"history"}),
-               "state_error": routing.state_error, "pending_command": routing.command}  # fmt: skip
+               "state_error": routing.state_error, "pending_command": routing.command,
+               "not_in_effect": routing.not_in_effect}  # fmt: skip
         print(json.dumps(doc, indent=2))
         return EXIT_REFUSED if routing.state_error else EXIT_OK
     print(render_table(rows))
+    if routing.problem:
+        print(f"\nnote: {printable(routing.problem)}")
+    if routing.not_in_effect:
+        print(f"\nnot in effect: {printable(routing.not_in_effect)}")
     if state is not None:
         print(f"\nrollout {printable(state.rollout, 100)}: {state.phase.value}, step {state.step + 1}: "
               f"{printable(state.reason)}")  # fmt: skip

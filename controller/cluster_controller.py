@@ -1,11 +1,11 @@
 """`ramp controller`: the long-running controller in a cluster (Istio + Kubernetes).
 
-Wiring: spec directory (re-read when files change) + RampRollout resources (a watch; see spec_sources for one
-owner per service, and k8s/rollout_bridge for their commands and status) -> runner with the Istio backend
-(VirtualService routes + rollout state in the same update), Prometheus gates, Deployment availability, Events
-and metrics observers -> the ControllerLoop (each tick bounded by its deadline), driven by APScheduler,
-acting only while this replica holds the leader Lease. /healthz and /readyz come from the loop (see
-controller_loop) and from leader election.
+Wiring: spec directory (re-read when files change) + RampRollout resources (a watch; see spec_sources for one owner
+per service, and k8s/rollout_bridge for their commands and status) -> runner with the cluster backend
+(controller.cluster_backend: each spec's router, VirtualService or HTTPRoute, holds its routes + rollout state in
+the same update), Prometheus gates, Deployment availability, Events and metrics observers -> the ControllerLoop
+(each tick bounded by its deadline), driven by APScheduler, acting only while this replica holds the leader Lease.
+/healthz and /readyz come from the loop (see controller_loop) and from leader election.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import structlog
 
 from controller.analysis.prometheus import PrometheusSource
+from controller.cluster_backend import cluster_backend
 from controller.controller_loop import DEFAULT_TICK_DEADLINE, ControllerLoop
 from controller.controller_metrics import ControllerMetrics
 from controller.engine.runner import RolloutRunner
@@ -37,7 +38,6 @@ from controller.k8s.rollout_bridge import RolloutResourceBridge
 from controller.k8s.rollout_watch import RolloutResourceWatch, WatchConfig
 from controller.k8s.rollout_writes import RolloutResourceClient
 from controller.notify.observer import DRAIN_SECONDS, start_notifications
-from controller.routing.istio import IstioBackend
 from controller.spec_directory import SpecDirectory
 from controller.spec_notify import Notification
 from controller.spec_sources import CombinedSpecSource
@@ -126,7 +126,7 @@ class ElectionMonitor:
 def run_controller(options: ControllerOptions, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     api = load_api_client(options.kubeconfig, options.context)
-    backend = IstioBackend(api)
+    backend = cluster_backend(api)
     prometheus = options.prometheus_source or PrometheusSource(options.prometheus)
     if options.tick_deadline < prometheus.timeout_seconds:
         raise ValueError(

@@ -87,6 +87,7 @@ def _spec_rules() -> list[Rule]:
     interval = _or_default("schedule", "interval", Schedule().interval)
     target_listed = "self.versions.exists(v, v.name == self.target)"
     steps = _list_or_empty("steps")
+    gateway_api = "(has(self.router) && self.router == 'gateway-api')"
     mode, name = _gate_mode("g"), _gate_display_name
     own_host = (
         "(has(self.host) ? h == self.host : (h == self.service || "
@@ -119,6 +120,19 @@ def _spec_rules() -> list[Rule]:
              ".hosts"),
         rule("!has(self.gateways) || self.gateways.all(g, self.gateways.exists_one(x, x == g))",
              "a gateway is listed twice", ".gateways"),
+        rule(f"{gateway_api} == has(self.gateway_api)",
+             "router: gateway-api needs gateway_api (its port), and gateway_api is only for router: gateway-api",
+             ".gateway_api"),
+        rule(f"!{gateway_api} || !has(self.gateways)",
+             "Istio gateways do not apply to router: gateway-api; attach the route with gateway_api.parent_refs",
+             ".gateways"),
+        rule("!has(self.gateway_api) || !has(self.gateway_api.version_service) || "
+             "self.gateway_api.version_service.contains('{version}')",
+             "version_service must contain {version}: each version needs its own Service",
+             ".gateway_api.version_service"),
+        rule("!has(self.gateway_api) || !has(self.gateway_api.parent_refs) || self.gateway_api.parent_refs.all("
+             "p, !has(p.kind) || p.kind != 'Service' || (has(p.group) && p.group == ''))",
+             "a Service parent (mesh traffic) is in the core group: write group: ''", ".gateway_api.parent_refs"),
     ]  # fmt: skip
 
 

@@ -111,15 +111,31 @@ def router_problems(spec: RolloutSpec) -> list[tuple[tuple[str | int, ...], str]
                                         "with gateway_api.parent_refs"))  # fmt: skip
     problems.extend(_version_service_problems(spec, config))
     seen: dict[tuple[str, str, str, str | None, str | None, int | None], int] = {}
-    for i, ref in enumerate(config.parent_refs or []):
+    refs = config.parent_refs or []
+    for i, ref in enumerate(refs):
         key = (ref.group, ref.kind, ref.name, ref.namespace or spec.namespace, ref.section_name, ref.port)
+        earlier = [j for j, other in enumerate(refs[:i]) if _same_parent(other, ref)]
         if key in seen:
             problems.append((("gateway_api", "parent_refs", i), f"listed twice (first at parent_refs[{seen[key]}])"))
+        elif earlier and _shared_section(ref, [refs[j] for j in earlier]):
+            problems.append((("gateway_api", "parent_refs", i),
+                             f"attaches to the parent of parent_refs[{earlier[0]}] again: give each reference to one "
+                             "parent its own section_name (Gateway API refuses it otherwise)"))  # fmt: skip
         seen.setdefault(key, i)
         if ref.kind == "Service" and ref.group != "":
             problems.append((("gateway_api", "parent_refs", i, "group"),
                              "a Service parent (mesh traffic) is in the core group: write group: ''"))  # fmt: skip
     return problems
+
+
+def _shared_section(ref: GatewayParentRef, same_parent: list[GatewayParentRef]) -> bool:
+    """Whether `ref` and earlier references to its parent fail to name distinct listeners (section_name)."""
+    return ref.section_name is None or any(other.section_name in (None, ref.section_name) for other in same_parent)
+
+
+def _same_parent(a: GatewayParentRef, b: GatewayParentRef) -> bool:
+    """The same parent as Gateway API's CEL rules compare them (the namespace as written)."""
+    return (a.group, a.kind, a.name, a.namespace) == (b.group, b.kind, b.name, b.namespace)
 
 
 def _version_service_problems(spec: RolloutSpec, config: GatewayApiRouting) -> list[tuple[tuple[str | int, ...], str]]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 from controller.analysis.custom_metrics import CustomQuery, parse_custom
@@ -44,27 +44,11 @@ from controller.analysis.prometheus_http import (
 )
 from controller.analysis.prometheus_parse import GRPC_LABEL, Parsed, parse_vector, series_id
 from controller.deadline import Deadline
+from controller.engine.metrics_port import MetricSource as MetricSource  # re-exported
+from controller.engine.metrics_port import MetricsRequest as MetricsRequest  # re-exported
 from controller.redact import redact_text, redact_url
 
 GROUP_LABELS = "destination_workload_namespace, destination_service_name, destination_version"
-
-
-@dataclass(frozen=True)
-class MetricsRequest:
-    namespace: str
-    service: str
-    window_seconds: float
-    reporter: str = "destination"
-    cumulative_requests: bool = False  # raw istio_requests_total counters too (statistical error gates)
-    cumulative_latency: bool = False  # raw duration buckets too (statistical latency gates)
-    grpc: bool = False  # an error gate counts gRPC failures: group requests by grpc_response_status too
-    custom: tuple[CustomQuery, ...] = ()  # the custom gates' queries (shared by every rollout that uses one)
-
-
-class MetricSource(Protocol):
-    def fetch(
-        self, requests: Sequence[MetricsRequest], deadline: Deadline | None = None
-    ) -> dict[MetricsRequest, MetricsSnapshot]: ...
 
 
 def _window(seconds: float) -> str:
@@ -89,10 +73,7 @@ def requests_query(
     """Requests by status; with `grpc` also by gRPC status (only when a rollout's error gate counts them)."""
     selector = _selector(services, namespaces, reporter)
     by = f"{GROUP_LABELS}, response_code" + (f", {GRPC_LABEL}" if grpc else "")
-    return (
-        f"sum by ({by}) "
-        f"(increase(istio_requests_total{{{selector}}}[{_window(window)}]))"
-    )
+    return f"sum by ({by}) (increase(istio_requests_total{{{selector}}}[{_window(window)}]))"
 
 
 def latency_query(services: Iterable[str], namespaces: Iterable[str], window: float, reporter: str) -> str:

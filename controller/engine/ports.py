@@ -15,9 +15,9 @@ from typing import Literal, Protocol
 
 from controller.analysis.custom_metrics import spec_queries
 from controller.analysis.gates import GateReport
-from controller.analysis.prometheus import MetricsRequest
 from controller.deadline import Deadline
 from controller.engine.decide import Decision
+from controller.engine.metrics_port import MetricsRequest
 from controller.engine.phases import TERMINAL_PHASES, Command, GateSnapshot, Phase, PhaseChange, RolloutState
 from controller.engine.routing_model import DesiredRouting
 from controller.plan import Plan, build_plan
@@ -192,8 +192,10 @@ def _restamped(event: TickEvent, change: PhaseChange) -> bool:
     before = event.previous_state
     if before is not None:  # exact: the entry the tick started with, only its time changed
         last = before.history[-1] if before.history else None
-        return last is not None and last.at != change.at and (last.phase, last.step, last.reason) == (
-            change.phase, change.step, change.reason
+        return (
+            last is not None
+            and last.at != change.at
+            and (last.phase, last.step, last.reason) == (change.phase, change.step, change.reason)
         )
     if change.phase == Phase.PENDING:
         return False  # a restart note is written by the runner in this tick, never re-stamped

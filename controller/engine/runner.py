@@ -23,8 +23,8 @@ import structlog
 
 from controller.analysis.gates import evaluate_gates
 from controller.analysis.metrics import MetricsSnapshot
-from controller.analysis.prometheus import MetricSource
 from controller.deadline import Deadline
+from controller.engine.metrics_port import MetricSource
 from controller.engine.phases import ACTIVE_PHASES, MAX_HISTORY, Phase, PhaseChange, RolloutState
 from controller.engine.ports import (
     ManagedRollout,
@@ -38,10 +38,10 @@ from controller.engine.ports import (
     spec_digest,
 )
 from controller.engine.state_check import StateDamaged, state_problem
+from controller.engine.state_port import StateStore
 from controller.engine.tick_step import TickStep
 from controller.hooks.evaluation import HookCaller, run_hook_rounds
 from controller.hooks.post_rollout import PostRolloutHooks
-from controller.state.file_store import StateStore
 
 __all__ = [
     "ManagedRollout", "Observer", "RolloutRunner", "RoutingReadBack", "TickEvent", "TrafficRouter",
@@ -79,7 +79,7 @@ class RolloutRunner:
 
     def set_rollouts(self, rollouts: Sequence[ManagedRollout]) -> None:
         self.rollouts = {r.name: r for r in rollouts}
-        self.store.track({r.name: (r.spec.namespace, r.spec.service) for r in rollouts})
+        self.store.track({r.name: (r.spec.namespace, r.spec.service, r.spec.router) for r in rollouts})
         self._last_tick = {k: v for k, v in self._last_tick.items() if k in self.rollouts}
         self._last_seen = {k: v for k, v in self._last_seen.items() if k in self.rollouts}
 
@@ -120,8 +120,10 @@ class RolloutRunner:
             problem = state_problem(rollout.plan, state)
             if problem is not None:
                 raise StateDamaged(problem)
-            return state if state.spec_digest == rollout.digest else state.model_copy(
-                update={"spec_digest": rollout.digest}
+            return (
+                state
+                if state.spec_digest == rollout.digest
+                else state.model_copy(update={"spec_digest": rollout.digest})
             )
         reason = "spec changed: rollout starts over" if state.identity == identity else "new rollout: spec changed"
         note = PhaseChange(phase=Phase.PENDING, step=-1, at=now, reason=reason)
@@ -197,8 +199,11 @@ class RolloutRunner:
                 try:
                     observer(event)
                 except Exception as exc:  # an observer never breaks a tick
-                    log.warning("observer failed", observer=getattr(observer, "__name__", type(observer).__name__),
-                                error=_short(exc))
+                    log.warning(
+                        "observer failed",
+                        observer=getattr(observer, "__name__", type(observer).__name__),
+                        error=_short(exc),
+                    )
         return events
 
     def _monotonic(self) -> float:

@@ -29,8 +29,8 @@ from controller.engine.decide import Decision, decide, routing_for
 from controller.engine.phases import CommandOutcome, RolloutState
 from controller.engine.ports import ManagedRollout, TickEvent, TrafficRouter
 from controller.engine.routing_model import DesiredRouting
+from controller.engine.state_port import StateStore
 from controller.hooks.results import HookAnswer, HookPoint
-from controller.state.file_store import StateStore
 
 log = structlog.get_logger("ramp.runner")
 NOT_YET_CONFIRMED = "routing saved, not yet confirmed by the data plane"

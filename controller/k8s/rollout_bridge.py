@@ -2,7 +2,7 @@
 
 - **Before a tick**: a `ramp.dev/command` annotation on a RampRollout (set by `kubectl annotate` or `ramp
   pause|resume|abort|promote`) is forwarded to the controller's command channel (the same annotation on the
-  service's VirtualService, where the state lives: see controller.routing.istio) and then removed from the
+  service's route object, where the state lives: see controller.routing.object_backend) and then removed from the
   resource, only if it still holds the value forwarded (a newer command is never lost). While an earlier
   command is still pending, the resource's command waits (it is forwarded on a later tick, never dropped).
   A command on a refused resource, or one that cannot be read, is refused at once: `status.lastCommand`
@@ -29,11 +29,11 @@ from controller.deadline import Deadline
 from controller.engine.commands import CommandError, CommandRequest
 from controller.engine.phases import RolloutState
 from controller.engine.ports import ManagedRollout, TickEvent
+from controller.engine.state_port import CommandPending
 from controller.k8s.events import EventRecorder, ObjectRef
 from controller.rollout_resource import API_VERSION, COMMAND_ANNOTATION, KIND
 from controller.rollout_status import invalid_status, rollout_status, status_changed
 from controller.spec_sources import CombinedSpecSource, ResourceKey
-from controller.state.file_store import CommandPending
 
 log = structlog.get_logger("ramp.resources")
 MAX_CALL_SECONDS = 5.0
@@ -45,10 +45,12 @@ class ResourceWrites(Protocol):
 
 
 class CommandChannel(Protocol):
-    """Where the controller takes commands from (IstioBackend.request_command: the VirtualService annotation), and
-    the state that records their outcomes (IstioBackend.load)."""
+    """Where the controller takes commands from (RouteObjectBackend.request_command: the annotation of the rollout's
+    route object, a VirtualService or an HTTPRoute), and the state that records their outcomes (its `load`)."""
 
-    def request_command(self, namespace: str, service: str, command: CommandRequest) -> None: ...
+    def request_command(
+        self, namespace: str, service: str, command: CommandRequest, router: str | None = None
+    ) -> None: ...
     def load(self, rollout: str) -> RolloutState | None: ...
 
 
@@ -120,7 +122,7 @@ class RolloutResourceBridge:
             self.writes.remove_command(key[0], key[1], raw, _call_deadline(deadline))
             return
         try:
-            self.commands.request_command(rollout.spec.namespace, rollout.spec.service, request)
+            self.commands.request_command(rollout.spec.namespace, rollout.spec.service, request, rollout.spec.router)
         except CommandPending as exc:
             log.info("resource command waits for an earlier one", resource=f"{key[0]}/{key[1]}", pending=str(exc))
             return

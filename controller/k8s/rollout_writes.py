@@ -25,10 +25,10 @@ from kubernetes.client import ApiClient
 
 from controller.deadline import Deadline
 from controller.engine.commands import CommandRequest, describe_pending
+from controller.engine.state_port import CommandPending
 from controller.k8s.client import KubeApi
 from controller.k8s.errors import Conflict, Invalid, KubeDeadlineExceeded, KubeError, NotFound
 from controller.rollout_resource import COMMAND_ANNOTATION, GROUP, PLURAL, VERSION
-from controller.state.file_store import CommandPending
 
 log = structlog.get_logger("ramp.rollout_writes")
 

@@ -5,6 +5,11 @@ the package: ``controller/schemas/istio-networking-crds.yaml`` (its header names
 version and licence, Apache-2.0), so validation never depends on anything outside the package.
 Set ``RAMP_ISTIO_CRDS`` (or ``ramp plan --crds``) to validate against another copy, e.g. a newer Istio.
 
+The Gateway API HTTPRoute CRD (v1.6.1, standard channel, Apache-2.0) ships beside it:
+``controller/schemas/gateway-api-httproutes-v1.6.1.yaml``. ``IstioSchemas.load()`` reads one file (the Istio
+kinds only); ``RouteSchemas.load()`` reads the Istio file (same override) AND the packaged Gateway API file, so
+one ``validate`` checks every object a cluster router writes, VirtualServices and HTTPRoutes alike.
+
 Validation is stricter than the API server on purpose: Kubernetes silently prunes
 unknown fields of structural schemas, which hides typos (``wieght: 10`` would
 vanish and leave the route unweighted). Here every object schema that declares
@@ -33,6 +38,7 @@ from jsonschema.exceptions import ValidationError
 
 CRD_ENV_VAR = "RAMP_ISTIO_CRDS"
 PACKAGED_CRD_FILE = Path(__file__).resolve().parent.parent / "schemas" / "istio-networking-crds.yaml"
+GATEWAY_API_CRD_FILE = PACKAGED_CRD_FILE.parent / "gateway-api-httproutes-v1.6.1.yaml"
 
 _JUNCTORS = ("allOf", "anyOf", "oneOf", "not")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -224,13 +230,7 @@ class IstioSchemas:
     @classmethod
     def load(cls, path: Path | None = None) -> IstioSchemas:
         """Load (and cache) the CRD file; FileNotFoundError if it cannot be found."""
-        found = path if path is not None else find_crd_file()
-        if found is None or not found.is_file():
-            where = ", ".join(str(p) for p in ([found] if found else crd_file_candidates()))
-            raise FileNotFoundError(f"Istio CRD file not found (looked at {where}; set {CRD_ENV_VAR})")
-        resolved = found.resolve()
-        stat = resolved.stat()
-        return _load_cached(resolved, stat.st_mtime_ns, stat.st_size)
+        return _load_cached(*_file_key(path))
 
     @property
     def kinds(self) -> list[str]:
@@ -265,6 +265,43 @@ class IstioSchemas:
         for error in errors:
             problems.extend(_error_messages(error))
         return problems
+
+
+@dataclass
+class RouteSchemas(IstioSchemas):
+    """The Istio CRDs and the packaged Gateway API HTTPRoute CRD together: `path` is the Istio file,
+    `sources` every file read. The Gateway API file's kinds win should the Istio file carry the same kind."""
+
+    sources: tuple[Path, ...] = ()
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> RouteSchemas:
+        """The Istio file (`path`, else $RAMP_ISTIO_CRDS, else the packaged copy) and the packaged Gateway API
+        file, cached; FileNotFoundError if either cannot be found."""
+        if not GATEWAY_API_CRD_FILE.is_file():
+            raise FileNotFoundError(f"Gateway API CRD file not found (looked at {GATEWAY_API_CRD_FILE}; it ships "
+                                    "with Ramp: reinstall the package)")  # fmt: skip
+        return _load_combined(_file_key(path), _file_key(GATEWAY_API_CRD_FILE))
+
+
+FileKey = tuple[Path, int, int]  # (resolved path, mtime in ns, size): a changed file is read again
+
+
+def _file_key(path: Path | None) -> FileKey:
+    """The CRD file to read (`path`, else see crd_file_candidates); FileNotFoundError when it is not there."""
+    found = path if path is not None else find_crd_file()
+    if found is None or not found.is_file():
+        where = ", ".join(str(p) for p in ([found] if found else crd_file_candidates()))
+        raise FileNotFoundError(f"Istio CRD file not found (looked at {where}; set {CRD_ENV_VAR})")
+    resolved = found.resolve()
+    stat = resolved.stat()
+    return resolved, stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=4)
+def _load_combined(istio_key: FileKey, gateway_key: FileKey) -> RouteSchemas:
+    istio, gateway = _load_cached(*istio_key), _load_cached(*gateway_key)
+    return RouteSchemas(istio.path, {**istio.crds, **gateway.crds}, sources=(istio.path, gateway.path))
 
 
 def _parse_crds(text: str) -> dict[str, Crd]:

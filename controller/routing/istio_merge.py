@@ -22,12 +22,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from controller.engine.routing_model import MANAGED_ROUTE_PREFIX, PRIMARY_ROUTE_NAME, DesiredRouting, HeaderRoute
+from controller.engine.state_port import StateStoreError
 from controller.routing.istio_render import destination_rule, managed_http_routes, virtual_service
 from controller.routing.istio_shape import check_destination_rule, check_virtual_service
 from controller.routing.k8s_objects import (
     COMMAND_ANNOTATION,
     ClusterRouting,
     MalformedObject,
+    RouteMergeError,
     annotations_of,
     object_ref,
     ref,
@@ -42,7 +44,6 @@ from controller.routing.state_codec import (
     persisted_view,
     same_durable_state,
 )
-from controller.state.file_store import StateStoreError
 
 __all__ = [
     "COMMAND_ANNOTATION", "DAMAGED_ANNOTATION", "STATE_ANNOTATION", "ClusterRouting", "IstioMergeError",
@@ -56,8 +57,8 @@ _CLUSTER_SUFFIX = "svc.cluster.local"
 MESH_GATEWAY = "mesh"  # Istio's reserved name for the sidecars (the default binding)
 
 
-class IstioMergeError(ValueError):
-    """The existing objects cannot take Ramp's routing without breaking something; nothing is written."""
+class IstioMergeError(RouteMergeError):
+    """The existing VirtualService/DestinationRule cannot take Ramp's routing; nothing is written."""
 
 
 class RouteShadowingError(IstioMergeError):

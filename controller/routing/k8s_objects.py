@@ -20,6 +20,10 @@ COMMAND_ANNOTATION = "ramp.dev/command"
 MAX_OBJECT_BYTES = 1_572_864  # etcd's default request limit (1.5 MiB): no real object is larger
 
 
+class RouteMergeError(ValueError):
+    """The existing objects cannot take Ramp's routing without breaking something; nothing is written."""
+
+
 class MalformedObject(ValueError):
     """An object from the apiserver that does not have the shape Ramp needs; nothing is written over it."""
 
@@ -104,3 +108,5 @@ class ClusterRouting:
     resource_version: str | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
     problem: str | None = None  # the route object is malformed: what and where
+    kind: str = "VirtualService"
+    not_in_effect: str | None = None  # stored but not serving: why (e.g. a Gateway has not accepted the HTTPRoute)

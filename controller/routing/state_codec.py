@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from controller.engine.phases import RolloutState
-from controller.state.file_store import StateStoreError
+from controller.engine.state_port import StateStoreError
 
 STATE_ANNOTATION = "ramp.dev/state"
 DAMAGED_ANNOTATION = "ramp.dev/state-damaged"

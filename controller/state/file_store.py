@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
 from pydantic import ValidationError
 
@@ -27,40 +27,16 @@ from controller.atomic_file import atomic_write
 from controller.atomic_file import read_limited as _read_limited
 from controller.engine.commands import MAX_COMMAND_BYTES, CommandError, CommandRequest, as_request
 from controller.engine.phases import Command, RolloutState
-from controller.engine.state_check import StateDamaged
+from controller.engine.state_port import CommandPending as CommandPending  # re-exported
+from controller.engine.state_port import StateStore as StateStore  # re-exported
+from controller.engine.state_port import StateStoreError as StateStoreError  # re-exported
 
 MAX_STATE_BYTES = 1024 * 1024
 LOCK_FILE = ".ramp-run.lock"
 
 
-class StateStoreError(StateDamaged):
-    """A stored state that cannot be read or parsed."""
-
-
 class StateDirLocked(RuntimeError):
     """Another controller already runs on this state directory."""
-
-
-class CommandPending(RuntimeError):
-    """A command is still waiting for the controller; a second one would replace it."""
-
-
-class StateStore(Protocol):
-    def track(self, rollouts: Mapping[str, tuple[str, str]]) -> None:
-        """Where each rollout lives: name -> (namespace, service). Called when the rollout set changes."""
-        ...
-
-    def begin_tick(self) -> None:
-        """Called once at the start of each tick, before any load (a chance to read in bulk)."""
-        ...
-
-    def load(self, rollout: str) -> RolloutState | None: ...
-    def save(self, state: RolloutState) -> None: ...
-    def pending_command(self, rollout: str) -> CommandRequest | None:
-        """The command waiting for this rollout; CommandError when it cannot be read (it is refused)."""
-        ...
-
-    def clear_command(self, rollout: str) -> None: ...
 
 
 class FileStateStore:
@@ -94,7 +70,7 @@ class FileStateStore:
             self._lock.close()
             self._lock = None
 
-    def track(self, rollouts: Mapping[str, tuple[str, str]]) -> None:
+    def track(self, rollouts: Mapping[str, tuple[str, ...]]) -> None:
         """Files are keyed by rollout name alone; nothing to remember."""
 
     def begin_tick(self) -> None:

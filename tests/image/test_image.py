@@ -57,7 +57,7 @@ def test_validate_and_plan_every_example_spec_from_inside_the_image_alone(image:
     code, _, err = ramp(
         image, "plan", "--crds", "/nonexistent.yaml", "/etc/ramp/specs/demo.yaml", mounts=((specs, "/etc/ramp/specs"),)
     )
-    assert code == 1 and "cannot load Istio CRDs" in err
+    assert code == 1 and "cannot load the CRDs (Istio, Gateway API)" in err
     code, out, _ = shell(image, "python3 -c 'import controller, os; print(os.path.dirname(controller.__file__))'")
     assert code == 0
     crds = f"{out.strip()}/schemas/istio-networking-crds.yaml"

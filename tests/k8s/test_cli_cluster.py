@@ -88,7 +88,7 @@ def test_commands_are_written_for_the_controller_and_errors_are_clear(
     kube: KubeHarness, kubeconfig: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert ramp(kubeconfig, "pause", "reviews") == 1
-    assert "no VirtualService shop/reviews: no rollout to pause" in capsys.readouterr().err
+    assert "no VirtualService or HTTPRoute shop/reviews: no rollout to pause" in capsys.readouterr().err
     assert ramp(kubeconfig, "set-weights", "reviews", "v1=100") == 0
     assert ramp(kubeconfig, "pause", "reviews") == 1  # no rollout manages it: refused at once, nothing written
     assert "no rollout manages shop/reviews" in capsys.readouterr().err

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 import controller
-from controller import cli_spec
 from controller.cli import build_parser, main
 from controller.cli_spec import format_duration
+from controller.routing import istio
 from controller.routing.crd_schema import CRD_ENV_VAR, PACKAGED_CRD_FILE, find_crd_file
 from controller.routing.istio_render import virtual_service
 
@@ -63,6 +63,7 @@ def test_validate_examples_ok(capsys: pytest.CaptureFixture[str], in_repo: None)
             "ok  rollout-specs/custom-metrics.yaml (rollout cart: 4 steps)",
             "ok  rollout-specs/defaults.yaml (rollout checkout: 4 steps)",
             "ok  rollout-specs/demo.yaml (rollout demo: 4 steps)",
+            "ok  rollout-specs/gateway-api.yaml (rollout details: 4 steps)",
             "ok  rollout-specs/hooks.yaml (rollout catalog: 4 steps)",
             "ok  rollout-specs/ingress.yaml (rollout storefront: 4 steps)",
             "ok  rollout-specs/loadtest.yaml (rollout ratings: 4 steps)",
@@ -198,7 +199,7 @@ def test_plan_always_validates_a_missing_crd_override_is_an_error_not_a_skip(
     code, out, err = run(capsys, "plan", "rollout-specs/defaults.yaml")
     assert code == 1 and out == []
     assert err == [
-        f"ramp plan: cannot load Istio CRDs: Istio CRD file not found "
+        f"ramp plan: cannot load the CRDs (Istio, Gateway API): Istio CRD file not found "
         f"(looked at {tmp_path / 'absent.yaml'}; set {CRD_ENV_VAR})"
     ]
 
@@ -216,7 +217,7 @@ def test_plan_with_a_missing_crds_option_fails(
     code, out, err = run(capsys, "plan", "rollout-specs/demo.yaml", "--crds", str(tmp_path / "absent.yaml"))
     assert code == 1 and out == []
     assert err == [
-        f"ramp plan: cannot load Istio CRDs: Istio CRD file not found "
+        f"ramp plan: cannot load the CRDs (Istio, Gateway API): Istio CRD file not found "
         f"(looked at {tmp_path / 'absent.yaml'}; set {CRD_ENV_VAR})"
     ]
 
@@ -229,7 +230,7 @@ def test_plan_rejects_manifests_that_fail_the_crds(
         manifest["spec"]["http"][-1]["route"][0]["wieght"] = 1
         return manifest
 
-    monkeypatch.setattr(cli_spec, "virtual_service", broken)
+    monkeypatch.setattr(istio, "virtual_service", broken)  # the Istio router's rendering, as `ramp plan` uses it
     crds = str(find_crd_file())
     code, out, err = run(capsys, "plan", "rollout-specs/defaults.yaml", "--crds", crds)
     assert code == 1 and out == []

@@ -206,6 +206,25 @@ def _set(path: str, value: Any) -> Any:
     return change
 
 
+def _both(*changes: Any) -> Any:
+    def change(resource: dict[str, Any]) -> None:
+        for one in changes:
+            one(resource)
+
+    return change
+
+
+def _without_gateways(change: Any) -> Any:
+    """`change` on a gateway-api resource (BASE lists Istio gateways, which gateway-api refuses)."""
+
+    def on_gateway_api(resource: dict[str, Any]) -> None:
+        resource["spec"].pop("gateways", None)
+        resource["spec"]["router"] = "gateway-api"
+        change(resource)
+
+    return on_gateway_api
+
+
 SCHEMA = "schema"
 # (case, change to BASE, SCHEMA or the message of the CEL rule that refuses it)
 INVALID: list[tuple[str, Any, str]] = [
@@ -302,6 +321,20 @@ INVALID: list[tuple[str, Any, str]] = [
                                                       "url_file": "/f"}]), "give exactly one of url and url_file"),
     ("slack url inline", _set("spec.notifications", [{"name": "n", "type": "slack", "url": "https://hooks.x/"}]),
      "a Slack or Teams webhook URL is a secret"),
+    ("unknown router", _set("spec.router", "linkerd"), SCHEMA),
+    ("gateway-api without gateway_api", _set("spec.router", "gateway-api"), "router: gateway-api needs gateway_api"),
+    ("gateway_api with istio", _set("spec.gateway_api", {"port": 8080}), "router: gateway-api needs gateway_api"),
+    ("gateway_api without port", _set("spec.gateway_api", {}), SCHEMA),
+    ("istio gateways on gateway-api", _both(_set("spec.router", "gateway-api"), _set("spec.gateway_api", {"port": 80})),
+     "Istio gateways do not apply to router: gateway-api"),
+    ("version_service without {version}", _without_gateways(_set("spec.gateway_api", {
+        "port": 80, "version_service": "{service}-canary"})), "version_service must contain {version}"),
+    ("a Service parent in a group", _without_gateways(_set("spec.gateway_api", {
+        "port": 80, "parent_refs": [{"kind": "Service", "name": "reviews"}]})),
+     "a Service parent (mesh traffic) is in the core group"),
+    ("parent ref name not a DNS label", _without_gateways(_set("spec.gateway_api", {
+        "port": 80, "parent_refs": [{"name": "Public"}]})), SCHEMA),
+    ("backend port 0", _without_gateways(_set("spec.gateway_api", {"port": 0})), SCHEMA),
 ]  # fmt: skip
 _ALSO = {
     "window default below the interval": _set("spec.schedule.interval", "1m"),

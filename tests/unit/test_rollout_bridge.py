@@ -43,7 +43,9 @@ class FakeChannel:
     requests: list[tuple[str, str, CommandRequest]] = field(default_factory=list)
     pending: bool = False
 
-    def request_command(self, namespace: str, service: str, command: CommandRequest) -> None:
+    def request_command(
+        self, namespace: str, service: str, command: CommandRequest, router: str | None = None
+    ) -> None:
         if self.pending:
             raise CommandPending("abort (id x) is still waiting")
         self.requests.append((namespace, service, command))

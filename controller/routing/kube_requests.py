@@ -1,4 +1,7 @@
-"""The IstioBackend's requests: GET/POST/PUT of Istio objects under a total deadline, and `converge`.
+"""A route backend's requests: GET/LIST/POST/PUT of custom objects under a total deadline, and `converge`.
+
+The objects are named by a `KubeResource` (group, version, plural, kind): VirtualServices and DestinationRules
+for Istio, HTTPRoutes for the Gateway API. These are the only custom-object calls the routers make.
 
 `converge` writes `build(current)` unless it equals `current`. On 409 it re-reads and rebuilds (bounded by
 `conflict_attempts`), but only while this replica may still write: a KubeApi whose write guard says it lost
@@ -9,6 +12,7 @@ past the caller's deadline. `NotLeader` raised by a write itself is never caught
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import structlog
@@ -16,21 +20,29 @@ import structlog
 from controller.deadline import Deadline
 from controller.k8s.client import Conflict, KubeApi, KubeDeadlineExceeded, KubeError, NotFound, NotLeader
 from controller.routing.crd_schema import IstioSchemas
-from controller.routing.istio_merge import IstioMergeError, object_ref, resource_version
+from controller.routing.k8s_objects import RouteMergeError, object_ref, resource_version
 
-log = structlog.get_logger("ramp.istio")
-
-GROUP, VERSION = "networking.istio.io", "v1"
-VIRTUAL_SERVICES, DESTINATION_RULES = "virtualservices", "destinationrules"
+log = structlog.get_logger("ramp.routes")
 
 Obj = dict[str, Any]
 
 
-def resource(plural: str) -> str:
-    return f"{plural}.{GROUP}"
+@dataclass(frozen=True)
+class KubeResource:
+    """A custom resource type the routers read and write."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    @property
+    def name(self) -> str:
+        """e.g. virtualservices.networking.istio.io (as in RBAC rules and error messages)."""
+        return f"{self.plural}.{self.group}"
 
 
-class IstioRequests:
+class KubeRequests:
     """Mixin: needs `api`, `conflict_attempts` and `schemas` on the instance."""
 
     api: KubeApi
@@ -38,7 +50,7 @@ class IstioRequests:
     schemas: IstioSchemas | None
 
     def _converge(
-        self, plural: str, namespace: str, name: str, current: Obj | None, build: Callable[[Obj | None], Obj],
+        self, kind: KubeResource, namespace: str, name: str, current: Obj | None, build: Callable[[Obj | None], Obj],
         deadline: Deadline | None = None,
     ) -> tuple[Obj, bool]:  # fmt: skip
         """Write `build(current)` unless it equals `current`; on 409 re-read and rebuild (bounded)."""
@@ -49,9 +61,9 @@ class IstioRequests:
             self._validate(desired)
             try:
                 if current is None:
-                    stored = self._create(plural, namespace, desired, deadline)
+                    stored = self._create(kind, namespace, desired, deadline)
                 else:
-                    stored = self._replace(plural, namespace, name, desired, deadline)
+                    stored = self._replace(kind, namespace, name, desired, deadline)
             except Conflict as exc:
                 if attempt + 1 >= self.conflict_attempts:
                     raise Conflict(
@@ -60,9 +72,9 @@ class IstioRequests:
                         f"changing it): {exc.detail}",
                     ) from exc  # fmt: skip
                 self._may_go_on(exc, namespace, name, attempt, deadline)
-                current = self._get(plural, namespace, name, deadline)
+                current = self._get(kind, namespace, name, deadline)
                 continue
-            log.info("written", resource=plural, namespace=namespace, name=name, rv=resource_version(stored))
+            log.info("written", resource=kind.name, namespace=namespace, name=name, rv=resource_version(stored))
             return stored, True
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -86,56 +98,62 @@ class IstioRequests:
             return
         problems = self.schemas.validate(obj)
         if problems:
-            raise IstioMergeError(f"{object_ref(obj)} would not be valid, not written: {'; '.join(problems[:5])}")
+            raise RouteMergeError(f"{object_ref(obj)} would not be valid, not written: {'; '.join(problems[:5])}")
 
-    def _get(self, plural: str, namespace: str, name: str, deadline: Deadline | None = None) -> Obj | None:
+    def _get(self, kind: KubeResource, namespace: str, name: str, deadline: Deadline | None = None) -> Obj | None:
         try:
             found = self.api.retrying(
-                "get", resource(plural), namespace, name,
-                self.api.custom_objects.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name,
+                "get", kind.name, namespace, name,
+                self.api.custom_objects.get_namespaced_custom_object,
+                kind.group, kind.version, namespace, kind.plural, name,
                 deadline=deadline,
             )  # fmt: skip
         except NotFound:
             return None
-        return as_object(found, "get", plural, namespace, name)
+        return as_object(found, "get", kind, namespace, name)
 
-    def _create(self, plural: str, namespace: str, body: Obj, deadline: Deadline | None = None) -> Obj:
+    def _create(self, kind: KubeResource, namespace: str, body: Obj, deadline: Deadline | None = None) -> Obj:
         name = (body.get("metadata") or {}).get("name")
         stored = self.api.retrying(
-            "create", resource(plural), namespace, name,
-            self.api.custom_objects.create_namespaced_custom_object, GROUP, VERSION, namespace, plural, body,
+            "create", kind.name, namespace, name,
+            self.api.custom_objects.create_namespaced_custom_object,
+            kind.group, kind.version, namespace, kind.plural, body,
             deadline=deadline,
         )  # fmt: skip
-        return as_object(stored, "create", plural, namespace, name)
+        return as_object(stored, "create", kind, namespace, name)
 
-    def _replace(self, plural: str, namespace: str, name: str, body: Obj, deadline: Deadline | None = None) -> Obj:
+    def _replace(
+        self, kind: KubeResource, namespace: str, name: str, body: Obj, deadline: Deadline | None = None
+    ) -> Obj:
         stored = self.api.retrying(
-            "update", resource(plural), namespace, name,
-            self.api.custom_objects.replace_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, body,
+            "update", kind.name, namespace, name,
+            self.api.custom_objects.replace_namespaced_custom_object,
+            kind.group, kind.version, namespace, kind.plural, name, body,
             deadline=deadline,
         )  # fmt: skip
-        return as_object(stored, "update", plural, namespace, name)
+        return as_object(stored, "update", kind, namespace, name)
 
-    def _list(self, plural: str, namespace: str) -> list[object]:
+    def _list(self, kind: KubeResource, namespace: str) -> list[object]:
         """The items of a LIST; KubeError when the answer is not a list of objects."""
         listed = self.api.retrying(
-            "list", resource(plural), namespace, None,
-            self.api.custom_objects.list_namespaced_custom_object, GROUP, VERSION, namespace, plural,
+            "list", kind.name, namespace, None,
+            self.api.custom_objects.list_namespaced_custom_object,
+            kind.group, kind.version, namespace, kind.plural,
         )  # fmt: skip
         items = listed.get("items") if isinstance(listed, dict) else None
         if items is None and isinstance(listed, dict) and "items" in listed:
             return []  # `items: null`, an empty list as some servers write it
         if not isinstance(items, list):
             detail = "no `items` list in the answer" if isinstance(listed, dict) else f"{type(listed).__name__} answer"
-            raise KubeError("list", resource(plural), namespace, None, None, f"unexpected response: {detail}")
+            raise KubeError("list", kind.name, namespace, None, None, f"unexpected response: {detail}")
         return items
 
 
-def as_object(found: object, verb: str, plural: str, namespace: str, name: str | None) -> Obj:
+def as_object(found: object, verb: str, kind: KubeResource, namespace: str, name: str | None) -> Obj:
     if not isinstance(found, dict):
-        raise KubeError(verb, resource(plural), namespace, name, None, f"unexpected response {type(found).__name__}")
+        raise KubeError(verb, kind.name, namespace, name, None, f"unexpected response {type(found).__name__}")
     return cast(Obj, found)
 
 
-def not_found(namespace: str, name: str, why: str) -> NotFound:
-    return NotFound("update", resource(VIRTUAL_SERVICES), namespace, name, 404, why)
+def not_found(kind: KubeResource, namespace: str, name: str, why: str) -> NotFound:
+    return NotFound("update", kind.name, namespace, name, 404, why)
