@@ -12,6 +12,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from controller.routing.crd_schema import GATEWAY_API_CRD_FILE
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RAMP_CHART = REPO_ROOT / "charts" / "ramp"
 MICRO_CHART = REPO_ROOT / "charts" / "microservice"
@@ -20,10 +22,22 @@ RAMP_NAMESPACE = "ramp-system"
 MICRO_NAMESPACE = "apps"  # the release namespace; a values file without `namespace` lands here
 K8S_VERSION = kubernetes_validate.latest_version()  # the version kubernetes-validate checks by default
 ISTIO_KINDS = frozenset({"VirtualService", "DestinationRule"})
+GATEWAY_API_KINDS = frozenset({"HTTPRoute"})
+ROUTE_KINDS = ISTIO_KINDS | GATEWAY_API_KINDS  # custom resources: validated against their CRDs, not kubernetes-validate
+GATEWAY_API_CRD = GATEWAY_API_CRD_FILE  # the packaged HTTPRoute CRD (Gateway API v1.6.1)
 
 RAMP_CI = sorted((RAMP_CHART / "ci").glob("*.yaml"))
 MICRO_CI = sorted((MICRO_CHART / "ci").glob("*.yaml"))
 ALL_CI = [(RAMP_CHART, p) for p in RAMP_CI] + [(MICRO_CHART, p) for p in MICRO_CI]
+
+
+def _router(path: Path) -> str:
+    """The microservice chart's router a values file selects (the chart's default: istio)."""
+    return str((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("router") or "istio")
+
+
+MICRO_ISTIO_CI = [p for p in MICRO_CI if _router(p) == "istio"]
+MICRO_GATEWAY_API_CI = [p for p in MICRO_CI if _router(p) == "gateway-api"]
 
 
 def _ids(paths: list[Path]) -> list[str]:

@@ -3,21 +3,25 @@ controller/ to the RBAC rule it needs, plus a scan of controller/ that fails whe
 table does not know (so the chart and the code cannot drift apart). Namespaced Roles for the watched
 namespaces (the release namespace by default); a ClusterRole only with watchAllNamespaces: true.
 The custom-object methods take the API group and plural as arguments, so their rows are per API: the
-module making the call says which (its GROUP). The aggregated self-service ClusterRoles, bound to no one
-by the chart, are tested in test_ramp_rbac_aggregate.py.
+module making the call says which (its GROUP), and the routers' one request module (KubeRequests) serves
+every route resource the routers declare (their KubeResource constants: VirtualServices, DestinationRules,
+HTTPRoutes). HTTPRoute rows are granted only with gatewayApi.enabled (test_ramp_rbac_gateway_api.py). The
+aggregated self-service ClusterRoles, bound to no one by the chart, are tested in test_ramp_rbac_aggregate.py.
 test_ramp_rbac_live.py runs the controller against an apiserver that enforces these grants.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
 
-from controller import rollout_resource
+from controller import rollout_resource, routing
+from controller.routing.kube_requests import KubeResource
 from tests.charts.checks import controller_container, controller_pod, flags, service_account_name, watched_namespaces
 from tests.charts.rbac import CallSite, Grant, is_aggregated, kubernetes_calls, references
 from tests.charts.rendering import (
@@ -33,15 +37,18 @@ from tests.charts.rendering import (
 
 ISTIO = "networking.istio.io"
 VS, DR = "virtualservices", "destinationrules"
+GATEWAY = "gateway.networking.k8s.io"
+HR = "httproutes"
 RAMP = "ramp.dev"
 RR, RR_STATUS = "ramprollouts", "ramprollouts/status"
-Scope = Literal["watched", "lease", "cli"]
+Scope = Literal["watched", "gateway", "lease", "cli"]
 
 
 @dataclass(frozen=True)
 class ApiCall:
     """The RBAC rules one Kubernetes API method needs, and where: `watched` in every managed namespace,
-    `lease` in the release namespace, `cli` never for the controller (the person running `ramp` needs it)."""
+    `gateway` there too but only with gatewayApi.enabled (the Gateway API router), `lease` in the release
+    namespace, `cli` never for the controller (the person running `ramp` needs it)."""
 
     scope: Scope
     rules: frozenset[tuple[str, str, str]]  # (API group, resource, verb)
@@ -71,6 +78,18 @@ API_CALLS: dict[str, ApiCall] = {
         "IstioBackend._converge: PUT with resourceVersion (optimistic concurrency)",
         (ISTIO, VS, "update"),
         (ISTIO, DR, "update"),
+    ),
+    f"list_namespaced_custom_object {GATEWAY}": _call(
+        "gateway", "RouteObjectBackend: one HTTPRoute LIST per namespace per tick", (GATEWAY, HR, "list")
+    ),
+    f"get_namespaced_custom_object {GATEWAY}": _call(
+        "gateway", "KubeRequests._get: read an HTTPRoute", (GATEWAY, HR, "get")
+    ),
+    f"create_namespaced_custom_object {GATEWAY}": _call(
+        "gateway", "KubeRequests._converge: create the HTTPRoute when absent", (GATEWAY, HR, "create")
+    ),
+    f"replace_namespaced_custom_object {GATEWAY}": _call(
+        "gateway", "KubeRequests._converge: PUT with resourceVersion (optimistic concurrency)", (GATEWAY, HR, "update")
     ),
     f"list_namespaced_custom_object {RAMP}": _call(
         "watched", "RolloutWatch: list, then watch (watch=True) per namespace", (RAMP, RR, "list"), (RAMP, RR, "watch")
@@ -113,12 +132,13 @@ def expected_grants(rendered: Rendered) -> set[Grant]:
     lease = rendered.values["leaderElection"]["leaseName"]
     watched = watched_namespaces(rendered)
     scopes: list[str | None] = [None] if watched is None else list(watched)  # None: cluster-wide
+    in_watched: set[Scope] = {"watched", "gateway"} if rendered.values["gatewayApi"]["enabled"] else {"watched"}
     grants: set[Grant] = set()
     for call in API_CALLS.values():
         for group, resource, verb in call.rules:
             if call.scope == "lease":
                 grants.add((RAMP_NAMESPACE, group, resource, verb, lease if call.named else None))
-            elif call.scope == "watched":
+            elif call.scope in in_watched:
                 grants |= {(scope, group, resource, verb, None) for scope in scopes}
     return grants
 
@@ -137,21 +157,41 @@ def controller_grants(rendered: Rendered) -> set[Grant]:
 # ---- the table covers the code
 
 
-def _module_group(site: CallSite) -> str:
-    """The API group a module's custom-object calls address: its GROUP constant."""
+def route_resources() -> set[tuple[str, str]]:
+    """(group, plural) of every route resource the routers declare: the KubeResource constants of the modules
+    under controller/routing, the only resources the routers' request module is ever given."""
+    found: set[tuple[str, str]] = set()
+    for info in pkgutil.iter_modules(routing.__path__, f"{routing.__name__}."):
+        for value in vars(importlib.import_module(info.name)).values():
+            if isinstance(value, KubeResource):
+                found.add((value.group, value.plural))
+    return found
+
+
+def _is_route_requests(module: object) -> bool:
+    """The routers' request module: its custom-object calls take a KubeResource (and it declares none itself)."""
+    return getattr(module, "KubeResource", None) is KubeResource and getattr(module, "GROUP", None) is None
+
+
+def _module_groups(site: CallSite) -> list[str]:
+    """The API groups a module's custom-object calls address: its GROUP constant, or for the routers' request
+    module every route resource's group."""
     module = importlib.import_module(str(site.path).removesuffix(".py").replace("/", "."))
+    if _is_route_requests(module):
+        return sorted({group for group, _ in route_resources()})
     group = getattr(module, "GROUP", None)
     assert group in (ISTIO, RAMP), f"{site.path}:{site.line} calls a custom-object method without GROUP {ISTIO}/{RAMP}"
-    return str(group)
+    return [str(group)]
 
 
 def table_calls() -> dict[str, list[CallSite]]:
-    """kubernetes_calls() keyed as API_CALLS is: custom-object methods split by the API group of each caller."""
+    """kubernetes_calls() keyed as API_CALLS is: custom-object methods split by the API groups of each caller."""
     calls: dict[str, list[CallSite]] = {}
     for name, sites in kubernetes_calls().items():
         for site in sites:
-            key = f"{name} {_module_group(site)}" if name.endswith(CUSTOM_OBJECT_SUFFIXES) else name
-            calls.setdefault(key, []).append(site)
+            groups = _module_groups(site) if name.endswith(CUSTOM_OBJECT_SUFFIXES) else [None]
+            for group in groups:
+                calls.setdefault(name if group is None else f"{name} {group}", []).append(site)
     return calls
 
 
@@ -188,24 +228,27 @@ def test_cli_calls_are_made_only_by_the_cli() -> None:
             )
 
 
-def test_custom_object_calls_touch_only_istio_routes_and_ramprollouts() -> None:
-    """The custom-object methods take the resource as an argument: only the Istio backend's request module
-    (VirtualServices, DestinationRules) and the RampRollout modules (GROUP/PLURAL of controller.rollout_resource)
-    may call them, and their groups and plurals are exactly the table's."""
+def test_custom_object_calls_touch_only_route_objects_and_ramprollouts() -> None:
+    """The custom-object methods take the resource as an argument: only the routers' request module (the route
+    resources the routers declare: VirtualServices, DestinationRules, HTTPRoutes) and the RampRollout modules
+    (GROUP/PLURAL of controller.rollout_resource) may call them, and their groups and plurals are exactly the
+    table's."""
     sites = kubernetes_calls()
     custom = {str(s.path) for name in sites if name.endswith(CUSTOM_OBJECT_SUFFIXES) for s in sites[name]}
-    istio = {path for path in custom if path.startswith("controller/routing/istio")}
-    assert len(istio) == 1, custom
+    routes = {path for path in custom if path.startswith("controller/routing/")}
+    assert len(routes) == 1, custom
     for path in custom:
         module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-        if path in istio:
-            assert module.GROUP == ISTIO and {module.VIRTUAL_SERVICES, module.DESTINATION_RULES} == {VS, DR}
+        if path in routes:
+            assert _is_route_requests(module), f"{path}: route objects only through KubeResource"
         else:  # the RampRollout modules import the names, never spell them
             assert (module.GROUP, module.PLURAL) == (rollout_resource.GROUP, rollout_resource.PLURAL) == (RAMP, RR)
+    assert route_resources() == {(ISTIO, VS), (ISTIO, DR), (GATEWAY, HR)}
     table = {r for n, c in API_CALLS.items() if " " in n for r in c.rules}
     assert {(group, resource) for group, resource, _ in table} == {
         (ISTIO, VS),
         (ISTIO, DR),
+        (GATEWAY, HR),
         (RAMP, RR),
         (RAMP, RR_STATUS),
     }

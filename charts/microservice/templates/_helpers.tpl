@@ -64,7 +64,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 Checks what the schema cannot express: unique version names, a positive weight sum, hosts and gateways
-listed once (as the rollout spec requires), and a header route to a known version. Rendered (empty) by every template that depends on them.
+listed once (as the rollout spec requires), a header route to a known version with a regex that compiles,
+and the router's own rules (microservice.validateRouter). Rendered (empty) by every template that depends
+on them.
 */}}
 {{- define "microservice.validate" -}}
 {{- $names := list }}
@@ -99,6 +101,117 @@ listed once (as the rollout spec requires), and a header route to a known versio
 {{- with .Values.headerRoute }}
 {{- if not (has .version $names) }}
 {{- fail (printf "headerRoute.version: %q is not one of the versions (%s)" .version (join ", " $names)) }}
+{{- end }}
+{{- if eq (.match | default "exact") "regex" }}
+{{- include "microservice.headerRoute.value must be an RE2 regex" . }}
+{{- end }}
+{{- end }}
+{{- include "microservice.validateRouter" . }}
+{{- end }}
+
+{{/*
+Istio, Envoy and (as Ramp renders it) the HTTPRoute match a regex header route with RE2: Go's regexp is RE2,
+so a value it cannot compile fails here, under this template's name, instead of in the data plane.
+*/}}
+{{- define "microservice.headerRoute.value must be an RE2 regex" -}}
+{{- $_ := mustRegexMatch .value "" }}
+{{- end }}
+
+{{/* "true" when the HTTPRoute routes the traffic (router: gateway-api), else "". */}}
+{{- define "microservice.gatewayApi" -}}
+{{- if eq (.Values.router | default "istio") "gateway-api" }}true{{ end }}
+{{- end }}
+
+{{/* "true" when each version gets its own Service: versionServices if set, else only with gateway-api. */}}
+{{- define "microservice.versionServices" -}}
+{{- if kindIs "bool" .Values.versionServices }}
+{{- if .Values.versionServices }}true{{ end }}
+{{- else }}
+{{- include "microservice.gatewayApi" . }}
+{{- end }}
+{{- end }}
+
+{{/* One version's Service name: versionService with {service} and {version} replaced. (list $ $versionName) */}}
+{{- define "microservice.versionServiceName" -}}
+{{- $root := index . 0 }}
+{{- $root.Values.versionService | replace "{service}" $root.Values.service | replace "{version}" (index . 1) }}
+{{- end }}
+
+{{/*
+The HTTPRoute's parentRefs as Ramp renders a spec's gateway_api.parent_refs (JSON): group and kind default
+to a Gateway's, namespace, sectionName and port only when given; none listed: the service itself as a GAMMA
+(mesh) parent, {group: "", kind: Service, name: <service>}. hasKey, not default: group "" is meaningful.
+*/}}
+{{- define "microservice.parentRefs" -}}
+{{- $refs := list }}
+{{- range .Values.parentRefs }}
+{{- $ref := dict
+  "group" (hasKey . "group" | ternary .group "gateway.networking.k8s.io")
+  "kind" (hasKey . "kind" | ternary .kind "Gateway")
+  "name" .name }}
+{{- with .namespace }}{{ $_ := set $ref "namespace" . }}{{ end }}
+{{- with .sectionName }}{{ $_ := set $ref "sectionName" . }}{{ end }}
+{{- if hasKey . "port" }}{{ $_ := set $ref "port" (int64 .port) }}{{ end }}
+{{- $refs = append $refs $ref }}
+{{- else }}
+{{- $refs = list (dict "group" "" "kind" "Service" "name" .Values.service) }}
+{{- end }}
+{{- toJson $refs }}
+{{- end }}
+
+{{/*
+The router's rules, as a rollout spec's (controller/spec_routers.py): Istio's gateways do not apply to
+gateway-api and parentRefs only to it; gateway-api weights the version Services, so they cannot be turned
+off; versionService must contain {version}, know no other placeholder and give every version a distinct
+Service name (a DNS label) that is not the main Service's; a parent is listed once (namespace defaulted), and
+a Service parent is in the core group.
+*/}}
+{{- define "microservice.validateRouter" -}}
+{{- $namespace := include "microservice.namespace" . }}
+{{- if include "microservice.gatewayApi" . }}
+{{- if .Values.gateways }}
+{{- fail (printf "gateways: Istio gateways do not apply to router gateway-api (%s); attach the HTTPRoute with parentRefs" (join ", " .Values.gateways)) }}
+{{- end }}
+{{- if and (kindIs "bool" .Values.versionServices) (not .Values.versionServices) }}
+{{- fail "versionServices: false, but router gateway-api weights one Service per version: leave it unset (null) or true" }}
+{{- end }}
+{{- $seen := list }}
+{{- range $i, $ref := (include "microservice.parentRefs" . | fromJsonArray) }}
+{{- $key := toJson (list $ref.group $ref.kind $ref.name ($ref.namespace | default $namespace) ($ref.sectionName | default "") ($ref.port | default 0)) }}
+{{- if has $key $seen }}
+{{- fail (printf "parentRefs[%d]: %s %s is listed twice" $i $ref.kind $ref.name) }}
+{{- end }}
+{{- $seen = append $seen $key }}
+{{- if and (eq $ref.kind "Service") (ne $ref.group "") }}
+{{- fail (printf "parentRefs[%d].group: a Service parent (mesh traffic) is in the core group: write group: \"\" (not %q)" $i $ref.group) }}
+{{- end }}
+{{- end }}
+{{- else if .Values.parentRefs }}
+{{- fail "parentRefs: only for router gateway-api (router is istio: bind Istio gateways with gateways)" }}
+{{- end }}
+{{- if include "microservice.versionServices" . }}
+{{- $template := .Values.versionService }}
+{{- range (regexFindAll "\\{[^{}]*\\}" $template -1) }}
+{{- if not (has . (list "{service}" "{version}")) }}
+{{- fail (printf "versionService: unknown placeholder %s in %q: only {service} and {version}" . $template) }}
+{{- end }}
+{{- end }}
+{{- if not (contains "{version}" $template) }}
+{{- fail (printf "versionService: %q must contain {version}: each version needs its own Service" $template) }}
+{{- end }}
+{{- $names := dict }}
+{{- range .Values.versions }}
+{{- $name := include "microservice.versionServiceName" (list $ .name) }}
+{{- if or (gt (len $name) 63) (not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $name)) }}
+{{- fail (printf "versionService: %q gives %q for version %s: not a Service name (a DNS label, at most 63 characters)" $template $name .name) }}
+{{- end }}
+{{- if hasKey $names $name }}
+{{- fail (printf "versionService: %q gives %q for both %s and %s" $template $name (get $names $name) .name) }}
+{{- end }}
+{{- if eq $name $.Values.service }}
+{{- fail (printf "versionService: %q gives %q for version %s: the name of the main Service" $template $name .name) }}
+{{- end }}
+{{- $_ := set $names $name .name }}
 {{- end }}
 {{- end }}
 {{- end }}

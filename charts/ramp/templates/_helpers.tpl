@@ -79,8 +79,12 @@ requests the controller makes (tests/charts/rbac.py maps each Kubernetes API cal
 - VirtualServices: list (one LIST per namespace per tick), get, create (when absent), update (PUT with
   resourceVersion: routes and rollout state in one write).
 - DestinationRules: get, create (when absent), update (subsets).
+- HTTPRoutes (gateway.networking.k8s.io), only with gatewayApi.enabled (the Gateway API router, specs with
+  router: gateway-api): the VirtualService rule's verbs, list (one LIST per namespace per tick), get, create
+  (when absent), update (PUT with resourceVersion: routes and rollout state in one write). Nothing on Gateways
+  or Services: the route names its parents and backends, it does not change them.
 - Deployments: list (version availability).
-- Events: create (what Ramp did and why, on the RampRollout or the VirtualService).
+- Events: create (what Ramp did and why, on the RampRollout or the route object).
 - RampRollouts (ramp.rolloutResourceRules): get, list, watch; patch (to remove a command annotation once
   forwarded) and patch on ramprollouts/status.
 No watch or patch on anything else, no delete; no Pods, Secrets or ConfigMaps.
@@ -92,10 +96,30 @@ No watch or patch on anything else, no delete; no Pods, Secrets or ConfigMaps.
 - apiGroups: ["networking.istio.io"]
   resources: ["destinationrules"]
   verbs: ["get", "create", "update"]
+{{- if (.Values.gatewayApi | default dict).enabled }}
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "list", "create", "update"]
+{{- end }}
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["list"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- end }}
+
+{{/*
+A spec in rolloutSpecs with router gateway-api needs the HTTPRoute rule (gatewayApi.enabled): without it
+every request for its route would be refused (403) in the middle of the rollout, so the rendering fails
+instead. Rendered (empty) by rbac.yaml.
+*/}}
+{{- define "ramp.checkGatewayApi" -}}
+{{- if not (.Values.gatewayApi | default dict).enabled }}
+{{- range $file, $spec := .Values.rolloutSpecs }}
+{{- if eq (toString $spec.router) "gateway-api" }}
+{{- fail (printf "rolloutSpecs.%s: router gateway-api needs gatewayApi.enabled: true (the controller's RBAC for HTTPRoutes)" $file) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
