@@ -140,6 +140,11 @@ def run_controller(options: ControllerOptions, stop: threading.Event | None = No
         }
     )
     recorder = EventRecorder(api)
+
+    def route_object(router: str) -> tuple[str, str]:
+        resource = backend.router(router).resource
+        return resource.api_version, resource.kind
+
     # Only the leader ticks, so only the leader notifies; messages go out from the dispatcher's own threads.
     notifier, dispatcher = start_notifications(options.notifications, metrics)
     runner = RolloutRunner(
@@ -147,7 +152,7 @@ def run_controller(options: ControllerOptions, stop: threading.Event | None = No
         metrics=prometheus,
         store=backend,
         availability=DeploymentAvailability(api),
-        observers=[metrics, RolloutEventObserver(recorder), notifier],
+        observers=[metrics, RolloutEventObserver(recorder, route_object), notifier],
     )
     directory = SpecDirectory(options.specs, options.namespaces)
     specs: SpecDirectory | CombinedSpecSource = directory

@@ -167,16 +167,24 @@ class EventRecorder:
                 self.recorded += 1
 
 
-def involved_object(rollout: ManagedRollout) -> ObjectRef:
+RouteObjectOf = Callable[[str], tuple[str, str]]  # router name -> (apiVersion, kind) of its route object
+
+
+def istio_route_object(_router: str) -> tuple[str, str]:
+    return VIRTUAL_SERVICE_API_VERSION, "VirtualService"
+
+
+def involved_object(rollout: ManagedRollout, route_object: RouteObjectOf = istio_route_object) -> ObjectRef:
     """Where a rollout's Events go: its RampRollout when it comes from one (so `kubectl describe` shows them),
-    else the service's VirtualService."""
+    else the service's route object (`route_object` says which: a VirtualService, an HTTPRoute)."""
     if rollout.resource is not None:
         return ObjectRef(RESOURCE_API_VERSION, RESOURCE_KIND, rollout.resource.name, rollout.resource.uid or None)
-    return ObjectRef(VIRTUAL_SERVICE_API_VERSION, "VirtualService", rollout.spec.service)
+    api_version, kind = route_object(rollout.spec.router)
+    return ObjectRef(api_version, kind, rollout.spec.service)
 
 
 class RolloutEventObserver:
-    """A runner observer: an Event on the rollout's RampRollout (or, for a spec file, its VirtualService) for each
+    """A runner observer: an Event on the rollout's RampRollout (or, for a spec file, its route object) for each
     phase or step change of the tick (`TickEvent.transitions`, computed once per tick; holds are not Events).
 
     Reasons: HeaderTest, Progressing, Paused, Promoted (Normal), RolledBack, Failed (Warning), Restarted
@@ -185,8 +193,9 @@ class RolloutEventObserver:
     distinct error until routing is applied again.
     """
 
-    def __init__(self, recorder: EventRecorder) -> None:
+    def __init__(self, recorder: EventRecorder, route_object: RouteObjectOf = istio_route_object) -> None:
         self.recorder = recorder
+        self.route_object = route_object  # the controller passes its backend's: each router names its object
         self._routing_errors: dict[str, set[str]] = {}
 
     def __call__(self, event: TickEvent) -> None:
@@ -197,7 +206,7 @@ class RolloutEventObserver:
 
     def _observe(self, event: TickEvent) -> None:
         spec = event.rollout.spec
-        involved = involved_object(event.rollout)
+        involved = involved_object(event.rollout, self.route_object)
         for change in event.transitions:
             if change.kind == "holding":
                 continue

@@ -37,6 +37,10 @@ class KubeResource:
     kind: str
 
     @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}"
+
+    @property
     def name(self) -> str:
         """e.g. virtualservices.networking.istio.io (as in RBAC rules and error messages)."""
         return f"{self.plural}.{self.group}"

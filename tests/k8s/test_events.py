@@ -233,3 +233,23 @@ def test_damaged_state_drift_and_refused_commands_are_warning_events(kube: KubeH
     assert found["CommandRefused"][0] == "Warning" and found["CommandRefused"][1].startswith("promote: ")
     assert found["RoutingDrift"][0] == "Warning" and "v1=50% v2=50%" in found["RoutingDrift"][1]
     assert found["Failed"][0] == "Warning"
+
+
+def test_a_gateway_api_rollouts_events_go_on_its_httproute(kube: KubeHarness, tmp_path: Path) -> None:
+    """The controller tells the observer each router's route object (from the cluster backend), so a spec file
+    with `router: gateway-api` records its Events on the HTTPRoute, not on a VirtualService that does not exist."""
+    from controller.cluster_backend import cluster_backend
+
+    backend = cluster_backend(KubeApi.wrap(kube.api_client()))
+
+    def route_object(router: str) -> tuple[str, str]:
+        resource = backend.router(router).resource
+        return resource.api_version, resource.kind
+
+    text = NO_APPROVAL_YAML + "router: gateway-api\ngateway_api: {port: 8080}\n"
+    rig = Rig(kube, tmp_path, text)
+    rig.runner.observers[0] = RolloutEventObserver(rig.recorder, route_object)
+    rig.run_until_terminal()
+    involved = {tuple(sorted(e["involvedObject"].items())) for e in rig.events()}
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "name": "shop", "namespace": "prod"}
+    assert involved == {tuple(sorted(route.items()))}
