@@ -1,7 +1,7 @@
 """`ramp pause|resume|abort|promote|set-weights SERVICE`: a command with a defined outcome.
 
 The CLI writes a `CommandRequest` with a fresh id (local mode: the command file in `--state-dir`;
-cluster mode: the `ramp.dev/command` annotation of the service's VirtualService), refusing at once
+cluster mode: the `ramp.dev/command` annotation of the service's VirtualService or HTTPRoute), refusing at once
 while another command is still pending, then waits for the controller's recorded outcome
 (`state.last_command` with that id): applied (exit 0, the reason on stdout), refused (exit 1, the
 reason on stderr) or not picked up within `--wait` (exit 3: still queued, the controller has not
@@ -9,7 +9,7 @@ ticked). `--no-wait` only queues it.
 
 `set-weights` changes only the versions named; the others keep their relative weights. On a service
 a rollout manages it is a command like the others (a manual override the controller keeps until a new
-rollout starts); on an unmanaged service in a cluster it writes the VirtualService directly
+rollout starts); on an unmanaged service in a cluster it writes the VirtualService or HTTPRoute directly
 (`controller.cli_set_weights`).
 """
 

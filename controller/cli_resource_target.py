@@ -3,9 +3,9 @@
 `ramp pause|resume|abort|promote SERVICE -n NS` looks for the RampRollout of that service in the namespace.
 When there is one, the command goes into its `ramp.dev/command` annotation (exactly what
 `kubectl annotate rr NAME ramp.dev/command=pause` does); the controller forwards it, keeping its id, and the
-outcome is read back as for any command (the state's `last_command` on the VirtualService, or the
+outcome is read back as for any command (the state's `last_command` on the route object, or the
 resource's `status.lastCommand` when the controller refused it there). Without a RampRollout (a spec file,
-or no CRD installed), the VirtualService's annotation is used as before.
+or no CRD installed), the route object's annotation (VirtualService or HTTPRoute) is used as before.
 """
 
 from __future__ import annotations

@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from typing import TYPE_CHECKING
 
 from controller.cli_commands import LOST, Poll, active_refusal
-from controller.cli_common import EXIT_OK, EXIT_REFUSED, kube_api
+from controller.cli_common import EXIT_OK, EXIT_QUEUED, EXIT_REFUSED, kube_api
 from controller.cli_status import RELATIVE_WEIGHTS_ANNOTATION, parse_recorded, relative_weights
+from controller.deadline import Deadline
 from controller.engine.commands import CommandError, CommandRequest
 from controller.engine.phases import Command
 from controller.weights import display_percentages, integer_percentages
 
 if TYPE_CHECKING:
+    from controller.engine.routing_model import DesiredRouting
     from controller.routing.k8s_objects import ClusterRouting
 
+IN_EFFECT_POLL_SECONDS = 0.5
 STATE_ANNOTATION = "ramp.dev/state"  # the controller's state on a managed route object (see routing.object_backend)
 
 
@@ -132,7 +136,7 @@ class ClusterTarget:
             versions=tuple(merged), header_routes=routing.header_routes, weights=tuple(percent.items()),
         )  # fmt: skip
         if self.router not in (None, "istio"):  # weights to Services: keep the route's parents and version Services
-            seen = self.backend.observed(self.namespace, self.service) if routing.found else None
+            seen = self.backend.observed(self.namespace, self.service, router=self.router) if routing.found else None
             named = dict(seen.backends.services) if seen is not None and seen.backends is not None else {}
             unknown = [v for v in merged if v not in named]
             if seen is None or seen.backends is None or unknown:
@@ -140,12 +144,41 @@ class ClusterTarget:
                                       f"{', '.join(unknown) or 'its versions'}; a rollout spec names them")  # fmt: skip
             desired = desired.model_copy(update={"router": self.router, "parent_refs": seen.parent_refs,
                                                  "backends": seen.backends})  # fmt: skip
-        written = self.backend.apply(desired)
+        from controller.routing.object_backend import RoutingNotInEffect
+
+        pending: str | None = None
+        try:
+            written = self.backend.apply(desired)
+        except RoutingNotInEffect as exc:  # written; a Gateway has not accepted it yet
+            written, pending = True, exc.detail
         self.backend.annotate(self.namespace, self.service, {RELATIVE_WEIGHTS_ANNOTATION: json.dumps(merged)},
                               self.router)  # fmt: skip
         shares = display_percentages(merged)
         text = ", ".join(f"{v}={merged[v]} ({shares[v]:.1f}%)" for v in merged)
+        if pending is not None:
+            pending = self._until_in_effect(desired, pending)
+        if pending is not None:
+            return EXIT_QUEUED, f"{text}: written, but not in effect within {self._wait_seconds():g}s: {pending}"
         return EXIT_OK, text + ("" if written else " (already in place)")
+
+    def _wait_seconds(self) -> float:
+        wait = getattr(self.args, "wait", None)
+        return 0.0 if getattr(self.args, "no_wait", False) else float(wait if wait is not None else 10.0)
+
+    def _until_in_effect(self, desired: DesiredRouting, pending: str) -> str | None:
+        """Re-check until the router says the written routing is in effect (None) or `--wait` ends (the reason)."""
+        from controller.routing.object_backend import RoutingNotInEffect
+
+        deadline = Deadline(self._wait_seconds())
+        while not deadline.expired:
+            time.sleep(min(IN_EFFECT_POLL_SECONDS, max(0.0, deadline.remaining())))
+            self.backend.invalidate(self.namespace, self.service)  # read the object (and its status) again
+            try:
+                self.backend.apply(desired, deadline=Deadline(max(0.1, deadline.remaining())))
+                return None
+            except RoutingNotInEffect as exc:
+                pending = exc.detail
+        return pending
 
 
 def _request_id(raw: str) -> str | None:

@@ -71,6 +71,10 @@ class RoutingNotConfirmed(KubeError):
     """The write went through but the object the apiserver stored does not hold the routing asked for."""
 
 
+class RoutingNotInEffect(RoutingNotConfirmed):
+    """The stored object holds the routing, but the router says it is not serving yet (e.g. no Gateway accepted it)."""
+
+
 @dataclass
 class _Entry:
     """What this process knows about one service's route object."""
@@ -204,7 +208,13 @@ class RouteObjectBackend(KubeRequests):
         entry.base_rv, entry.consumed_command = rv, None
         ours, entry.state = entry.state, None
         entry.state = state_of(obj)  # StateStoreError: nothing of ours is used over a damaged annotation
-        if ours is not None and entry.state is not None and entry.state.spec_digest == ours.spec_digest:
+        if ours is not None and entry.state is not None and same_durable_state(
+            annotations_of(obj).get(STATE_ANNOTATION), ours
+        ):
+            # Only other parts changed (a Gateway's status, a command, a label): the annotation is what this process
+            # wrote, so its memory holds: routing still unconfirmed, the step's confirmed time, apply failures.
+            entry.state = ours
+        elif ours is not None and entry.state is not None and entry.state.spec_digest == ours.spec_digest:
             # Someone else wrote (a command, an edit): the statistical gates' e-processes, which live only
             # in memory, go on rather than restart; a restart per foreign write would add false rollbacks.
             entry.state = entry.state.model_copy(update={"sequential": ours.sequential})
@@ -281,8 +291,8 @@ class RouteObjectBackend(KubeRequests):
             entry.base_rv = resource_version(stored)  # the stored annotation now holds entry.state
         waiting = kind.not_in_effect(stored, routing)
         if waiting is not None:  # stored, but not serving yet: not confirmed (re-checked on the next read)
-            raise RoutingNotConfirmed("update", kind.resource.name, routing.namespace, routing.service, None,
-                                      f"{entry.where} holds the routing but is not in effect: {waiting}")  # fmt: skip
+            raise RoutingNotInEffect("update", kind.resource.name, routing.namespace, routing.service, None,
+                                     f"{entry.where} holds the routing but is not in effect: {waiting}")  # fmt: skip
         entry.confirmed = (routing, resource_version(stored), view)
         return prepared or written
 
@@ -300,13 +310,16 @@ class RouteObjectBackend(KubeRequests):
             return f"the stored object's {STATE_ANNOTATION} annotation is not the state written"
         return None
 
-    def observed(self, namespace: str, service: str, deadline: Deadline | None = None) -> DesiredRouting | None:
+    def observed(
+        self, namespace: str, service: str, deadline: Deadline | None = None, router: str | None = None
+    ) -> DesiredRouting | None:
         """What the route object routes now (Ramp's routes), from the object read in this tick, else a GET.
 
+        `router` names the router of a service no rollout tracks (the CLI); None: the tracked one, else the default.
         None when it or its ramp-primary route does not exist; MalformedObject when Ramp's routes cannot be
         read (the routing is then no longer taken as confirmed, so the next apply rewrites them)."""
         entry = self._entries.get((namespace, service))
-        kind = entry.kind if entry is not None else self.router(None)
+        kind = self._kind_for(namespace, service, router)
         if entry is not None and entry.known and self._tick > 0 and entry.read_tick == self._tick:
             obj = entry.obj
         else:

@@ -158,7 +158,6 @@ def apply_defaults(schema: Mapping[str, Any], value: Any) -> None:
         apply_defaults(sub, child)
 
 
-
 def defaulted(schema: Mapping[str, Any], value: Any) -> Any:
     """What the API server stores: a copy of `value` with the schema's defaults filled in."""
     stored = copy.deepcopy(value)
@@ -269,16 +268,44 @@ _K8S_CEL_FUNCTIONS: dict[str, Callable[..., Any]] = {
 }  # fmt: skip
 
 
+# CEL's reserved words: a property with one of these names is `__<name>__` in a rule (Kubernetes' escaping).
+_CEL_RESERVED = frozenset({
+    "true", "false", "null", "in", "as", "break", "const", "continue", "else", "for", "function", "if", "import",
+    "let", "loop", "package", "namespace", "return", "var", "void", "while",
+})  # fmt: skip
+_CEL_ACCESSIBLE = re.compile(r"^[a-zA-Z_.\-/][a-zA-Z0-9_.\-/]*$")
+
+
+def cel_property_names(name: str) -> tuple[str, ...]:
+    """How CEL rules name a declared object property, as the apiserver binds it: `x-prop` is `x__dash__prop`,
+    `a__b` is `a__underscores__b`; a reserved word is `__namespace__` and, since Kubernetes 1.32 recognises
+    keywords as field names, also `namespace`. () when no rule can reach the property."""
+    if name in _CEL_RESERVED:
+        return f"__{name}__", name
+    if not _CEL_ACCESSIBLE.match(name):
+        return ()
+    for raw, escaped in (("__", "__underscores__"), (".", "__dot__"), ("-", "__dash__"), ("/", "__slash__")):
+        name = name.replace(raw, escaped)
+    return (name,)
+
+
 def to_cel(value: Any, schema: Mapping[str, Any]) -> Any:
     """A JSON value as the CEL value Kubernetes binds: typed by the schema (a `number` is a double even when
-    written `1`), maps and lists recursively."""
+    written `1`), maps and lists recursively. Declared properties are named as rules see them (escaped, see
+    `cel_property_names`); the keys of a map (additionalProperties) are data and stay as they are."""
     kind = schema.get("type")
     if value is None or (schema.get("x-kubernetes-preserve-unknown-fields") and not schema.get("properties")):
         return celpy.json_to_cel(value)
     if kind == "number" and isinstance(value, int | float) and not isinstance(value, bool):
         return celtypes.DoubleType(float(value))
     if isinstance(value, dict):
-        return celtypes.MapType({celtypes.StringType(k): to_cel(v, sub) for k, sub, v in _typed(schema, value)})
+        declared = schema.get("properties") or {}
+        fields: dict[Any, Any] = {}
+        for key, sub, child in _typed(schema, value):
+            bound = to_cel(child, sub)
+            for name in cel_property_names(key) if key in declared else (key,):
+                fields[celtypes.StringType(name)] = bound
+        return celtypes.MapType(fields)
     if isinstance(value, list):
         items = schema.get("items") if isinstance(schema.get("items"), Mapping) else {}
         return celtypes.ListType([to_cel(v, items) for v in value])

@@ -51,6 +51,7 @@ DECLARED_KINDS = {
     "networking.istio.io/v1/destinationrules": "DestinationRule",
     "apps/v1/deployments": "Deployment",
     "v1/pods": "Pod",
+    "v1/services": "Service",  # the Gateway API's backends (tests/k8s/gateway_api.py resolves backendRefs to them)
     "v1/events": "Event",
     "coordination.k8s.io/v1/leases": "Lease",
 }
