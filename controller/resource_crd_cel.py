@@ -13,6 +13,9 @@ a table of invalid specs. Lists and strings they iterate are bounded (maxItems/m
 server's cost estimate stays far below its limits: the widest rule, versions against every traffic key
 of every step, is 50 x 10 x 10 comparisons of names of at most 63 characters.
 
+`namespace` is a CEL reserved word: rules read the spec's `namespace` as `self.__namespace__`, the escaped name
+every Kubernetes version accepts (the plain name only from 1.32 on).
+
 A rule is placed by a schema path: names of properties, with "*" for list items or map values.
 """
 
@@ -91,7 +94,7 @@ def _spec_rules() -> list[Rule]:
     mode, name = _gate_mode("g"), _gate_display_name
     own_host = (
         "(has(self.host) ? h == self.host : (h == self.service || "
-        "(has(self.namespace) && h == self.service + '.' + self.namespace + '.svc.cluster.local')))"
+        "(has(self.__namespace__) && h == self.service + '.' + self.__namespace__ + '.svc.cluster.local')))"
     )
     return [
         rule("self.versions.all(v, self.versions.exists_one(w, w.name == v.name))", "duplicate version name",

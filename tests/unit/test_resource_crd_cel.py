@@ -22,7 +22,7 @@ from controller.resource_crd import CRD_PATH, rollout_crd
 from controller.rollout_resource import resource_from_spec_data
 from controller.routing.crd_schema import IstioSchemas
 from controller.spec_loader import SpecError, load_spec
-from tests.k8s.crd_validation import defaulted
+from tests.k8s.crd_validation import cel_property_names, defaulted
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = sorted((REPO / "rollout-specs").glob("*.yaml"))
@@ -55,15 +55,18 @@ def _program(expression: str) -> Any:
 
 
 def _as_cel_values(schema: dict[str, Any], value: Any) -> Any:
-    """JSON as the API server hands it to CEL: `number` fields are doubles."""
+    """JSON as the API server hands it to CEL: `number` fields are doubles, reserved property names escaped."""
     if schema.get("type") == "number" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, dict):
         properties = schema.get("properties", {})
         extra = schema.get("additionalProperties")
-        return {
+        converted = {
             k: _as_cel_values(properties.get(k, extra if isinstance(extra, dict) else {}), v) for k, v in value.items()
         }
+        # Declared properties as rules name them (`namespace` is `__namespace__`, see the emulator's escaping).
+        return {alias: v for k, v in converted.items()
+                for alias in (cel_property_names(k) if k in properties else (k,))}  # fmt: skip
     if isinstance(value, list):
         return [_as_cel_values(schema.get("items", {}), v) for v in value]
     return value
@@ -383,3 +386,12 @@ def test_what_only_the_controller_refuses(tmp_path: Path, case: str, change: Any
     with pytest.raises(SpecError):
         load_spec(file)
     assert api_server_verdict(resource) == ([], [])
+
+
+def test_rules_name_reserved_words_escaped_so_every_supported_kubernetes_accepts_them() -> None:
+    """Before 1.32 the API server refuses `self.namespace` (a CEL reserved word) when the CRD is created; the chart
+    supports 1.28 on, so rules must write `self.__namespace__`."""
+    import re
+
+    for path, entry in rules(openapi_schema()):
+        assert not re.search(r"\.namespace\b", entry["rule"].replace(".__namespace__", "")), (path, entry["rule"])
