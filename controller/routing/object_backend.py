@@ -30,22 +30,21 @@ otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import structlog
 from kubernetes.client import ApiClient
 
 from controller.deadline import Deadline
-from controller.engine.commands import CommandError, CommandRequest, describe_pending
-from controller.engine.phases import Command, RolloutState
+from controller.engine.commands import CommandError, CommandRequest
+from controller.engine.phases import RolloutState
 from controller.engine.routing_model import DesiredRouting
-from controller.engine.state_port import CommandPending, StateStoreError
+from controller.engine.state_port import StateStoreError
 from controller.k8s.client import KubeApi, KubeError
 from controller.routing.crd_schema import IstioSchemas
 from controller.routing.k8s_objects import (
     COMMAND_ANNOTATION,
-    ClusterRouting,
     MalformedObject,
     annotations_of,
     check_metadata,
@@ -53,7 +52,8 @@ from controller.routing.k8s_objects import (
     resource_version,
     state_of,
 )
-from controller.routing.kube_requests import KubeRequests, Obj, not_found
+from controller.routing.kube_requests import Obj
+from controller.routing.route_commands import RouteCommands
 from controller.routing.route_kind import RouteKind
 from controller.routing.state_codec import (
     DAMAGED_ANNOTATION,
@@ -98,7 +98,7 @@ class _Entry:
         return ref(self.kind.resource.kind, self.namespace, self.service)
 
 
-class RouteObjectBackend(KubeRequests):
+class RouteObjectBackend(RouteCommands):
     """TrafficRouter + StateStore + RoutingReadBack over route objects, one router (`RouteKind`) per rollout.
 
     `routers` maps the names specs use (`router:`) to their kinds; a rollout tracked without a router name uses
@@ -208,8 +208,10 @@ class RouteObjectBackend(KubeRequests):
         entry.base_rv, entry.consumed_command = rv, None
         ours, entry.state = entry.state, None
         entry.state = state_of(obj)  # StateStoreError: nothing of ours is used over a damaged annotation
-        if ours is not None and entry.state is not None and same_durable_state(
-            annotations_of(obj).get(STATE_ANNOTATION), ours
+        if (
+            ours is not None
+            and entry.state is not None
+            and same_durable_state(annotations_of(obj).get(STATE_ANNOTATION), ours)
         ):
             # Only other parts changed (a Gateway's status, a command, a label): the annotation is what this process
             # wrote, so its memory holds: routing still unconfirmed, the step's confirmed time, apply failures.
@@ -354,73 +356,13 @@ class RouteObjectBackend(KubeRequests):
             desired["metadata"].setdefault("annotations", {})[STATE_ANNOTATION] = encode_state(entry.state)
         return desired
 
-    def call_counts(self) -> tuple[int, int]:
-        """(Kubernetes requests, errors) of the client this backend uses (shared by all users of the client)."""
-        return self.api.stats.totals()
-
-    # --- reads and writes for `ramp status` and the CLI ----------------------------------------
-
-    def locate(self, namespace: str, service: str) -> str | None:
-        """Which router's object the service has (one carrying Ramp's state first), or None: for the CLI."""
-        found = None
-        for name, kind in self.routers.items():
-            obj = self._get(kind.resource, namespace, service)
-            if obj is not None and STATE_ANNOTATION in annotations_of(obj):
-                return name
-            found = found or (name if obj is not None else None)
-        return found
-
-    def read_routing(self, namespace: str, service: str, router: str | None = None) -> ClusterRouting:
-        """Weights per version, header routes and state as stored in the cluster right now."""
-        kind = self._kind_for(namespace, service, router)
-        return kind.parse(namespace, service, self._get(kind.resource, namespace, service))
-
-    def request_command(
-        self, namespace: str, service: str, command: Command | CommandRequest, router: str | None = None
-    ) -> None:
-        """Ask the controller for `command` (it acts on the next tick and clears the annotation in the write
-        that records the outcome). CommandPending while an earlier command is still there: checked on the
-        object each write is based on, so a command written concurrently is never replaced."""
-        request = command if isinstance(command, CommandRequest) else CommandRequest(command=command)
-        where = ref(self._kind_for(namespace, service, router).resource.kind, namespace, service)
-
-        def refuse_pending(obj: Obj) -> None:
-            pending = annotations_of(obj).get(COMMAND_ANNOTATION)
-            if pending is None:
-                return
-            raise CommandPending(f"{describe_pending(pending)} is still waiting for the controller of {where}; it is "
-                                 "applied or refused on the next tick (is the controller running?)")  # fmt: skip
-
-        self._annotate(namespace, service, {COMMAND_ANNOTATION: request.encode()}, refuse_pending, router)
-
-    def annotate(self, namespace: str, service: str, annotations: Mapping[str, str], router: str | None = None) -> None:
-        """Set annotations on an existing route object (optimistic concurrency, like every write)."""
-        self._annotate(namespace, service, annotations, lambda _obj: None, router)
-
     def _kind_for(self, namespace: str, service: str, router: str | None) -> RouteKind:
         entry = self._entries.get((namespace, service))
         return entry.kind if router is None and entry is not None else self.router(router)
 
-    def _annotate(
-        self, namespace: str, service: str, annotations: Mapping[str, str], check: Callable[[Obj], None],
-        router: str | None,
-    ) -> None:  # fmt: skip
-        resource = self._kind_for(namespace, service, router).resource
-        current = self._get(resource, namespace, service)
-        if current is None:
-            raise not_found(resource, namespace, service, f"no {resource.kind} yet")
-        where = ref(resource.kind, namespace, service)
-
-        def with_annotations(obj: Obj | None) -> Obj:
-            if obj is None:
-                raise not_found(resource, namespace, service, "deleted meanwhile")
-            check_metadata(obj, where)
-            check(obj)
-            updated = dict(obj, metadata=dict(obj.get("metadata") or {}))
-            updated["metadata"]["annotations"] = {**annotations_of(obj), **annotations}
-            return updated
-
-        self._converge(resource, namespace, service, current, with_annotations)
+    def call_counts(self) -> tuple[int, int]:
+        """(Kubernetes requests, errors) of the client this backend uses (shared by all users of the client)."""
+        return self.api.stats.totals()
 
 
 def _item_name(item: object) -> str | None:
