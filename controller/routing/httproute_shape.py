@@ -18,6 +18,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from controller.engine.routing_model import (
     GATEWAY_GROUP,
     MANAGED_ROUTE_PREFIX,
@@ -273,16 +275,23 @@ def observed_http_routing(
     if weights is None:
         return None
     listed = tuple(dict.fromkeys([*(v for v, _ in weights), *(h.version for h in headers)]))
-    parents = tuple(_parent_model(p) for p in spec.get("parentRefs") or [] if isinstance(p.get("name"), str))
-    return DesiredRouting(
-        service=service, namespace=namespace, host=service, versions=listed, header_routes=tuple(headers),
-        weights=weights, extra_hosts=tuple(spec.get("hostnames") or ()), router="gateway-api",
-        parent_refs=parents, backends=_observed_backends(ports, versions, names),
-    )  # fmt: skip
+    try:
+        parents = tuple(_parent_model(p) for p in spec.get("parentRefs") or [] if isinstance(p.get("name"), str))
+        return DesiredRouting(
+            service=service, namespace=namespace, host=service, versions=listed, header_routes=tuple(headers),
+            weights=weights, extra_hosts=tuple(spec.get("hostnames") or ()), router="gateway-api",
+            parent_refs=parents, backends=_observed_backends(ports, versions, names),
+        )  # fmt: skip
+    except ValidationError as exc:  # a value of a type the checks above let through (e.g. an explicit null)
+        problem = exc.errors()[0]
+        at = ".".join(str(p) for p in problem["loc"]) or "$"
+        raise MalformedObject(f"{where}: Ramp's routing cannot be read back ({at}: {problem['msg']})") from exc
 
 
 def _parent_model(parent: Mapping[str, Any]) -> ParentRef:
-    return ParentRef(group=parent.get("group", GATEWAY_GROUP), kind=parent.get("kind", "Gateway"),
+    """A parentRef with Gateway API's defaults (an explicit null is the default too)."""
+    group, kind = parent.get("group"), parent.get("kind")
+    return ParentRef(group=GATEWAY_GROUP if group is None else group, kind="Gateway" if kind is None else kind,
                      name=parent["name"], namespace=parent.get("namespace"), section_name=parent.get("sectionName"),
                      port=parent.get("port"))  # fmt: skip
 
@@ -306,7 +315,7 @@ def _entry_problem(entry: Mapping[str, Any], who: str, generation: int | None) -
     conditions = entry.get("conditions")
     if not isinstance(conditions, list):
         return f"{who}: status conditions are not a list (got {kind_of(conditions)})"
-    by_type = {c.get("type"): c for c in conditions if isinstance(c, Mapping)}
+    by_type = {c["type"]: c for c in conditions if isinstance(c, Mapping) and isinstance(c.get("type"), str)}
     for wanted in _IN_EFFECT:
         condition = by_type.get(wanted)
         if condition is None:
