@@ -160,6 +160,8 @@ def _run(args: argparse.Namespace) -> int:
     from controller.controller_metrics import ControllerMetrics
     from controller.engine.runner import RolloutRunner
     from controller.engine.scheduler import TickScheduler
+    from controller.hooks.evaluation import HookRounds
+    from controller.hooks.post_rollout import PostRolloutHooks
     from controller.http_endpoints import EndpointServer
     from controller.local.availability import EnvoyAvailability
     from controller.notify.observer import DRAIN_SECONDS, start_notifications
@@ -197,6 +199,8 @@ def _run(args: argparse.Namespace) -> int:
         store=store,
         observers=[metrics, notifier],
         availability=EnvoyAvailability(args.envoy_admin),  # never route to a version Envoy sees as down
+        hook_rounds=HookRounds(),
+        post_rollout_hooks=PostRolloutHooks(),
     )
     loop = ControllerLoop(runner, specs=SpecDirectory(args.specs), metrics=metrics, tick_deadline=args.tick_deadline,
                           interval=LOCAL_LOOP_INTERVAL, on_problems=_print_problems)

@@ -29,6 +29,8 @@ from controller.controller_loop import DEFAULT_TICK_DEADLINE, ControllerLoop
 from controller.controller_metrics import ControllerMetrics
 from controller.engine.runner import RolloutRunner
 from controller.engine.scheduler import TickScheduler
+from controller.hooks.evaluation import HookRounds
+from controller.hooks.post_rollout import PostRolloutHooks
 from controller.http_endpoints import EndpointServer
 from controller.k8s.availability import DeploymentAvailability
 from controller.k8s.client import load_api_client
@@ -153,6 +155,8 @@ def run_controller(options: ControllerOptions, stop: threading.Event | None = No
         store=backend,
         availability=DeploymentAvailability(api),
         observers=[metrics, RolloutEventObserver(recorder, route_object), notifier],
+        hook_rounds=HookRounds(),
+        post_rollout_hooks=PostRolloutHooks(),
     )
     directory = SpecDirectory(options.specs, options.namespaces)
     specs: SpecDirectory | CombinedSpecSource = directory

@@ -31,6 +31,8 @@ from controller.controller_metrics import ControllerMetrics
 from controller.demo_report import DemoRecorder, build_summary, print_summary
 from controller.engine.runner import ManagedRollout, RolloutRunner
 from controller.engine.scheduler import TickScheduler
+from controller.hooks.evaluation import HookRounds
+from controller.hooks.post_rollout import PostRolloutHooks
 from controller.http_endpoints import EndpointServer
 from controller.local.loadgen import LoadGenerator, send_requests
 from controller.local.ports import free_port
@@ -148,6 +150,8 @@ def run_demo(
                 store=FileStateStore(work / "state"),
                 observers=[recorder, metrics, notifier],
                 availability=stack.availability,
+                hook_rounds=HookRounds(),
+                post_rollout_hooks=PostRolloutHooks(),
             )
             runner.set_rollouts([rollout])
             loop = ControllerLoop(runner, metrics=metrics, tick_deadline=tick_deadline)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -40,8 +41,6 @@ from controller.engine.ports import (
 from controller.engine.state_check import StateDamaged, state_problem
 from controller.engine.state_port import StateStore
 from controller.engine.tick_step import TickStep
-from controller.hooks.evaluation import HookCaller, run_hook_rounds
-from controller.hooks.post_rollout import PostRolloutHooks
 
 __all__ = [
     "ManagedRollout", "Observer", "RolloutRunner", "RoutingReadBack", "TickEvent", "TrafficRouter",
@@ -53,6 +52,13 @@ log = structlog.get_logger("ramp.runner")
 
 def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]
+
+
+class HookRounds(Protocol):
+    """Calls the hooks a tick's steps need and records their answers in each step (controller.hooks)."""
+
+    def __call__(self, steps: Sequence[TickStep], deadline: Deadline | None) -> None: ...
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -68,8 +74,10 @@ class RolloutRunner:
     # test injects one), so a replica's wall clock never shortens or stretches a step.
     monotonic: Callable[[], float] | None = None
     rollouts: dict[str, ManagedRollout] = field(default_factory=dict)
-    hook_caller: HookCaller = field(default_factory=HookCaller)  # its thread pool starts on the first hook call
-    post_rollout_hooks: Observer | None = field(default_factory=PostRolloutHooks)
+    # Adapters the entry points give (controller.hooks): the calls of a tick's hooks, and the observer that sends
+    # post-rollout hooks. Without `hook_rounds` a spec's hooks are never answered: their steps hold (never pass).
+    hook_rounds: HookRounds | None = None
+    post_rollout_hooks: Observer | None = None
     _last_tick: dict[str, float] = field(default_factory=dict)
     _last_seen: dict[str, float] = field(default_factory=dict)
 
@@ -88,7 +96,16 @@ class RolloutRunner:
         sender = getattr(self.post_rollout_hooks, "sender", None)
         if sender is not None:
             sender.close(timeout)
-        self.hook_caller.close()
+        if self.hook_rounds is not None:
+            self.hook_rounds.close()
+
+    def _call_hooks(self, steps: list[TickStep], deadline: Deadline | None) -> None:
+        if self.hook_rounds is not None:
+            self.hook_rounds(steps, deadline)
+            return
+        hooked = sorted(step.rollout.name for step in steps if step.rollout.spec.hooks)
+        if hooked:  # never silently: the hooks are unanswered and their steps hold
+            log.error("specs have hooks but this runner calls none: their hook steps hold", rollouts=hooked)
 
     def base_interval(self) -> float:
         return min((r.spec.schedule.interval for r in self.rollouts.values()), default=5.0)
@@ -189,7 +206,7 @@ class RolloutRunner:
             step.prepare()
             steps.append((step, damaged.get(rollout.name)))
         try:
-            run_hook_rounds(self.hook_caller, [step for step, _ in steps], deadline)
+            self._call_hooks([step for step, _ in steps], deadline)
         except Exception as exc:  # hooks unanswered: their steps hold; never a pass
             log.error("hooks not called", error=_short(exc))
         events = [step.run(problem) for step, problem in steps]

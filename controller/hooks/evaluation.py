@@ -162,3 +162,18 @@ def run_hook_rounds(caller: HookCaller, steps: Sequence[HookedStep], deadline: D
     _record(hooked, gates, caller.call_all(gates, deadline))
     boundaries = [call for s in hooked.values() for call in boundary_calls(s, s.decide())]
     _record(hooked, boundaries, caller.call_all(boundaries, deadline))
+
+
+class HookRounds:
+    """What the runner is given to call a tick's hooks (`RolloutRunner.hook_rounds`): the rounds of
+    `run_hook_rounds` through one bounded pool (`HookCaller`). The entry points (`ramp run`, `ramp demo`,
+    `ramp controller`) build one; the engine only knows the call."""
+
+    def __init__(self, caller: HookCaller | None = None) -> None:
+        self.caller = caller or HookCaller()
+
+    def __call__(self, steps: Sequence[HookedStep], deadline: Deadline | None) -> None:
+        run_hook_rounds(self.caller, steps, deadline)
+
+    def close(self) -> None:
+        self.caller.close()

@@ -14,6 +14,8 @@ import pytest
 from controller.analysis.prometheus import PrometheusSource
 from controller.engine.phases import Phase
 from controller.engine.runner import ManagedRollout, RolloutRunner, TickEvent
+from controller.hooks.evaluation import HookRounds
+from controller.hooks.post_rollout import PostRolloutHooks
 from controller.local.loadgen import LoadGenerator, send_requests
 from controller.local.stack import LocalStack, VersionKnobs
 from controller.spec_loader import parse_spec_text
@@ -64,7 +66,8 @@ def test_a_pre_step_hook_holds_then_allows_and_the_post_rollout_hook_gets_the_ou
     held_traffic: Counter[str] | None = None
     try:
         store = FileStateStore(tmp_path / "state")
-        runner = RolloutRunner(stack.router, PrometheusSource(stack.prometheus_url), store, observers=[events.append])
+        runner = RolloutRunner(stack.router, PrometheusSource(stack.prometheus_url), store, observers=[events.append],
+                               hook_rounds=HookRounds(), post_rollout_hooks=PostRolloutHooks())  # fmt: skip
         runner.set_rollouts([rollout])
         load = LoadGenerator(
             stack.api_url, stack.host_header, rate_rps=40, max_requests=40 * 60, max_seconds=60,

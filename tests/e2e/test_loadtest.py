@@ -17,6 +17,8 @@ from controller.analysis.prometheus import PrometheusSource
 from controller.deadline import Deadline
 from controller.engine.phases import Phase
 from controller.engine.runner import ManagedRollout, RolloutRunner, TickEvent
+from controller.hooks.evaluation import HookRounds
+from controller.hooks.post_rollout import PostRolloutHooks
 from controller.http_deadline import bounded_request
 from controller.loadtest.request import Caps
 from controller.loadtest.server import LoadTestServer
@@ -77,7 +79,8 @@ def test_a_pre_step_hook_starts_load_that_makes_the_unattended_header_step_pass(
         rollout = ManagedRollout.from_spec(parse_spec_text(text, "loadtest.yaml"))
         store = FileStateStore(tmp_path / "state")
         events: list[TickEvent] = []
-        runner = RolloutRunner(stack.router, PrometheusSource(stack.prometheus_url), store, observers=[events.append])
+        runner = RolloutRunner(stack.router, PrometheusSource(stack.prometheus_url), store, observers=[events.append],
+                               hook_rounds=HookRounds(), post_rollout_hooks=PostRolloutHooks())  # fmt: skip
         runner.set_rollouts([rollout])
         header_step_v2 = 0.0
         deadline = time.monotonic() + 50

@@ -3,8 +3,9 @@
 Read from the source with `ast` (function-level imports included), so a lazy import cannot hide a wrong
 direction. The core is the engine (with its ports and the desired-routing model), the plan, the spec models and
 the pure analysis (gates, statistics, metric values); adapters are the routers, the Kubernetes and local
-processes, notifiers, the state directory and the Prometheus client; entry points are the CLI, the controller
-wiring and the backend factory.
+processes, notifiers, hook clients, the state directory and the Prometheus client; entry points are the CLI,
+the controller wiring and the backend factory. The runner is given its adapters (router, store, metrics, hook calls,
+post-rollout hooks) by the entry points; it imports none.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from controller.spec_routers import ROUTER_NAMES
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "controller"
 ADAPTER_PACKAGES = ("controller.routing", "controller.k8s", "controller.local", "controller.notify",
-                    "controller.state", "controller.loadtest")  # fmt: skip
+                    "controller.state", "controller.loadtest", "controller.hooks")  # fmt: skip
+# The hook answers' types are the core's (decide reads them); the hook clients are adapters.
+CORE_IN_ADAPTER_PACKAGES = ("controller.hooks.results",)
 # prometheus_parse is pure (answers in, numbers out): the core may use it.
 ADAPTER_MODULES = ("controller.analysis.prometheus", "controller.analysis.prometheus_http",
                    "controller.analysis.prometheus_auth")  # fmt: skip
 ENTRY_POINTS = ("controller.cli", "controller.cluster_controller", "controller.cluster_backend", "controller.demo",
                 "controller.controller_loop", "controller.__main__")  # fmt: skip
-# The engine calls the hook clients it is given (hooks are inputs to the pure decide): the one known exception.
-ENGINE_HOOK_MODULES = ("controller.hooks.evaluation", "controller.hooks.post_rollout")
 
 
 def module_name(path: Path) -> str:
@@ -50,7 +51,7 @@ def within(name: str, prefixes: tuple[str, ...]) -> bool:
 
 
 def is_adapter(name: str) -> bool:
-    return within(name, ADAPTER_PACKAGES) or name in ADAPTER_MODULES
+    return (within(name, ADAPTER_PACKAGES) or name in ADAPTER_MODULES) and name not in CORE_IN_ADAPTER_PACKAGES
 
 
 def is_entry_point(name: str) -> bool:
@@ -68,12 +69,6 @@ def core_modules() -> list[Path]:
 def test_the_core_imports_no_adapter_and_no_entry_point(path: Path) -> None:
     wrong = sorted(name for name in imports_of(path) if is_adapter(name) or is_entry_point(name))
     assert wrong == [], f"{module_name(path)} (core) imports {wrong}"
-
-
-def test_the_engine_reaches_hooks_only_through_their_evaluation() -> None:
-    engine = {name for path in (PACKAGE / "engine").glob("*.py") for name in imports_of(path)}
-    hooks = {name for name in engine if name.startswith("controller.hooks")}
-    assert hooks <= {*ENGINE_HOOK_MODULES, "controller.hooks.results"}, hooks
 
 
 def adapter_modules() -> list[Path]:

@@ -8,12 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from controller.analysis.metrics import VersionMetrics
 from controller.deadline import Deadline
 from controller.engine.phases import Command, Phase
 from controller.engine.runner import ManagedRollout, RolloutRunner
-from controller.hooks.post_rollout import BackgroundSender, Delivery
+from controller.hooks.evaluation import HookRounds
+from controller.hooks.post_rollout import BackgroundSender, Delivery, PostRolloutHooks
 from controller.spec_hooks import Hook
 from controller.state.file_store import FileStateStore
 from tests.fakes.webhook_receiver import Answer, WebhookReceiver
@@ -48,7 +50,8 @@ hooks:
 
 def make_runner(tmp_path: Path, texts: list[str], clock: FakeClock) -> tuple[RolloutRunner, FileStateStore]:
     store = FileStateStore(tmp_path)
-    runner = RolloutRunner(router=RecordingRouter(), metrics=FixedMetrics(dict(HEALTHY)), store=store, clock=clock)
+    runner = RolloutRunner(router=RecordingRouter(), metrics=FixedMetrics(dict(HEALTHY)), store=store, clock=clock,
+                           hook_rounds=HookRounds(), post_rollout_hooks=PostRolloutHooks())  # fmt: skip
     runner.set_rollouts([ManagedRollout.from_spec(spec(t)) for t in texts])
     return runner, store
 
@@ -201,3 +204,22 @@ def test_the_background_sender_never_blocks_and_drops_when_its_queue_is_full(rx:
     assert accepted.count(False) >= 3 and sender.dropped == accepted.count(False)
     sender.close(timeout=5)
     assert sender.delivered == accepted.count(True)
+
+
+def test_a_runner_given_no_hook_calls_holds_hooked_steps_and_says_so(tmp_path: Path, rx: WebhookReceiver) -> None:
+    """The engine calls hooks only through what the entry point gives it: without it a pre-step hook is never
+    answered, so the step it guards holds (never a pass), and the log names the rollouts."""
+    hooks = "  - {name: acceptance, type: pre-step, url: 'URL/pre', steps: [2], retries: 0}"
+    clock = FakeClock()
+    store = FileStateStore(tmp_path / "state")
+    runner = RolloutRunner(router=RecordingRouter(), metrics=FixedMetrics(dict(HEALTHY)), store=store, clock=clock)
+    runner.set_rollouts([ManagedRollout.from_spec(spec(spec_text(rx.url, hooks)))])
+    with capture_logs() as logs:
+        for _ in range(6):
+            tick(runner, clock)
+    state = store.load("shop")
+    assert state is not None and state.step == 0 and state.phase == Phase.HEADER_TEST
+    assert state.reason.startswith("holding before step 2/3: hook acceptance")
+    assert rx.received("/pre") == []
+    assert any(e["event"].startswith("specs have hooks but this runner calls none") and e["rollouts"] == ["shop"]
+               for e in logs)  # fmt: skip
