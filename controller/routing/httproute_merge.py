@@ -55,6 +55,8 @@ from controller.routing.k8s_objects import (
     MalformedObject,
     RouteMergeError,
     annotations_of,
+    merge_annotations,
+    merge_managed,
     object_ref,
     resource_version,
     state_of,
@@ -175,13 +177,7 @@ def _check_shadowing(obj: Mapping[str, Any], foreign: list[Mapping[str, Any]]) -
 
 def merge_rules(existing: list[Mapping[str, Any]], routing: DesiredRouting) -> tuple[list[Any], list[Any]]:
     """(merged rules, foreign rules): Ramp's header rules, foreign rules in their order, ramp-primary."""
-    previous = {r["name"]: r for r in existing if is_managed(r)}
-    foreign = [copy.deepcopy(dict(r)) for r in existing if not is_managed(r)]
-    rendered = []
-    for rule in managed_rules(routing):
-        kept = {k: copy.deepcopy(v) for k, v in previous.get(rule["name"], {}).items() if k not in OWNED_RULE_FIELDS}
-        rendered.append({**rule, **kept})
-    return [*rendered[:-1], *foreign, rendered[-1]], foreign
+    return merge_managed(existing, managed_rules(routing), is_managed, OWNED_RULE_FIELDS)
 
 
 def _check_bounds(obj: Mapping[str, Any], rules: list[Any], foreign: int) -> None:
@@ -196,21 +192,6 @@ def _check_bounds(obj: Mapping[str, Any], rules: list[Any], foreign: int) -> Non
     if matches > MAX_MATCHES:
         raise GatewayMergeError(f"{object_ref(obj)}: the route would have {matches} matches in all its rules; "
                                 f"Gateway API allows {MAX_MATCHES} - nothing was written")  # fmt: skip
-
-
-def _set_annotations(merged: dict[str, Any], notes: Mapping[str, str], remove: Mapping[str, str]) -> None:
-    meta = merged.setdefault("metadata", {})
-    original = dict(meta.get("annotations") or {})
-    updated = dict(original)
-    for key, value in remove.items():
-        if updated.get(key) == value:
-            del updated[key]
-    updated.update(notes)
-    if updated != original:  # otherwise leave the metadata exactly as it was (even an empty map)
-        if updated:
-            meta["annotations"] = updated
-        else:
-            meta.pop("annotations", None)
 
 
 def merge_http_route(
@@ -240,7 +221,7 @@ def merge_http_route(
         _check_shadowing(merged, foreign)
         _check_bounds(merged, rules, len(foreign))
         spec["rules"] = rules
-    _set_annotations(merged, {BACKENDS_ANNOTATION: backends_annotation(routing), **notes}, remove)
+    merge_annotations(merged, {BACKENDS_ANNOTATION: backends_annotation(routing), **notes}, remove)
     return merged
 
 

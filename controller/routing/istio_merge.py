@@ -31,6 +31,8 @@ from controller.routing.k8s_objects import (
     MalformedObject,
     RouteMergeError,
     annotations_of,
+    merge_annotations,
+    merge_managed,
     object_ref,
     ref,
     resource_version,
@@ -147,13 +149,7 @@ def check_shadowing(obj: Mapping[str, Any], foreign: list[dict[str, Any]]) -> No
 
 def merge_http(existing: list[Any], routing: DesiredRouting) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(merged http list, foreign routes): Ramp's header routes, foreign routes in order, ramp-primary."""
-    previous = {r["name"]: r for r in existing if isinstance(r, dict) and is_managed(r)}
-    foreign = [r for r in existing if not (isinstance(r, dict) and is_managed(r))]
-    rendered = []
-    for route in managed_http_routes(routing):
-        kept = {k: copy.deepcopy(v) for k, v in previous.get(route["name"], {}).items() if k not in OWNED_ROUTE_FIELDS}
-        rendered.append({**route, **kept})
-    return [*rendered[:-1], *foreign, rendered[-1]], foreign
+    return merge_managed(existing, managed_http_routes(routing), is_managed, OWNED_ROUTE_FIELDS)
 
 
 def merge_virtual_service(
@@ -181,18 +177,7 @@ def merge_virtual_service(
         http, foreign = merge_http(list(spec.get("http") or []), routing)
         check_shadowing(merged, foreign)
         spec["http"] = http
-    meta = merged.setdefault("metadata", {})
-    original = dict(meta.get("annotations") or {})
-    notes = dict(original)
-    for key, value in remove_annotations.items():
-        if notes.get(key) == value:
-            del notes[key]
-    notes.update(set_annotations)
-    if notes != original:  # otherwise leave the metadata exactly as it was (even an empty map)
-        if notes:
-            meta["annotations"] = notes
-        else:
-            meta.pop("annotations", None)
+    merge_annotations(merged, set_annotations, remove_annotations)
     return merged
 
 

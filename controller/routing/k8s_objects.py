@@ -7,8 +7,9 @@ annotations, and a problem is a MalformedObject naming the object and the field;
 
 from __future__ import annotations
 
+import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,3 +111,36 @@ class ClusterRouting:
     problem: str | None = None  # the route object is malformed: what and where
     kind: str = "VirtualService"
     not_in_effect: str | None = None  # stored but not serving: why (e.g. a Gateway has not accepted the HTTPRoute)
+
+
+def merge_annotations(merged: dict[str, Any], notes: Mapping[str, str], remove: Mapping[str, str]) -> None:
+    """Set `notes` on `merged`; remove each key of `remove` only while it still holds that value (a command written
+    after it was read is kept). The metadata is left exactly as it was when nothing changes (even an empty map)."""
+    meta = merged.setdefault("metadata", {})
+    original = dict(meta.get("annotations") or {})
+    updated = dict(original)
+    for key, value in remove.items():
+        if updated.get(key) == value:
+            del updated[key]
+    updated.update(notes)
+    if updated != original:
+        if updated:
+            meta["annotations"] = updated
+        else:
+            meta.pop("annotations", None)
+
+
+def merge_managed(
+    existing: list[Any], rendered: list[dict[str, Any]], managed: Callable[[Mapping[str, Any]], bool],
+    owned: frozenset[str],
+) -> tuple[list[Any], list[Any]]:  # fmt: skip
+    """(merged, foreign) entries of a route list (Istio http routes, HTTPRoute rules): Ramp's `rendered` entries
+    with the fields people added to them kept (all but `owned`), around the foreign ones in their order: every
+    rendered entry but the last first, the last (ramp-primary) after the foreign ones."""
+    previous = {e["name"]: e for e in existing if isinstance(e, Mapping) and managed(e)}
+    foreign = [copy.deepcopy(e) for e in existing if not (isinstance(e, Mapping) and managed(e))]
+    merged = []
+    for entry in rendered:
+        kept = {k: copy.deepcopy(v) for k, v in previous.get(entry["name"], {}).items() if k not in owned}
+        merged.append({**entry, **kept})
+    return [*merged[:-1], *foreign, merged[-1]], foreign
