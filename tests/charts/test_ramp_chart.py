@@ -189,6 +189,12 @@ def test_notes_name_the_lease_and_namespaces() -> None:
     assert "ramp-system/ramp-leader" in notes
     assert "Watched namespaces: shop, payments" in notes
     assert "checkout.yml, reviews.yaml" in notes
+    assert "Routers: Istio (VirtualServices) only; set gatewayApi.enabled" in notes
+
+
+def test_notes_name_the_gateway_api_router_when_enabled() -> None:
+    notes = render_ci(RAMP_CHART / "ci" / "gateway-api-values.yaml").files["ramp/templates/NOTES.txt"]
+    assert "Routers: Istio (VirtualServices) and the Gateway API (HTTPRoutes" in notes
 
 
 # ---- values.schema.json
