@@ -25,13 +25,13 @@ from kubernetes import client as k8s_client
 
 from controller.analysis.prometheus import PrometheusSource
 from controller.analysis.prometheus_http import PrometheusHTTP
+from controller.cluster_backend import cluster_backend
 from controller.deadline import Deadline
 from controller.engine.runner import ManagedRollout, RolloutRunner
 from controller.k8s.client import KubeApi
 from controller.local.ports import free_port
 from controller.local.processes import ProcessGroup, wait_http_ready
 from controller.local.prometheus_process import start_prometheus, wait_prometheus_ready
-from controller.routing.istio import IstioBackend
 from controller.spec_loader import parse_spec_text
 from controller.spec_metrics import load_templates
 
@@ -95,7 +95,7 @@ def run(rollouts: int = 1000, ticks: int = 14) -> dict[str, object]:
             config = k8s_client.Configuration()
             config.host = url
             api = KubeApi(k8s_client.ApiClient(config), request_timeout=30)
-            backend = IstioBackend(api)
+            backend = cluster_backend(api)  # what `ramp controller` builds
             counting = CountingClient(f"http://127.0.0.1:{prom_port}")
             source = PrometheusSource(f"http://127.0.0.1:{prom_port}", timeout_seconds=30, client=counting)
             templates = load_templates(REPO / "rollout-specs").catalog
