@@ -38,7 +38,8 @@ def test_a_fresh_clone_with_nothing_beside_it_validates_and_plans(tmp_path: Path
     for spec in sorted((clone / "rollout-specs").glob("*.yaml")):
         planned = _ramp(clone, "plan", f"rollout-specs/{spec.name}")
         assert planned.returncode == 0, (spec.name, planned.stderr)
-        assert planned.stderr == "" and "kind: VirtualService" in planned.stdout  # validated, nothing skipped
+        kind = "HTTPRoute" if "router: gateway-api" in spec.read_text() else "VirtualService"
+        assert planned.stderr == "" and f"kind: {kind}" in planned.stdout  # validated, nothing skipped
     broken = clone / "broken.yaml"
     broken.write_text("service: shop\nversions: []\ntarget: v2\n")
     refused = _ramp(clone, "validate", str(broken))
