@@ -7,7 +7,6 @@ annotations, and a problem is a MalformedObject naming the object and the field;
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -136,11 +135,12 @@ def merge_managed(
 ) -> tuple[list[Any], list[Any]]:  # fmt: skip
     """(merged, foreign) entries of a route list (Istio http routes, HTTPRoute rules): Ramp's `rendered` entries
     with the fields people added to them kept (all but `owned`), around the foreign ones in their order: every
-    rendered entry but the last first, the last (ramp-primary) after the foreign ones."""
+    rendered entry but the last first, the last (ramp-primary) after the foreign ones. `existing` is the caller's
+    own copy (the merges deep-copy the object first): its entries are reused, not copied again."""
     previous = {e["name"]: e for e in existing if isinstance(e, Mapping) and managed(e)}
-    foreign = [copy.deepcopy(e) for e in existing if not (isinstance(e, Mapping) and managed(e))]
+    foreign = [e for e in existing if not (isinstance(e, Mapping) and managed(e))]
     merged = []
     for entry in rendered:
-        kept = {k: copy.deepcopy(v) for k, v in previous.get(entry["name"], {}).items() if k not in owned}
+        kept = {k: v for k, v in previous.get(entry["name"], {}).items() if k not in owned}
         merged.append({**entry, **kept})
     return [*merged[:-1], *foreign, merged[-1]], foreign
