@@ -38,7 +38,7 @@ from tests.dashboards.grafana_model import (
     variable_values,
     variables,
 )
-from tests.e2e.conftest import require_local_stack
+from tests.e2e.conftest import leftover_demo_processes, require_local_stack
 
 DASHBOARDS = load_dashboards()
 OVERVIEW = "ramp-rollout-overview.json"
@@ -282,6 +282,20 @@ def test_faulty_rollout_dashboards_show_the_rollback(faulty: Capture) -> None:
 def test_healthy_rollout_every_query_returns_data_and_no_rollback_is_shown(healthy: Capture) -> None:
     assert _problems(healthy, expect_rollbacks=False) == []
     _assert_variables_offer_the_demo(healthy)
+
+
+@pytest.mark.e2e
+def test_the_healthy_demo_is_promoted_and_cleans_up(healthy: Capture) -> None:
+    """The main job's healthy run (`ramp demo` runs exactly `run_demo`; tests/e2e/test_demo_cli.py runs the CLI
+    itself, in a subprocess, on the faulty scenario): one demo run serves this and the dashboards' tests."""
+    summary = healthy.run.summary
+    assert summary["outcome"] == "Promoted"
+    phases = summary["phases"]
+    assert isinstance(phases, list)
+    assert [p["phase"] for p in phases] == ["HeaderTest", "Progressing", "Progressing", "Progressing", "Promoted"]
+    assert summary["rollback_reason"] is None and summary["failed_requests"] == 0
+    assert summary["final_traffic"] == {"v2": 200}
+    assert leftover_demo_processes() == []
 
 
 @pytest.mark.e2e

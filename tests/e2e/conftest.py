@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from scipy.stats import binom
@@ -39,3 +40,17 @@ def binomial_bounds(n: int, p: float, alpha: float = ALPHA) -> tuple[int, int]:
     if p >= 1:
         return n, n
     return int(binom.ppf(alpha / 2, n, p)), int(binom.isf(alpha / 2, n, p))
+
+
+def leftover_demo_processes() -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "ramp-demo-" in cmdline:
+            found.append(cmdline)
+    return found
