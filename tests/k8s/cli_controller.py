@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -59,8 +59,9 @@ def run_to_end(runner: RolloutRunner, clock: FakeClock, max_ticks: int = 40) -> 
 
 
 @contextmanager
-def ticking(runner: RolloutRunner, clock: FakeClock, max_ticks: int = 300, pause: float = 0.02) -> Iterator[None]:
-    """The controller ticking in the background (at most `max_ticks`) for the duration of the block."""
+def ticking_step(step: Callable[[], object], max_ticks: int = 300, pause: float = 0.02) -> Iterator[None]:
+    """`step` called in the background (at most `max_ticks` times) for the duration of the block; what it raised
+    is raised in the test when the block ends."""
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -69,11 +70,10 @@ def ticking(runner: RolloutRunner, clock: FakeClock, max_ticks: int = 300, pause
             if stop.is_set():
                 return
             try:
-                runner.tick()
+                step()
             except BaseException as exc:  # surfaced to the test below
                 errors.append(exc)
                 return
-            clock.advance(5)
             stop.wait(pause)
 
     thread = threading.Thread(target=loop, name="controller-ticks", daemon=True)
@@ -85,6 +85,18 @@ def ticking(runner: RolloutRunner, clock: FakeClock, max_ticks: int = 300, pause
         thread.join(20)
     assert not thread.is_alive(), "the controller thread did not stop"
     assert not errors, errors
+
+
+@contextmanager
+def ticking(runner: RolloutRunner, clock: FakeClock, max_ticks: int = 300, pause: float = 0.02) -> Iterator[None]:
+    """The controller ticking in the background (at most `max_ticks`) for the duration of the block."""
+
+    def step() -> None:
+        runner.tick()
+        clock.advance(5)
+
+    with ticking_step(step, max_ticks, pause):
+        yield
 
 
 def write_kubeconfig(kube: KubeHarness, path: Path) -> str:

@@ -20,9 +20,8 @@ from __future__ import annotations
 import copy
 import datetime
 import json
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -37,6 +36,7 @@ from controller.routing.gateway_api import GatewayApiRoutes
 from controller.routing.istio import IstioRoutes
 from controller.spec import RolloutSpec
 from controller.spec_loader import parse_spec_text
+from tests.k8s.cli_controller import ticking_step
 from tests.k8s.emulator import KubeHarness
 from tests.unit.engine_fixtures import NO_APPROVAL_YAML
 
@@ -336,28 +336,6 @@ def traffic(obj: dict[str, Any] | None) -> tuple[Any, ...]:
     return () if seen is None else seen.traffic()
 
 
-@contextmanager
-def ticking(step: Callable[[], object], max_ticks: int = 200) -> Iterator[None]:
+def ticking(step: Callable[[], object], max_ticks: int = 200) -> AbstractContextManager[None]:
     """The controller (and the gateway controller) ticking on a background thread for the duration of the block."""
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def loop() -> None:
-        for _ in range(max_ticks):
-            if stop.is_set():
-                return
-            try:
-                step()
-            except BaseException as exc:  # raised in the test when the block ends
-                errors.append(exc)
-                return
-            stop.wait(0.02)
-
-    thread = threading.Thread(target=loop, name="controller-ticks", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(20)
-    assert not thread.is_alive() and not errors, errors
+    return ticking_step(step, max_ticks)
