@@ -29,7 +29,13 @@ from controller.analysis.metrics import (
     MetricsSnapshot,
     VersionMetrics,
 )
-from controller.analysis.statistical_gate import GateEvidence, statistical_gate_count, statistical_outcome
+from controller.analysis.statistical_gate import (
+    GateEvidence,
+    crossed,
+    crossed_reason,
+    statistical_gate_count,
+    statistical_outcome,
+)
 from controller.spec import Gate, RolloutSpec
 
 
@@ -157,6 +163,18 @@ def _no_data(gate: Gate, spec: RolloutSpec, reason: str, carried: Mapping[str, G
     return GateResult(gate.display_name, Verdict.NO_DATA, None, None, reason, e_value, limit)
 
 
+def _stays_failed(
+    gate: Gate, spec: RolloutSpec, stable_versions: tuple[str, ...], carried: Mapping[str, GateEvidence]
+) -> GateResult | None:
+    """FAIL for a statistical gate whose test already crossed its boundary (the crossing is final), else None."""
+    kept = carried.get(gate.display_name)
+    if not gate.statistical or kept is None or not crossed(gate, kept):
+        return None
+    limit = statistical_gate_count(spec) / gate.alpha
+    reason = crossed_reason(gate, spec, stable_versions, kept)
+    return GateResult(gate.display_name, Verdict.FAIL, None, None, reason, kept.e_value, limit)
+
+
 def evaluate_gates(
     spec: RolloutSpec,
     stable_versions: tuple[str, ...],
@@ -167,7 +185,11 @@ def evaluate_gates(
     carries them forward (unchanged when Prometheus gave no data)."""
     carried = dict(evidence or {})
     if snapshot.error is not None:
-        results = [_no_data(g, spec, f"{g.display_name}: {snapshot.error}", carried) for g in spec.gates]
+        results = [
+            _stays_failed(g, spec, stable_versions, carried)
+            or _no_data(g, spec, f"{g.display_name}: {snapshot.error}", carried)
+            for g in spec.gates
+        ]
         return GateReport(tuple(results), carried)
     target = snapshot.version(spec.namespace, spec.service, spec.target)
     stable = snapshot.versions_combined(spec.namespace, spec.service, stable_versions)
@@ -176,7 +198,10 @@ def evaluate_gates(
     results = []
     for gate in spec.gates:
         problem = snapshot.problem(_kinds(gate, spec), spec.namespace, spec.service, versions)
-        if problem is not None:  # the e-process, if any, is carried unchanged: this tick's data is not trusted
+        failed = _stays_failed(gate, spec, stable_versions, carried)
+        if failed is not None and problem is not None:  # a crossed test stays rejected, data or not
+            result = failed
+        elif problem is not None:  # the e-process, if any, is carried unchanged: this tick's data is not trusted
             result = _no_data(gate, spec, f"{gate.display_name}: {problem}", carried)
         elif gate.statistical:
             result, carried[gate.display_name] = _statistical_gate(

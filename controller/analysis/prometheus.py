@@ -49,6 +49,9 @@ from controller.engine.metrics_port import MetricsRequest as MetricsRequest  # r
 from controller.redact import redact_text, redact_url
 
 GROUP_LABELS = "destination_workload_namespace, destination_service_name, destination_version"
+# Labels that say how a request ended, not where it was counted: a new series differing from a series seen at the
+# last feed only by these is a new outcome on a known exporter (see statistical_gate.series_interval).
+OUTCOME_LABELS = ("__name__", "le", "response_code", GRPC_LABEL, "response_flags")
 
 
 def _window(seconds: float) -> str:
@@ -118,10 +121,13 @@ def _add_buckets(into: dict[WorkloadKey, VersionMetrics], parsed: Parsed) -> Non
 
 def _add_series(into: dict[WorkloadKey, dict[str, VersionMetrics]], parsed: Parsed, histogram: bool) -> None:
     """Raw counters per series (a histogram's buckets share one id; counters and histograms never do)."""
-    prefix = "h" if histogram else "c"
     for sample in parsed.samples:
         series = into.setdefault(sample.key, {})
-        metrics = series.setdefault(prefix + series_id(sample.labels, drop=("__name__", "le")), VersionMetrics())
+        if histogram:
+            identity = "h" + series_id(sample.labels, drop=("__name__", "le"))
+        else:  # "c<exporter>.<series>": series of one exporter differing only by outcome share the first part
+            identity = f"c{series_id(sample.labels, drop=OUTCOME_LABELS)}.{series_id(sample.labels)}"
+        metrics = series.setdefault(identity, VersionMetrics())
         if histogram and sample.le is not None:
             metrics.buckets[sample.le] = metrics.buckets.get(sample.le, 0.0) + sample.value
         elif not histogram:
@@ -199,9 +205,12 @@ class PrometheusSource:
     ) -> dict[MetricsRequest, MetricsSnapshot]:
         """One snapshot per request; every query ends within `timeout_seconds` and within `deadline`."""
         groups: dict[tuple[float, str], list[MetricsRequest]] = {}
-        for request in requests:
-            groups.setdefault((request.window_seconds, request.reporter), []).append(request)
         result: dict[MetricsRequest, MetricsSnapshot] = {}
+        for request in requests:
+            if request.windowed:
+                groups.setdefault((request.window_seconds, request.reporter), []).append(request)
+            else:  # raw counters only (the fast lane): no windowed query at all
+                result[request] = MetricsSnapshot(window_seconds=request.window_seconds)
         for (window, reporter), members in groups.items():
             snapshot = self._fetch_group(window, reporter, members, deadline)
             for request in members:

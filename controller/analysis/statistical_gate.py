@@ -15,6 +15,12 @@ and `total` are two counters, each differenced per series on its own, then bad <
   before this interval whenever the series existed but was not seen (a missed scrape, a controller restart,
   a series pruned while idle): evidence counted twice breaks the test's bound, while a tick of a new series
   left out only delays it (which series are new does not depend on their outcomes, so the bound holds);
+- except a new *outcome* on a known exporter: a request counter first seen now whose exporter (its labels
+  without the outcome labels: response code, gRPC status, flags) had a series seen at the previous feed. That
+  exporter was scraped for the previous feed and this series was not in that scrape (Prometheus returns every
+  series of a scrape or none), so the counter was created after it and all of its value is growth since the
+  previous feed: counted from 0. This is how a version's first 5xx (a hard fault) counts at once, not a scrape
+  later. A series once seen is never counted from 0 again (`known`), so a series pruned and back is a baseline;
 - a series not seen now contributes nothing and keeps its last value for `STALE_TICKS` ticks (it may come
   back: its growth then spans the gap); at most `MAX_SERIES` series are remembered per gate (the
   most recently seen, the new version's first).
@@ -54,6 +60,12 @@ class GateEvidence(BaseModel):
     tick: int = Field(default=0, description="Ticks that fed counters to this e-process")
     slow_ms: float | None = Field(default=None, description="Latency: the frozen slow threshold (a bucket bound)")
     new: tuple[float, float] = (0.0, 0.0)  # the new version's (requests, bad) counted so far
+    crossed: float | None = Field(
+        default=None, description="The e-value when it first reached K/alpha: the test stopped there (rejected)"
+    )
+    known: set[str] = Field(
+        default_factory=set, description="Series forgotten after being seen (never counted from 0 again; bounded)"
+    )
     stable: tuple[float, float] = (0.0, 0.0)  # the same for the stable versions
 
     @property
@@ -155,6 +167,15 @@ class SeriesInterval(NamedTuple):
     stable: Counts
     counters: dict[str, tuple[float, float]]
     seen: dict[str, int]
+    known: set[str]
+
+
+def _exporter(series: str) -> str | None:
+    """`version/c<exporter>.<series>` -> `version/c<exporter>` (request counters only; None for others)."""
+    version, _, identity = series.partition("/")
+    if not identity.startswith("c") or "." not in identity:
+        return None
+    return f"{version}/{identity.split('.', 1)[0]}"
 
 
 def series_interval(
@@ -163,9 +184,12 @@ def series_interval(
     """Per-series growth since the last tick (see the module docstring), summed into new vs stable."""
     counters = dict(evidence.counters)
     seen = {k: evidence.seen.get(k, evidence.tick) for k in counters}
+    scraped_last = {e for k, t in seen.items() if t == evidence.tick and (e := _exporter(k)) is not None}
     new, stable = [0.0, 0.0], [0.0, 0.0]
     for series, (version, now) in current.items():
         before = counters.get(series)
+        if before is None and evidence.tick > 0 and series not in evidence.known and _exporter(series) in scraped_last:
+            before = (0.0, 0.0)  # a new outcome on an exporter scraped at the last feed: all of it is growth
         if before is not None:
             delta = counter_delta(Counts(*before), now)
             into = new if version == new_version else stable
@@ -180,10 +204,12 @@ def series_interval(
         return (-seen[series], series.split("/", 1)[0] != new_version, series)
 
     kept = sorted((k for k in counters if tick - seen[k] < STALE_TICKS), key=priority)[:MAX_SERIES]
+    forgotten = evidence.known | (counters.keys() - set(kept))
+    known = forgotten if len(forgotten) <= MAX_SERIES else set(sorted(forgotten)[:MAX_SERIES])
     # bad <= total per interval (a custom gate's two counters may disagree: e.g. a bad series seen first)
     return SeriesInterval(
         Counts(new[0], min(new[1], new[0])), Counts(stable[0], min(stable[1], stable[0])),
-        {k: counters[k] for k in kept}, {k: seen[k] for k in kept},
+        {k: counters[k] for k in kept}, {k: seen[k] for k in kept}, known,
     )  # fmt: skip
 
 
@@ -220,22 +246,37 @@ def statistical_outcome(
                 "log_e": log_e,
                 "counters": interval.counters,
                 "seen": interval.seen,
+                "known": interval.known,
                 "tick": tick,
                 "new": (new.total, new.bad),
                 "stable": (stable.total, stable.bad),
             }
         )
     value = evidence.e_value
-    if value < limit:
+    if value >= limit and evidence.crossed is None:  # the test stops at its first crossing: rejected from now on
+        evidence = evidence.model_copy(update={"crossed": value})
+    if evidence.crossed is None:
         slow_note = "" if evidence.slow_ms is None else f" (slow: > {evidence.slow_ms:g}ms)"
         return Outcome(evidence, value, limit, False, f"{name}: e-value {value:.3g} < {limit:g}{slow_note}", missing)
-    what = {"error_rate": "errors", "custom": "bad"}.get(gate.metric) or f"slower than {evidence.slow_ms:g}ms"
+    return Outcome(evidence, value, limit, True, crossed_reason(gate, spec, stable_versions, evidence), missing)
+
+
+def crossed(gate: Gate, evidence: GateEvidence | None) -> bool:
+    """This gate's e-process (of this grid) already reached K/alpha: rejected for the rest of the run."""
+    if evidence is None or evidence.crossed is None:
+        return False
+    return len(evidence.log_e) == len(grid_for(gate.tolerance))
+
+
+def crossed_reason(gate: Gate, spec: RolloutSpec, stable_versions: tuple[str, ...], evidence: GateEvidence) -> str:
+    limit = statistical_gate_count(spec) / gate.alpha
+    slow = "?" if evidence.slow_ms is None else f"{evidence.slow_ms:g}"
+    what = {"error_rate": "errors", "custom": "bad"}.get(gate.metric) or f"slower than {slow}ms"
     new_total, new_bad = evidence.new
     stable_total, stable_bad = evidence.stable
-    reason = (
-        f"{name} of {spec.target}: e-value {value:.4g} >= {limit:g} = K/alpha "
+    return (
+        f"{gate.display_name} of {spec.target}: e-value {evidence.crossed or 0.0:.4g} >= {limit:g} = K/alpha "
         f"({statistical_gate_count(spec)}/{gate.alpha:g}); {what}: {new_bad:.0f} of {new_total:.0f} requests "
         f"vs stable ({','.join(stable_versions) or 'none'}) {stable_bad:.0f} of {stable_total:.0f}, "
         f"tolerance {gate.tolerance:g}x"
     )
-    return Outcome(evidence, value, limit, True, reason, missing)

@@ -24,6 +24,7 @@ class MetricsRequest:
     cumulative_latency: bool = False  # raw duration buckets too (statistical latency gates)
     grpc: bool = False  # an error gate counts gRPC failures: group requests by grpc_response_status too
     custom: tuple[CustomQuery, ...] = ()  # the custom gates' queries (shared by every rollout that uses one)
+    windowed: bool = True  # False: the raw counters only (the fast lane), no windowed request/latency queries
 
 
 class MetricSource(Protocol):

@@ -25,6 +25,7 @@ import structlog
 from controller.analysis.gates import evaluate_gates
 from controller.analysis.metrics import MetricsSnapshot
 from controller.deadline import Deadline
+from controller.engine.fast_lane import FastLane
 from controller.engine.metrics_port import MetricSource
 from controller.engine.phases import ACTIVE_PHASES, MAX_HISTORY, Phase, PhaseChange, RolloutState
 from controller.engine.ports import (
@@ -78,6 +79,8 @@ class RolloutRunner:
     # post-rollout hooks. Without `hook_rounds` a spec's hooks are never answered: their steps hold (never pass).
     hook_rounds: HookRounds | None = None
     post_rollout_hooks: Observer | None = None
+    # Statistical error gates fed between ticks (engine.fast_lane); None: only at each rollout's interval.
+    fast_lane: FastLane | None = field(default_factory=FastLane)
     _last_tick: dict[str, float] = field(default_factory=dict)
     _last_seen: dict[str, float] = field(default_factory=dict)
 
@@ -90,6 +93,8 @@ class RolloutRunner:
         self.store.track({r.name: (r.spec.namespace, r.spec.service, r.spec.router) for r in rollouts})
         self._last_tick = {k: v for k, v in self._last_tick.items() if k in self.rollouts}
         self._last_seen = {k: v for k, v in self._last_seen.items() if k in self.rollouts}
+        if self.fast_lane is not None:
+            self.fast_lane.forget(self.rollouts)
 
     def close(self, timeout: float = 5.0) -> None:
         """On shutdown: queued post-rollout deliveries go out within `timeout`, and the hook pool stops."""
@@ -108,7 +113,12 @@ class RolloutRunner:
             log.error("specs have hooks but this runner calls none: their hook steps hold", rollouts=hooked)
 
     def base_interval(self) -> float:
-        return min((r.spec.schedule.interval for r in self.rollouts.values()), default=5.0)
+        """How often `tick` should be called: the shortest spec interval, or the fast lane's when it is shorter
+        and a rollout has gates in it."""
+        interval = min((r.spec.schedule.interval for r in self.rollouts.values()), default=5.0)
+        if self.fast_lane is not None and self.fast_lane.wanted(self.rollouts):
+            interval = min(interval, self.fast_lane.interval)
+        return interval
 
     def _due(self, now: float) -> list[ManagedRollout]:
         # Tolerate scheduler jitter (milliseconds) without skipping a tick, but never tick early:
@@ -172,6 +182,7 @@ class RolloutRunner:
         states: dict[str, RolloutState] = {}
         damaged: dict[str, str] = {}
         candidates = self._due(mono)
+        candidates += self._fast_lane(candidates, mono, deadline)
         if candidates:
             try:
                 self.store.begin_tick()
@@ -200,7 +211,9 @@ class RolloutRunner:
             report = None
             snapshot = snapshots.get(rollout.name)
             if snapshot is not None and state.phase in ACTIVE_PHASES:
-                report = evaluate_gates(rollout.spec, rollout.plan.stable_versions, snapshot, state.sequential)
+                lane = self.fast_lane
+                evidence = state.sequential if lane is None else lane.evidence_for(rollout.name, state)
+                report = evaluate_gates(rollout.spec, rollout.plan.stable_versions, snapshot, evidence)
             missing = unavailable.get(rollout.name, frozenset())
             step = TickStep(self, rollout, state, report, now, missing, elapsed, deadline)
             step.prepare()
@@ -210,6 +223,9 @@ class RolloutRunner:
         except Exception as exc:  # hooks unanswered: their steps hold; never a pass
             log.error("hooks not called", error=_short(exc))
         events = [step.run(problem) for step, problem in steps]
+        if self.fast_lane is not None:
+            for event in events:
+                self.fast_lane.after_tick(event.rollout, event.decision.state, mono)
         extra = [self.post_rollout_hooks] if self.post_rollout_hooks is not None else []
         for event in events:
             for observer in [*self.observers, *extra]:
@@ -222,6 +238,19 @@ class RolloutRunner:
                         error=_short(exc),
                     )
         return events
+
+    def _fast_lane(self, due: list[ManagedRollout], mono: float, deadline: Deadline | None) -> list[ManagedRollout]:
+        """The rollouts (not due yet) whose statistical error gate crossed its boundary in the fast lane."""
+        if self.fast_lane is None:
+            return []
+        names = {r.name for r in due}
+        waiting = [r for r in self.rollouts.values() if r.name not in names]
+        try:
+            crossed = self.fast_lane.check(waiting, self.metrics, mono, deadline)
+        except Exception as exc:  # never breaks a tick: the rollouts keep their pace
+            log.error("fast lane failed", error=_short(exc))
+            return []
+        return [self.rollouts[name] for name in crossed if name in self.rollouts]
 
     def _monotonic(self) -> float:
         assert self.monotonic is not None
