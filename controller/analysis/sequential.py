@@ -27,6 +27,22 @@ In log space, with D(r) = log(1 + rho (r - 1)):
 
 Intervals where a version served nothing, or with no bad requests, contribute a factor of 1.
 
+A fault that starts late. Healthy intervals are evidence for H0: the product above sinks while the new
+version is fine, so a fault appearing after ten healthy minutes would first have to climb back up (minutes at
+a 5x regression). So the e-value also mixes tests *restarted* at later informative intervals:
+
+    E_t = (1 - s) M_t + sum_{j >= 1} w_j M_t^(j) + W_t,   w_j = s / (j (j + 1)),   W_t = s / (n_t + 1)
+
+where M_t is the mixture above from the start, M_t^(j) the same mixture started at the j-th informative interval
+(1 before it), n_t the number of informative intervals so far and W_t the weight of the tests not started yet
+(each worth 1 until then); s = RESTART_SHARE. Per grid point, A_t(r) = sum_{j <= n_t} w_j prod_{s >= start j}
+LR_s(r) follows A_t = (A_{t-1} + w_{n_t}) LR_t at an informative interval (unchanged otherwise), and
+E_t = (1 - s) mean_r exp(log_e) + mean_r A_t + W_t. Whether an interval is informative depends only on its total
+of bad requests, which the likelihood ratio conditions on, so each new term is a test supermartingale from its
+start and E_t, a convex mixture of them with weights fixed beforehand, is one too: Ville's bound is unchanged.
+The cost: 1 - s of the weight for a version bad from the start (log(1/0.9) = 0.1 nat), and log(j (j + 1) / s)
+nats for a fault starting at the j-th informative interval instead of all the evidence gathered before it.
+
 References: Lindon & Malek, "Anytime-Valid Inference for Multinomial Count Data" (NeurIPS 2022);
 Lindon, Sanden & Shirikian, "Rapid Regression Detection in Software Deployments through
 Sequential Testing" (KDD 2022).
@@ -39,6 +55,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 BASE_GRID = (1.5, 2.0, 3.0, 5.0, 10.0)
+RESTART_SHARE = 0.1  # s: the prior weight of the tests restarted at later informative intervals
 _MAX_LOG = 700.0  # exp() overflows a float near 709.8
 
 
@@ -75,7 +92,7 @@ def update_log_e(
     log_e: Sequence[float], new: Counts, stable: Counts, r0: float, grid: Sequence[float]
 ) -> list[float]:
     """The cumulative log likelihood ratios per grid point after one interval's counts."""
-    if new.total <= 0 or stable.total <= 0 or new.bad + stable.bad <= 0:
+    if not informative(new, stable):
         return list(log_e)
     rho = new.total / (new.total + stable.total)
     return [total + log_factor(new.bad, stable.bad, rho, r, r0) for total, r in zip(log_e, grid, strict=True)]
@@ -91,6 +108,46 @@ def log_e_value(log_e: Sequence[float]) -> float:
 
 def e_value(log_e: Sequence[float]) -> float:
     return math.exp(min(log_e_value(log_e), _MAX_LOG))
+
+
+def informative(new: Counts, stable: Counts) -> bool:
+    """The interval says something: both sides served requests and some were bad."""
+    return new.total > 0 and stable.total > 0 and new.bad + stable.bad > 0
+
+
+def update_restarts(
+    log_restart: Sequence[float], intervals: int, new: Counts, stable: Counts, r0: float, grid: Sequence[float]
+) -> tuple[list[float], int]:
+    """(log A_t per grid point, informative intervals so far) after one interval (see the module docstring).
+
+    `log_restart` empty means A = 0 (no restarted test yet)."""
+    if not informative(new, stable):
+        return list(log_restart), intervals
+    n = intervals + 1
+    log_w = math.log(RESTART_SHARE / (n * (n + 1)))
+    rho = new.total / (new.total + stable.total)
+    before = log_restart if log_restart else [-math.inf] * len(grid)
+    return [
+        _log_add(a, log_w) + log_factor(new.bad, stable.bad, rho, r, r0) for a, r in zip(before, grid, strict=True)
+    ], n
+
+
+def _log_add(a: float, b: float) -> float:
+    top = max(a, b)
+    return top + math.log(math.exp(a - top) + math.exp(b - top))
+
+
+def log_mixture_e_value(log_e: Sequence[float], log_restart: Sequence[float], intervals: int) -> float:
+    """log E_t = log((1 - s) mean exp(log_e) + mean exp(log_restart) + s / (n + 1))."""
+    parts = [math.log1p(-RESTART_SHARE) + log_e_value(log_e), math.log(RESTART_SHARE / (intervals + 1))]
+    if log_restart:
+        parts.append(log_e_value(log_restart))
+    top = max(parts)
+    return top + math.log(sum(math.exp(p - top) for p in parts))
+
+
+def mixture_e_value(log_e: Sequence[float], log_restart: Sequence[float], intervals: int) -> float:
+    return math.exp(min(log_mixture_e_value(log_e, log_restart, intervals), _MAX_LOG))
 
 
 def counter_delta(previous: Counts, current: Counts) -> Counts:

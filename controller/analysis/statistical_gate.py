@@ -38,11 +38,12 @@ from controller.analysis.metrics import QUANTILES, MetricsSnapshot, VersionMetri
 from controller.analysis.sequential import (
     Counts,
     counter_delta,
-    e_value,
     grid_for,
+    mixture_e_value,
     slow_counts,
     snap_boundary,
     update_log_e,
+    update_restarts,
 )
 from controller.spec import Gate, RolloutSpec
 
@@ -51,6 +52,10 @@ class GateEvidence(BaseModel):
     """The e-process of one statistical gate for one rollout run."""
 
     log_e: list[float] = Field(description="Cumulative log likelihood ratio per alternative of the grid")
+    log_restart: list[float] = Field(
+        default_factory=list, description="Per alternative, log A_t of the restarted tests (empty: none yet)"
+    )
+    intervals: int = Field(default=0, ge=0, description="Informative intervals so far (restart weights)")
     counters: dict[str, tuple[float, float]] = Field(
         default_factory=dict,
         description="Per series (`version/<series id>`, or `version` for per-version totals), the last raw "
@@ -70,7 +75,7 @@ class GateEvidence(BaseModel):
 
     @property
     def e_value(self) -> float:
-        return e_value(self.log_e)
+        return mixture_e_value(self.log_e, self.log_restart, self.intervals)
 
 
 class Outcome(NamedTuple):
@@ -240,10 +245,17 @@ def statistical_outcome(
         interval = series_interval(evidence, current, spec.target, tick)
         new = Counts(evidence.new[0] + interval.new.total, evidence.new[1] + interval.new.bad)
         stable = Counts(evidence.stable[0] + interval.stable.total, evidence.stable[1] + interval.stable.bad)
-        log_e = update_log_e(evidence.log_e, interval.new, interval.stable, gate.tolerance, grid_for(gate.tolerance))
+        grid = grid_for(gate.tolerance)
+        log_e = update_log_e(evidence.log_e, interval.new, interval.stable, gate.tolerance, grid)
+        restarts = evidence.log_restart if len(evidence.log_restart) == len(grid) else []
+        log_restart, intervals = update_restarts(
+            restarts, evidence.intervals, interval.new, interval.stable, gate.tolerance, grid
+        )
         evidence = evidence.model_copy(
             update={
                 "log_e": log_e,
+                "log_restart": log_restart,
+                "intervals": intervals,
                 "counters": interval.counters,
                 "seen": interval.seen,
                 "known": interval.known,

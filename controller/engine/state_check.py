@@ -40,6 +40,13 @@ def _numbers_problem(state: RolloutState) -> str | None:
     for name in ("ticks", "failed_checks", "apply_failures", "dropped_history"):
         if getattr(state, name) < 0:
             return f"{name} is negative"
+    for gate, evidence in state.sequential.items():
+        numbers = [*evidence.log_e, *evidence.log_restart]
+        counts = [*evidence.new, *evidence.stable, *(v for pair in evidence.counters.values() for v in pair)]
+        if not all(math.isfinite(x) for x in numbers) or not all(math.isfinite(x) and x >= 0 for x in counts):
+            return f"the e-process of gate {gate!r} holds a non-finite or negative number"
+        if evidence.crossed is not None and not (math.isfinite(evidence.crossed) and evidence.crossed > 0):
+            return f"the e-process of gate {gate!r} crossed at {evidence.crossed!r} (must be a finite number > 0)"
     return None
 
 

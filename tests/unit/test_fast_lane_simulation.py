@@ -19,17 +19,24 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 import pytest
-from scipy.special import logsumexp
 from scipy.stats import binom
 
 from controller.analysis.gates import GateReport, Verdict, evaluate_gates
 from controller.analysis.metrics import MetricsSnapshot, VersionMetrics
 from controller.analysis.prometheus import OUTCOME_LABELS
 from controller.analysis.prometheus_parse import series_id
-from controller.analysis.sequential import Counts, e_value, grid_for, update_log_e
+from controller.analysis.sequential import (
+    RESTART_SHARE,
+    Counts,
+    grid_for,
+    mixture_e_value,
+    update_log_e,
+    update_restarts,
+)
 from controller.analysis.statistical_gate import GateEvidence
 from controller.spec import RolloutSpec
 from tests.fakes.prometheus import istio
+from tests.unit import eprocess_paths
 from tests.unit.engine_fixtures import spec
 
 RPS, WEIGHT = 100.0, 0.1
@@ -171,17 +178,10 @@ def first_failure(feeding: Feeding, feeds: int, gate_spec: RolloutSpec = SPEC) -
 
 
 def log_e_paths(new: tuple[Ints, Ints], stable: tuple[Ints, Ints], tolerance: float = TOLERANCE) -> Floats:
-    """log E_t per run and feed, vectorised (the formula of `controller.analysis.sequential`): `new` and
-    `stable` are (requests, errors) per run and interval, shape (runs, feeds)."""
-    grid = np.array(grid_for(tolerance))
+    """log E_t per run and feed, vectorised (tests/unit/eprocess_paths.py): `new` and `stable` are
+    (requests, errors) per run and interval, shape (runs, feeds)."""
     (n_total, n_bad), (s_total, s_bad) = new, stable
-    informative = (n_total > 0) & (s_total > 0)
-    rho = np.where(informative, n_total / np.maximum(n_total + s_total, 1), 0.0)
-    shift = np.log1p(rho[..., None] * (grid - 1)) - np.log1p(rho[..., None] * (tolerance - 1))
-    step = n_bad[..., None] * np.log(grid / tolerance) - (n_bad + s_bad)[..., None] * shift
-    log_lr = np.cumsum(np.where(informative[..., None], step, 0.0), axis=1)
-    result: Floats = logsumexp(log_lr, axis=2) - math.log(len(grid))
-    return result
+    return eprocess_paths.log_e_paths(n_total, n_bad, s_total, s_bad, tolerance)
 
 
 def false_alarm_bound(runs: int, rate: float) -> int:
@@ -257,8 +257,9 @@ REFERENCE_RUNS = 10_000
 def wald_time() -> float:
     """T* = a / mu: the time the r = 5 component of the mixture needs, on average drift, to reach a.
 
-    The mixture is (1/|grid|) sum_i LR(r_i) >= LR(5) / |grid|, so it has crossed K/alpha once
-    log LR(5) >= a = log(K/alpha) + log|grid|. Per second, log LR(5) grows on average by
+    The e-value is at least (1 - s)(1/|grid|) sum_i LR(r_i) >= (1 - s) LR(5) / |grid| (s = RESTART_SHARE), so
+    it has crossed K/alpha once log LR(5) >= a = log(K/alpha) + log|grid| + log(1 / (1 - s)). Per second,
+    log LR(5) grows on average by
     mu = e_new log(5 / r0) - (e_new + e_stable) (D(5) - D(r0)), D(r) = log(1 + rho (r - 1)), with the
     expected errors per second e_new = 10 x 5 % = 0.5 and e_stable = 90 x 1 % = 0.9 at rho = 0.1.
     By Wald's identity its first passage takes a / mu seconds or more on average (overshoot), and a first
@@ -270,7 +271,7 @@ def wald_time() -> float:
     mu = e_new * math.log(5 / TOLERANCE) - (e_new + e_stable) * (
         math.log1p(rho * (5 - 1)) - math.log1p(rho * (TOLERANCE - 1))
     )
-    return (math.log(LIMIT) + math.log(len(grid))) / mu
+    return (math.log(LIMIT) + math.log(len(grid)) - math.log1p(-RESTART_SHARE)) / mu
 
 
 def crossing_seconds(log_e: Floats) -> Floats:
@@ -326,8 +327,10 @@ def errors_needed(new_requests: float, stable_requests: float) -> int:
     by the controller's maths."""
     grid = grid_for(TOLERANCE)
     for bad in range(1, 100):
-        log_e = update_log_e([0.0] * len(grid), Counts(new_requests, bad), Counts(stable_requests, 0), TOLERANCE, grid)
-        if e_value(log_e) >= LIMIT:
+        new, stable = Counts(new_requests, bad), Counts(stable_requests, 0)
+        log_e = update_log_e([0.0] * len(grid), new, stable, TOLERANCE, grid)
+        log_restart, intervals = update_restarts([], 0, new, stable, TOLERANCE, grid)
+        if mixture_e_value(log_e, log_restart, intervals) >= LIMIT:
             return bad
     raise AssertionError("never crosses")
 
@@ -360,15 +363,16 @@ class OldKeys(Feeding):
 @pytest.mark.parametrize("offset", [0.05, 0.3, 0.5, 0.7, 0.95])
 def test_a_hard_fault_crosses_at_the_first_feed_with_enough_errors(offset: float) -> None:
     """100 % 5xx on v2 from 20 s + offset: new 503 series on v2's known pods. At 10 % weight and none on v1,
-    `errors_needed` = 4 errors cross K/alpha (5 at any share up to 12 %): the gate fails at the first feed
-    where the errors since the fault reach 4, not a feed later as it would with every new series a baseline.
+    `errors_needed` = 5 errors cross K/alpha (the from-start test carries 1 - RESTART_SHARE of the weight): the
+    gate fails at the first feed where the errors since the fault reach 5, not a feed later as it would with
+    every new series a baseline.
     """
     fault, feeds = WARMUP + 20, 30
     traffic = hard_fault_traffic(fault, offset, WARMUP + 1 + feeds)
     new, stable = traffic.totals("v2"), traffic.totals("v1")
     assert (new[0][fault], stable[0][fault]) == (10, 90)
     needed = errors_needed(10, 90)
-    assert needed == 4
+    assert needed == 5
     failed, _ = first_failure(Feeding(traffic), feeds)
     per_feed = new[1][WARMUP + 1 :]  # feed n covers second WARMUP + n
     assert failed == int(np.argmax(np.cumsum(per_feed) >= needed)) + 1

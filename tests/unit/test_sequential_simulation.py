@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import pytest
-from scipy.special import logsumexp
 from scipy.stats import binom, norm
 
 from controller.analysis.gates import Verdict, evaluate_gates
 from controller.analysis.metrics import MetricsSnapshot, VersionMetrics
-from controller.analysis.sequential import grid_for
+from controller.analysis.sequential import RESTART_SHARE, grid_for
+from tests.unit import eprocess_paths
 from tests.unit.engine_fixtures import spec
 
 RUNS = 1000
@@ -64,16 +64,10 @@ def simulate(seed: int, weight: float, new_error_rate: float, runs: int = RUNS) 
 
 
 def log_e_paths(runs: Runs) -> Floats:
-    """log E_t for every run and tick: sum_i w_i prod_s LR_s(r_i), in log space (as in `sequential`)."""
-    grid = np.array(grid_for(TOLERANCE))
-    informative = (runs.new_requests > 0) & (runs.stable_requests > 0)
-    rho = np.where(informative, runs.new_requests / np.maximum(runs.new_requests + runs.stable_requests, 1), 0.0)
-    shift = np.log1p(rho[..., None] * (grid - 1)) - np.log1p(rho[..., None] * (TOLERANCE - 1))
-    bad = runs.new_errors + runs.stable_errors
-    step = runs.new_errors[..., None] * np.log(grid / TOLERANCE) - bad[..., None] * shift
-    log_lr = np.cumsum(np.where(informative[..., None], step, 0.0), axis=1)
-    result: Floats = logsumexp(log_lr, axis=2) - math.log(len(grid))
-    return result
+    """log E_t for every run and tick (tests/unit/eprocess_paths.py: the formula of `sequential`, vectorised)."""
+    return eprocess_paths.log_e_paths(
+        runs.new_requests, runs.new_errors, runs.stable_requests, runs.stable_errors, TOLERANCE
+    )
 
 
 def first_crossing(hits: npt.NDArray[np.bool_]) -> Ints:
@@ -198,3 +192,47 @@ def test_the_vectorised_maths_is_the_controllers() -> None:
             values, failed = replay(runs, run, ticks)
             assert np.allclose(np.log(values), expected[run, :ticks], rtol=1e-9, atol=1e-9)
             assert failed == (crossings[run] if crossings[run] < ticks else -1)
+
+
+def test_a_regression_after_ten_healthy_minutes_is_caught_without_climbing_back(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """10 healthy minutes (both versions at 1 %, v2 at 10 % weight, 5 s ticks), then v2 fails 5 %.
+
+    Healthy ticks are evidence for "no worse", so the mixture from the start sinks (its r = 5 term by about
+    0.9 x 5 x 0.063 nats per tick) and must climb back before it can cross. The tests restarted at later
+    informative ticks do not: the one started at the first tick after the fault costs
+    log(j (j + 1) / s) nats of prior weight (j = informative ticks so far, about 121), so by Wald's identity
+    its median first passage sits below T = (log(K/alpha) + log|grid| + log(j (j + 1) / s)) / mu, with mu the
+    r = 5 term's drift per tick after the fault, plus one tick (a crossing is seen at the end of its tick).
+    Asserted: the median detection is within T, and the e-process from the start alone (no restarts) is slower.
+    """
+    before, after = 120, TICKS - 120
+    healthy, faulty = simulate(301, 0.1, BASELINE_ERRORS), simulate(302, 0.1, 5 * BASELINE_ERRORS)
+
+    def joined(a: Ints, b: Ints) -> Ints:
+        return np.concatenate([a[:, :before], b[:, :after]], axis=1)
+
+    runs = Runs(*(joined(getattr(healthy, f), getattr(faulty, f)) for f in Runs.__dataclass_fields__))
+    counts = (runs.new_requests, runs.new_errors, runs.stable_requests, runs.stable_errors, TOLERANCE)
+    with_restarts = eprocess_paths.log_e_paths(*counts)
+    from_start = eprocess_paths.log_e_paths(*counts, restarts=False)
+    early = int((with_restarts[:, :before].max(axis=1) >= math.log(LIMIT)).sum())
+
+    def median_seconds(log_e: Floats) -> float:
+        first = first_crossing(log_e[:, before:] >= math.log(LIMIT))
+        return float(np.median(np.where(first >= 0, (first + 1) * TICK_SECONDS, np.inf)))
+
+    rho, new_rate, stable_rate = 0.1, RPS * 0.1 * 0.05, RPS * 0.9 * BASELINE_ERRORS
+    shift = math.log1p(rho * 4) - math.log1p(rho * (TOLERANCE - 1))
+    mu = (new_rate * math.log(5 / TOLERANCE) - (new_rate + stable_rate) * shift) * TICK_SECONDS
+    j = before + 1
+    bound = (math.log(LIMIT) + math.log(len(grid_for(TOLERANCE))) + math.log(j * (j + 1) / RESTART_SHARE)) / mu + 1
+    restarted, alone = median_seconds(with_restarts), median_seconds(from_start)
+    with capsys.disabled():
+        print(f"\n[statistical gate] 5x regression after 10 healthy minutes at 10% weight: median detection "
+              f"{restarted:.0f} s (bound {bound * TICK_SECONDS:.0f} s); without restarted tests {alone:.0f} s; "
+              f"false rollbacks in the healthy minutes: {early}/{RUNS}")
+    assert restarted <= bound * TICK_SECONDS
+    assert alone > restarted
+    assert early <= false_alarm_bound(ALPHA)
