@@ -29,11 +29,26 @@ def register(subparsers: Subparsers) -> None:
     ctl.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "ramp-system"))
     ctl.add_argument("--lease-name", default="ramp-controller")
     ctl.add_argument("--identity", default=os.environ.get("POD_NAME", ""), help="leader election identity")
+    ctl.add_argument("--shards", type=_shard_count, default=1, metavar="N",
+                     help="split the rollouts over N shards, one Lease each (<lease-name>-shard-<i>-of-<N>), so up "
+                          "to N replicas act at once; 1 (default): one leader Lease named --lease-name")
     add_loop_arguments(ctl, default_listen="0.0.0.0:8080")
     add_notifications_argument(ctl)
     ctl.add_argument("--kubeconfig")
     ctl.add_argument("--context")
     ctl.set_defaults(handler=_controller)
+
+
+def _shard_count(text: str) -> int:
+    from controller.sharding import MAX_SHARDS
+
+    try:
+        shards = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shards must be an integer from 1 to {MAX_SHARDS}, got {text!r}") from None
+    if not 1 <= shards <= MAX_SHARDS:
+        raise argparse.ArgumentTypeError(f"--shards must be from 1 to {MAX_SHARDS}, got {shards}")
+    return shards
 
 
 def _api(args: argparse.Namespace) -> ApiClient:

@@ -6,6 +6,10 @@ per service, and k8s/rollout_bridge for their commands and status) -> runner wit
 the same update), Prometheus gates, Deployment availability, Events and metrics observers -> the ControllerLoop
 (each tick bounded by its deadline), driven by APScheduler, acting only while this replica holds the leader Lease.
 /healthz and /readyz come from the loop (see controller_loop) and from leader election.
+
+With `shards` > 1 (`--shards N`) the rollouts are split over N shards, one Lease each (controller/k8s/shards.py):
+each replica ticks only the rollouts of the shards it holds for the whole tick, and the RampRollout bridge forwards
+commands and publishes status only for them. With 1 shard everything is as without sharding (one Lease, same name).
 """
 
 from __future__ import annotations
@@ -17,17 +21,19 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import structlog
+from kubernetes.client import ApiClient
 
 from controller.analysis.prometheus import PrometheusSource
 from controller.cluster_backend import cluster_backend
 from controller.controller_loop import DEFAULT_TICK_DEADLINE, ControllerLoop
 from controller.controller_metrics import ControllerMetrics
-from controller.engine.runner import RolloutRunner
+from controller.engine.runner import ManagedRollout, RolloutRunner
 from controller.engine.scheduler import TickScheduler
 from controller.hooks.evaluation import HookRounds
 from controller.hooks.post_rollout import PostRolloutHooks
@@ -39,7 +45,10 @@ from controller.k8s.leader import LeaderElectionForbidden, LeaderElector, LeaseC
 from controller.k8s.rollout_bridge import RolloutResourceBridge
 from controller.k8s.rollout_watch import RolloutResourceWatch, WatchConfig
 from controller.k8s.rollout_writes import RolloutResourceClient
+from controller.k8s.shards import ShardedResources, ShardLeases, ShardSelection
 from controller.notify.observer import DRAIN_SECONDS, start_notifications
+from controller.routing.object_backend import RouteObjectBackend
+from controller.sharding import validate_shards
 from controller.spec_directory import SpecDirectory
 from controller.spec_notify import Notification
 from controller.spec_sources import CombinedSpecSource
@@ -65,6 +74,22 @@ class ControllerOptions:
     resources: bool = True  # watch RampRollout custom resources besides the spec directory
     watch_config: WatchConfig | None = None
     notifications: tuple[Notification, ...] = ()  # global ones (--notifications), besides each spec's own
+    shards: int = 1  # --shards: 1 = one leader Lease named lease_name (no sharding)
+    lease_duration: float = 15.0  # client-go's defaults; shorter only in tests
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+
+    def __post_init__(self) -> None:
+        validate_shards(self.shards)
+
+
+class Election(Protocol):
+    """What the controller needs of its election: an ElectionMonitor (one Lease) or ShardLeases."""
+
+    def start(self, stop: threading.Event) -> None: ...
+    def join(self, timeout: float) -> None: ...
+    def alive(self) -> bool: ...
+    def status(self) -> tuple[bool, str]: ...
 
 
 class ElectionMonitor:
@@ -160,37 +185,60 @@ def run_controller(options: ControllerOptions, stop: threading.Event | None = No
     )
     directory = SpecDirectory(options.specs, options.namespaces)
     specs: SpecDirectory | CombinedSpecSource = directory
+    identity = options.identity or f"{socket.gethostname()}-{os.getpid()}"
+    election: Election
+    selection: ShardSelection | None = None
+    describe: Callable[[], str] | None = None
+    if options.shards == 1:
+        elector = LeaderElector(api, LeaseConfig(
+            namespace=options.lease_namespace, name=options.lease_name, identity=identity,
+            lease_duration=options.lease_duration, renew_deadline=options.renew_deadline,
+            retry_period=options.retry_period,
+        ))  # fmt: skip
+        election, may_act = ElectionMonitor(elector), elector.is_leader
+    else:
+        leases = ShardLeases(
+            api, namespace=options.lease_namespace, base_name=options.lease_name, identity=identity,
+            shards=options.shards, lease_duration=options.lease_duration, renew_deadline=options.renew_deadline,
+            retry_period=options.retry_period,
+        )  # fmt: skip
+
+        def forget_routing(gained: Sequence[ManagedRollout]) -> None:
+            for rollout in gained:  # another replica may have moved them: re-read, never trust what we confirmed
+                backend.invalidate(rollout.spec.namespace, rollout.spec.service)
+
+        selection = ShardSelection(leases, on_gained=forget_routing)
+        election, may_act, describe = leases, leases.may_write, leases.describe
+    runner.may_write = may_act
     watch: RolloutResourceWatch | None = None
     hooks: RolloutResourceBridge | None = None
     if options.resources:
         watch = RolloutResourceWatch(api, options.namespaces, options.watch_config)
         combined = CombinedSpecSource(directory, watch)
         specs = combined
-        hooks = RolloutResourceBridge(combined, RolloutResourceClient(api), backend, recorder)
-    identity = options.identity or f"{socket.gethostname()}-{os.getpid()}"
-    elector = LeaderElector(
-        api, LeaseConfig(namespace=options.lease_namespace, name=options.lease_name, identity=identity)
-    )
-    runner.may_write = elector.is_leader
-    election = ElectionMonitor(elector)
+        hooks = _bridge(combined, api, backend, recorder, selection)
     loop = ControllerLoop(
         runner,
         specs=specs,
         metrics=metrics,
-        should_act=elector.is_leader,
+        should_act=may_act,
         leadership=election.status,
         tick_deadline=options.tick_deadline,
         interval=BASE_TICK_SECONDS,
         hooks=hooks,
+        select=selection,
     )
 
     def healthy() -> tuple[bool, str]:
         if not election.alive():
             return False, "leader election thread stopped"
-        return loop.health()
+        ok, body = loop.health()
+        return ok, body if describe is None else f"{body}, {describe()}"
 
     def ready() -> tuple[bool, str]:
         ok, body = loop.readiness()
+        if describe is not None:
+            body = f"{body}, {describe()}"
         if watch is None:
             return ok, body
         watching, detail = watch.status()
@@ -224,12 +272,24 @@ def run_controller(options: ControllerOptions, stop: threading.Event | None = No
         loop.wait_idle(options.tick_deadline)  # a tick still running ends (or is left) before the Lease goes
         dispatcher.stop(DRAIN_SECONDS)  # what the last ticks queued goes out, within a bound
         runner.close(DRAIN_SECONDS)  # post-rollout hooks too
-        election.join(timeout=15)  # it releases the Lease on stop, so a successor takes over at once
+        election.join(15)  # it releases the Lease(s) on stop, so a successor takes over at once
         if watch is not None:
             watch.join(timeout=5)
         server.stop()
         log.info("controller stopped", identity=identity)
     return 0
+
+
+def _bridge(
+    source: CombinedSpecSource, api: ApiClient, backend: RouteObjectBackend, recorder: EventRecorder,
+    selection: ShardSelection | None,
+) -> RolloutResourceBridge:  # fmt: skip
+    """The RampRollout bridge; sharded, its commands, status writes and Events only for the shards of the tick."""
+    writes = RolloutResourceClient(api)
+    if selection is None:
+        return RolloutResourceBridge(source, writes, backend, recorder)
+    owned = ShardedResources(selection, lambda: source.rollouts, lambda: source.objects)
+    return RolloutResourceBridge(source, owned.writes(writes), owned.commands(backend), owned.events(recorder))
 
 
 def run_controller_from_args(args: argparse.Namespace) -> int:
@@ -255,5 +315,6 @@ def run_controller_from_args(args: argparse.Namespace) -> int:
         namespaces=namespaces, lease_namespace=args.lease_namespace, lease_name=args.lease_name,
         identity=args.identity, listen_port=port, listen_host=host, tick_deadline=args.tick_deadline,
         prometheus_source=source, resources=not args.no_resources, notifications=tuple(notifications),
+        shards=args.shards,
     )  # fmt: skip
     return run_controller(options)

@@ -113,7 +113,11 @@ class ControllerLoop:
         on_problems: Callable[[Sequence[SpecProblem]], None] = _log_problems,
         clock: Callable[[], float] = time.monotonic,
         hooks: TickHooks | None = None,
+        select: Callable[[Sequence[ManagedRollout]], Sequence[ManagedRollout]] | None = None,
     ) -> None:
+        """`select`, when given, is called at the start of every iteration with the specs' rollouts and returns
+        the ones this replica acts on (a sharded controller: the rollouts of the shards it holds now); the runner
+        gets a new set whenever the selection changes."""
         if not tick_deadline > 0:
             raise ValueError(f"tick deadline must be > 0 seconds, got {tick_deadline}")
         if interval is not None and not interval > 0:
@@ -128,6 +132,8 @@ class ControllerLoop:
         self._on_problems = on_problems
         self._clock = clock
         self._hooks = hooks
+        self._select = select
+        self._selected: list[int] = []  # ids of the rollouts the runner was last given (with `select`)
         self._lock = threading.Lock()
         self._created = clock()
         self._ticks = 0
@@ -213,10 +219,17 @@ class ControllerLoop:
                 if self.specs.refresh():
                     self._rollouts_stale = True  # until the runner has them (set_rollouts may fail: retried)
                     self._on_problems(self.specs.problems)
+                rollouts: Sequence[ManagedRollout] = self.specs.rollouts
+                if self._select is not None:
+                    tick.doing = "selecting the rollouts of the shards held"
+                    rollouts = self._select(rollouts)
+                    if [id(r) for r in rollouts] != self._selected:
+                        self._rollouts_stale = True
                 if self._rollouts_stale:
-                    self.runner.set_rollouts(self.specs.rollouts)
+                    self.runner.set_rollouts(rollouts)
+                    self._selected = [id(r) for r in rollouts]
                     self._rollouts_stale = False
-                    log.info("specs loaded", rollouts=[r.name for r in self.specs.rollouts])
+                    log.info("specs loaded", rollouts=[r.name for r in rollouts])
             acting = self.acting()
             if acting:
                 hooks = self._hooks

@@ -113,7 +113,11 @@ class LeaderElector:
         wall_clock: Callable[[], float] = time.time,
         on_started_leading: Callback | None = None,
         on_stopped_leading: Callback | None = None,
+        may_acquire: Callable[[float], bool] | None = None,
     ) -> None:
+        """`may_acquire(unchanged_for)`, when given, is asked before taking a Lease this replica does not hold
+        (absent, released or expired), with how long the record has been seen unchanged: False leaves it for
+        now (see k8s/shards.py's fair share). Renewing a held Lease never asks."""
         self.config = config
         self._api = CoordinationV1Api(api_client)
         install(api_client)
@@ -122,6 +126,7 @@ class LeaderElector:
         self._wall_clock = wall_clock
         self._on_started = on_started_leading
         self._on_stopped = on_stopped_leading
+        self._may_acquire = may_acquire
         default_timeout = config.renew_deadline / 2
         self._timeout = min(float(getattr(api_client, REQUEST_TIMEOUT_ATTR, default_timeout)), default_timeout)
         self._lock = threading.Lock()
@@ -186,6 +191,9 @@ class LeaderElector:
         try:
             lease = self._request("get", self._api.read_namespaced_lease, self.config.name, self.config.namespace)
         except NotFound:
+            self._observe((None, "", None, None), now)
+            if self._may_acquire is not None and not self._may_acquire(now - self._observed_at):
+                return False  # absent, but left for a replica holding fewer Leases for now
             self._create()
             return True
         spec = lease.spec
@@ -196,13 +204,16 @@ class LeaderElector:
             spec.renew_time if spec is not None else None,
             spec.lease_duration_seconds if spec is not None else None,
         )
-        if record != self._observed:
-            self._observed, self._observed_at = record, now
+        self._observe(record, now)
         if holder and holder != self.config.identity:
             duration = self._declared_duration(record[3])
             if now < self._observed_at + duration:
                 return False  # held by a live leader as far as we can tell
+            if self._may_acquire is not None and not self._may_acquire(now - self._observed_at):
+                return False
             log.info("lease expired", lease=self._where, previous_holder=holder, unchanged_for=now - self._observed_at)
+        elif not holder and self._may_acquire is not None and not self._may_acquire(now - self._observed_at):
+            return False  # released, but left for a replica holding fewer Leases for now
         stamp = _micro_time(self._wall_clock())
         update: dict[str, Any] = {
             "holder_identity": self.config.identity,
@@ -214,6 +225,12 @@ class LeaderElector:
             update["acquire_time"] = stamp
         self._replace(lease, update)
         return True
+
+    def _observe(self, record: _Record, now: float) -> None:
+        """Remember `record` and when it was first seen (the takeover clock runs from then)."""
+        with self._lock:
+            if record != self._observed:
+                self._observed, self._observed_at = record, now
 
     def _declared_duration(self, declared: object) -> float:
         """The holder's leaseDurationSeconds, as client-go honours it; a missing or non-positive value means

@@ -123,3 +123,26 @@ instead. Rendered (empty) by rbac.yaml.
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+Sharding: the shard count (1: no sharding), and the Lease names the controller uses as a JSON list:
+leaderElection.leaseName itself with one shard, else <leaseName>-shard-<i>-of-<N> (controller/sharding.py).
+*/}}
+{{- define "ramp.shards" -}}
+{{- $sharding := .Values.sharding | default dict -}}
+{{- $sharding.shards | default 1 | int -}}
+{{- end }}
+
+{{- define "ramp.leaseNames" -}}
+{{- $shards := include "ramp.shards" . | int -}}
+{{- $base := .Values.leaderElection.leaseName -}}
+{{- if eq $shards 1 -}}
+{{- list $base | toJson -}}
+{{- else -}}
+{{- $names := list -}}
+{{- range $i := until $shards -}}
+{{- $names = append $names (printf "%s-shard-%d-of-%d" $base $i $shards) -}}
+{{- end -}}
+{{- $names | toJson -}}
+{{- end -}}
+{{- end }}
