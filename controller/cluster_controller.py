@@ -35,6 +35,7 @@ from controller.controller_loop import DEFAULT_TICK_DEADLINE, ControllerLoop
 from controller.controller_metrics import ControllerMetrics
 from controller.engine.runner import ManagedRollout, RolloutRunner
 from controller.engine.scheduler import TickScheduler
+from controller.gc_tuning import freeze_long_lived, tune_for_controller
 from controller.hooks.evaluation import HookRounds
 from controller.hooks.post_rollout import PostRolloutHooks
 from controller.http_endpoints import EndpointServer
@@ -78,6 +79,7 @@ class ControllerOptions:
     lease_duration: float = 15.0  # client-go's defaults; shorter only in tests
     renew_deadline: float = 10.0
     retry_period: float = 2.0
+    gc_tuning: bool = False  # the process is the controller's own (the CLI): tune the garbage collector (gc_tuning)
 
     def __post_init__(self) -> None:
         validate_shards(self.shards)
@@ -152,6 +154,8 @@ class ElectionMonitor:
 
 def run_controller(options: ControllerOptions, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
+    if options.gc_tuning:
+        tune_for_controller()
     api = load_api_client(options.kubeconfig, options.context)
     backend = cluster_backend(api)
     prometheus = options.prometheus_source or PrometheusSource(options.prometheus)
@@ -227,6 +231,7 @@ def run_controller(options: ControllerOptions, stop: threading.Event | None = No
         interval=BASE_TICK_SECONDS,
         hooks=hooks,
         select=selection,
+        on_rollouts=freeze_long_lived if options.gc_tuning else None,
     )
 
     def healthy() -> tuple[bool, str]:
@@ -315,6 +320,6 @@ def run_controller_from_args(args: argparse.Namespace) -> int:
         namespaces=namespaces, lease_namespace=args.lease_namespace, lease_name=args.lease_name,
         identity=args.identity, listen_port=port, listen_host=host, tick_deadline=args.tick_deadline,
         prometheus_source=source, resources=not args.no_resources, notifications=tuple(notifications),
-        shards=args.shards,
+        shards=args.shards, gc_tuning=True,
     )  # fmt: skip
     return run_controller(options)

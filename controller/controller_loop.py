@@ -114,10 +114,12 @@ class ControllerLoop:
         clock: Callable[[], float] = time.monotonic,
         hooks: TickHooks | None = None,
         select: Callable[[Sequence[ManagedRollout]], Sequence[ManagedRollout]] | None = None,
+        on_rollouts: Callable[[], None] | None = None,
     ) -> None:
         """`select`, when given, is called at the start of every iteration with the specs' rollouts and returns
         the ones this replica acts on (a sharded controller: the rollouts of the shards it holds now); the runner
-        gets a new set whenever the selection changes."""
+        gets a new set whenever the selection changes. `on_rollouts` is called after the runner got a new set
+        (the controller freezes the long-lived objects for the garbage collector then: controller.gc_tuning)."""
         if not tick_deadline > 0:
             raise ValueError(f"tick deadline must be > 0 seconds, got {tick_deadline}")
         if interval is not None and not interval > 0:
@@ -133,6 +135,7 @@ class ControllerLoop:
         self._clock = clock
         self._hooks = hooks
         self._select = select
+        self._on_rollouts = on_rollouts
         self._selected: list[int] = []  # ids of the rollouts the runner was last given (with `select`)
         self._lock = threading.Lock()
         self._created = clock()
@@ -229,6 +232,8 @@ class ControllerLoop:
                     self.runner.set_rollouts(rollouts)
                     self._selected = [id(r) for r in rollouts]
                     self._rollouts_stale = False
+                    if self._on_rollouts is not None:
+                        _guarded("on_rollouts", self._on_rollouts)
                     log.info("specs loaded", rollouts=[r.name for r in rollouts])
             acting = self.acting()
             if acting:

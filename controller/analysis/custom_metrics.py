@@ -16,6 +16,7 @@ value, or the same version (or series) twice, gives *no data* for what it belong
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Iterable, Sequence
@@ -77,20 +78,35 @@ def gate_queries(gate: Gate, spec: RolloutSpec) -> GateQueries:
         return GateQueries()
     names = gate.metric_labels
     labels = (names.namespace, names.service, names.version)
-    window = prom_window(spec.analysis.window)
-    fill = {"window": window, "reporter": spec.analysis.reporter}
+    return _queries(gate.query, gate.bad, gate.total, gate.statistical, labels, spec.analysis.window,
+                    spec.analysis.reporter)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4096)
+def _queries(
+    query: str | None,
+    bad_text: str | None,
+    total_text: str | None,
+    statistical: bool,
+    labels: tuple[str, str, str],
+    window_seconds: float,
+    reporter: str,
+) -> GateQueries:
+    """Rendered once per distinct gate (rollouts sharing a template share it), not per rollout per tick."""
+    window = prom_window(window_seconds)
+    fill = {"window": window, "reporter": reporter}
     keep = {"service": "{{ service }}", "namespace": "{{ namespace }}"}
-    if gate.query is not None:
-        return GateQueries(value=CustomQuery(render(gate.query, {**fill, **keep}), labels))
-    if gate.bad is None or gate.total is None:
+    if query is not None:
+        return GateQueries(value=CustomQuery(render(query, {**fill, **keep}), labels))
+    if bad_text is None or total_text is None:
         return GateQueries()  # an unresolved template: the loader refuses it; evaluation says no data
     by = ", ".join(labels)
-    bad, total = render(gate.bad, {**fill, **keep}), render(gate.total, {**fill, **keep})
+    bad, total = render(bad_text, {**fill, **keep}), render(total_text, {**fill, **keep})
     queries = GateQueries(
         bad=CustomQuery(f"sum by ({by}) (increase({bad}[{window}]))", labels),
         total=CustomQuery(f"sum by ({by}) (increase({total}[{window}]))", labels),
     )
-    if not gate.statistical:
+    if not statistical:
         return queries
     raw_bad, raw_total = CustomQuery(bad, labels, raw=True), CustomQuery(total, labels, raw=True)
     return GateQueries(None, queries.bad, queries.total, raw_bad, raw_total)

@@ -288,10 +288,11 @@ class PrometheusSource:
                 for member in members:
                     result[member] = replace(result[member], error=str(exc))
                 continue
+            summed = _summed(series)  # once for all members (per member it would be quadratic in rollouts)
             for member in members:  # a copy per member: snapshots of one window group are shared
                 result[member] = replace(
                     result[member],
-                    cumulative=_summed(series),
+                    cumulative=summed,
                     cumulative_series=series,
                     problems={**result[member].problems, **problems},
                 )

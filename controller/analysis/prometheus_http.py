@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import ssl
+import threading
 import urllib.parse
 from typing import Any
 
 from controller.analysis.credentials import CredentialError, Credentials, PrometheusError
+from controller.analysis.prometheus_parse import collector_paused
 from controller.deadline import Deadline, DeadlineExceeded
 from controller.http_deadline import HttpError, HttpTimeout, HttpTooLarge, bounded_request
 from controller.redact import redact_text, redact_url, url_secrets
@@ -35,7 +37,10 @@ class PrometheusAnswerError(PrometheusError):
 
 
 class PrometheusHTTP:
-    """POSTs instant queries to `<url>/api/v1/query`; `query` returns `data.result` (items unchecked)."""
+    """POSTs instant queries to `<url>/api/v1/query`; `query` returns `data.result` (items unchecked).
+
+    `answers` and `response_bytes` count the answers received (any status) and their body bytes, for /metrics
+    and the scale benchmark."""
 
     def __init__(
         self,
@@ -64,6 +69,9 @@ class PrometheusHTTP:
         self._query_params = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
         self._context = (tls_context or ssl.create_default_context()) if parts.scheme == "https" else None
         self.max_response_bytes = max_response_bytes
+        self.answers = 0
+        self.response_bytes = 0
+        self._count_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"PrometheusHTTP({self.display_url!r})"
@@ -101,11 +109,15 @@ class PrometheusHTTP:
             "POST", self._url, deadline=deadline, headers=headers, body=urllib.parse.urlencode(form).encode(),
             max_bytes=self.max_response_bytes, tls_context=self._context,
         )  # fmt: skip
+        with self._count_lock:
+            self.answers += 1
+            self.response_bytes += len(answer.body)
         return answer.status, answer.body
 
     def _result(self, status: int, body: bytes) -> list[Any]:
         try:
-            answer = json.loads(body)
+            with collector_paused():  # megabytes of samples at thousands of rollouts
+                answer = json.loads(body)
         except Exception:  # invalid JSON, bad UTF-8, absurd nesting or digits: all "not JSON"
             answer = None
         if status != 200:

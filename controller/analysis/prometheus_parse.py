@@ -14,13 +14,16 @@ belongs to, with a reason naming the problem and the series:
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
 import hashlib
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from controller.analysis.metrics import ProblemKey, WorkloadKey
 
@@ -33,8 +36,9 @@ _RESPONSE_CODE = re.compile(r"\d{1,3}")
 _SHOWN_LABELS = (NAMESPACE, SERVICE, VERSION, "response_code", "grpc_response_status", "le", "pod", "instance")
 
 
-@dataclass(frozen=True)
-class Sample:
+class Sample(NamedTuple):
+    """One checked sample (a tuple: immutable, and built without a frozen dataclass' per-field setattr)."""
+
     labels: dict[str, str]
     key: WorkloadKey
     value: float
@@ -45,6 +49,22 @@ class Sample:
 class Parsed:
     samples: list[Sample] = field(default_factory=list)
     problems: dict[ProblemKey, str] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused while a large answer becomes objects (decoded, then checked).
+
+    Those objects form no cycles, but allocating tens of thousands of them triggers collections that traverse
+    the whole heap of a controller holding thousands of rollouts: most of a judging tick's CPU at 1,000. The
+    collector is re-enabled at once after (unless something else had disabled it)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _short(value: Any, limit: int = 40) -> str:
@@ -73,10 +93,10 @@ def parse_number(text: Any) -> tuple[float | None, str | None]:
     """(value, None) for a finite non-negative number written as Prometheus does; (None, what is wrong)."""
     if not isinstance(text, str):
         return None, f"a {type(text).__name__} value {_short(text)} instead of a string"
-    special = _SPECIAL.get(text.strip().lower())
-    if special is not None:
-        return None, special
-    if not _NUMBER.fullmatch(text):
+    if not _NUMBER.fullmatch(text):  # checked first: the common case (no special value matches it)
+        special = _SPECIAL.get(text.strip().lower())
+        if special is not None:
+            return None, special
         return None, f"an unparseable value {_short(text)}"
     value = float(text)
     if not math.isfinite(value):  # e.g. 1e999
@@ -106,6 +126,12 @@ def _scope(kind: str, labels: Any) -> ProblemKey:
     return (kind, namespace, service, version)
 
 
+@functools.lru_cache(maxsize=256)
+def _bucket_bound(le: str) -> float | None:
+    """A bucket's `le` as a number (+Inf included), None when it is not one; cached: answers repeat a few bounds."""
+    return math.inf if le == "+Inf" else parse_number(le)[0]
+
+
 def _labels_problem(labels: Any, histogram: bool) -> str | None:
     if not isinstance(labels, dict):
         return f"labels of type {type(labels).__name__} instead of an object"
@@ -119,7 +145,7 @@ def _labels_problem(labels: Any, histogram: bool) -> str | None:
         if "le" not in labels:
             return "a bucket without an le label"
         le = labels["le"]
-        if le != "+Inf" and parse_number(le)[1] is not None:
+        if le != "+Inf" and _bucket_bound(le) is None:
             return f"a bucket bound le={_short(le)}"
     elif not _RESPONSE_CODE.fullmatch(labels.get("response_code", "")):
         return f"a response_code of {_short(labels.get('response_code'))}"
@@ -128,10 +154,47 @@ def _labels_problem(labels: Any, histogram: bool) -> str | None:
     return None
 
 
+def _series_identity(labels: dict[str, str]) -> frozenset[tuple[str, str]]:
+    """The exact label set (values checked to be strings), `__name__` left out."""
+    if "__name__" in labels:
+        return frozenset((k, v) for k, v in labels.items() if k != "__name__")
+    return frozenset(labels.items())  # built in C
+
+
+class _SeenSeries:
+    """The series of one answer so far, for `twice`. Keyed by the hash of the exact label set with the first
+    labels seen under it: no object per series is kept (tens of thousands of them would only feed the garbage
+    collector); a hash shared by two different label sets is told apart exactly."""
+
+    def __init__(self) -> None:
+        self._first: dict[int, dict[str, str]] = {}
+        self._collided: set[frozenset[tuple[str, str]]] = set()
+
+    def twice(self, labels: dict[str, str]) -> bool:
+        """True when this exact label set was seen before in the answer (then recorded)."""
+        identity = _series_identity(labels)
+        key = hash(identity)
+        first = self._first.get(key)
+        if first is None:
+            self._first[key] = labels
+            return False
+        if _series_identity(first) == identity:
+            return True
+        if identity in self._collided:
+            return True
+        self._collided.add(identity)
+        return False
+
+
 def parse_vector(result: Sequence[Any], metric: str, kind: str, *, histogram: bool) -> Parsed:
     """Check every element of `data.result`; `kind` says what a bad sample blanks out."""
+    with collector_paused():
+        return _parse_vector(result, metric, kind, histogram)
+
+
+def _parse_vector(result: Sequence[Any], metric: str, kind: str, histogram: bool) -> Parsed:
     parsed = Parsed()
-    seen: set[frozenset[tuple[str, str]]] = set()
+    seen = _SeenSeries()
     for item in result:
         labels = item.get("metric") if isinstance(item, dict) else None
         problem: str | None = None
@@ -149,20 +212,13 @@ def parse_vector(result: Sequence[Any], metric: str, kind: str, *, histogram: bo
                 else:
                     value, wrong = parse_number(pair[1])
                     problem = wrong
-        scope = _scope(kind, labels)
-        if problem is None and isinstance(labels, dict):
-            # The exact label set (values checked to be strings): cheaper than hashing a text, for every sample.
-            identity = frozenset((k, v) for k, v in labels.items() if k != "__name__")
-            if identity in seen:
-                problem = "the same series twice"
-            seen.add(identity)
+        if problem is None and isinstance(labels, dict) and seen.twice(labels):
+            problem = "the same series twice"
         if problem is not None or value is None or not isinstance(labels, dict):
             reason = f"Prometheus returned {problem} for {describe(metric, labels)}"
-            parsed.problems.setdefault(scope, reason)
+            parsed.problems.setdefault(_scope(kind, labels), reason)
             continue
-        le = None
-        if histogram:
-            le = math.inf if labels["le"] == "+Inf" else float(labels["le"])
+        le = _bucket_bound(labels["le"]) if histogram else None
         key = (labels[NAMESPACE], labels[SERVICE], labels[VERSION])
         parsed.samples.append(Sample(labels, key, value, le))
     return parsed

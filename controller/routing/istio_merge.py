@@ -15,7 +15,6 @@ away from Ramp's weights, so it is refused with `RouteShadowingError` instead of
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +30,7 @@ from controller.routing.k8s_objects import (
     MalformedObject,
     RouteMergeError,
     annotations_of,
+    json_copy,
     merge_annotations,
     merge_managed,
     object_ref,
@@ -167,7 +167,7 @@ def merge_virtual_service(
         merged = virtual_service(routing)
     else:
         check_virtual_service(current, object_ref(current))  # MalformedObject: nothing is merged into it
-        merged = copy.deepcopy(dict(current))
+        merged = json_copy(dict(current))
         if merged.get("spec") is None:
             merged["spec"] = {}
         spec: dict[str, Any] = merged["spec"]
@@ -189,7 +189,7 @@ def merge_destination_rule(current: Mapping[str, Any] | None, routing: DesiredRo
     if current is None:
         return destination_rule(routing)
     check_destination_rule(current, object_ref(current))
-    merged = copy.deepcopy(dict(current))
+    merged: dict[str, Any] = json_copy(dict(current))
     if merged.get("spec") is None:
         merged["spec"] = {}
     spec = merged["spec"]

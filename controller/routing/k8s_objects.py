@@ -7,6 +7,7 @@ annotations, and a problem is a MalformedObject naming the object and the field;
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,6 +62,18 @@ def check_metadata(obj: object, where: str) -> Mapping[str, Any]:
             if not isinstance(value, str) and key != STATE_ANNOTATION:  # a damaged state is StateDamaged
                 raise fail(where, f"metadata.annotations[{key!r}]", "a string", value)
     return meta
+
+
+def json_copy(value: Any) -> Any:
+    """A deep copy of a JSON tree (what the apiserver answers: dicts, lists, strings, numbers, booleans, None),
+    several times faster than `copy.deepcopy`; anything else (never in an answer) is deep-copied the slow way."""
+    if isinstance(value, dict):
+        return {key: json_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_copy(item) for item in value]
+    if value is None or isinstance(value, str | int | float):  # immutable (bool is an int)
+        return value
+    return copy.deepcopy(value)
 
 
 def _meta(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:

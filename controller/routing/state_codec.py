@@ -4,7 +4,8 @@ Kubernetes limits ALL annotations of an object together to 256 KiB. The state an
 below that (MAX_STATE_BYTES, 32 KiB): when its encoding is larger, the oldest history entries are dropped
 (counted in `dropped_history`) and, as a last resort, long texts are shortened, so a service that sees
 thousands of rollouts never hits the apiserver's limit. Comparisons (`same_durable_state`) use the capped
-form, so a capped state does not cause a write per tick.
+form, so a capped state does not cause a write per tick. A writer encodes a state once (`encoded`: the text and
+its durable view) and compares with that; a stored text identical to it needs no decoding.
 
 A state annotation that cannot be read raises StateStoreError (a StateDamaged: the runner fails safe to
 the baseline); its raw text is kept aside, truncated to MAX_DAMAGED_BYTES, in `ramp.dev/state-damaged`.
@@ -13,6 +14,7 @@ the baseline); its raw text is kept aside, truncated to MAX_DAMAGED_BYTES, in `r
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -50,10 +52,19 @@ def _shortened(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def capped(state: RolloutState, limit: int = MAX_STATE_BYTES) -> RolloutState:
-    """`state` as it fits in `limit` bytes of annotation: oldest history dropped first, then long texts cut."""
-    if len(_payload(state).encode()) <= limit:
-        return state
+@dataclass(frozen=True)
+class EncodedState:
+    """A state as it is written, computed once: the annotation text and its durable view (for comparisons)."""
+
+    text: str
+    view: dict[str, object]
+
+
+def _capped_payload(state: RolloutState, limit: int) -> tuple[RolloutState, str]:
+    """(`state` as it fits in `limit` bytes, its payload): each candidate is encoded once."""
+    payload = _payload(state)
+    if len(payload.encode()) <= limit:
+        return state, payload
     history = list(state.history)
     dropped = state.dropped_history
     while history:
@@ -67,21 +78,44 @@ def capped(state: RolloutState, limit: int = MAX_STATE_BYTES) -> RolloutState:
             cut += 1
         history, dropped = history[cut:], dropped + cut
     state = state.model_copy(update={"history": history, "dropped_history": dropped})
-    if len(_payload(state).encode()) <= limit:
-        return state
+    payload = _payload(state)
+    if len(payload.encode()) <= limit:
+        return state, payload
     update: dict[str, Any] = {k: _shortened(getattr(state, k) or "", n) or None for k, n in _TEXT_LIMITS.items()}
     update["reason"] = update["reason"] or ""
     if state.last_command is not None:
         update["last_command"] = state.last_command.model_copy(
             update={"reason": _shortened(state.last_command.reason, 1024), "id": state.last_command.id[:64]}
         )
-    return state.model_copy(update={**update, "e_values": {}})
+    state = state.model_copy(update={**update, "e_values": {}})
+    return state, _payload(state)
+
+
+def capped(state: RolloutState, limit: int = MAX_STATE_BYTES) -> RolloutState:
+    """`state` as it fits in `limit` bytes of annotation: oldest history dropped first, then long texts cut."""
+    return _capped_payload(state, limit)[0]
 
 
 def encode_state(state: RolloutState) -> str:
     """The persisted view, plus the reason and the statistical gates' e-values as of this write (for status),
     at most MAX_STATE_BYTES (see `capped`)."""
-    return _payload(capped(state))
+    return _capped_payload(state, MAX_STATE_BYTES)[1]
+
+
+def encoded(state: RolloutState) -> EncodedState:
+    """`encode_state(state)` with the durable view it stands for, for writers that compare and write it."""
+    fitting, text = _capped_payload(state, MAX_STATE_BYTES)
+    return EncodedState(text, persisted_view(fitting))
+
+
+def durable_view(raw: object) -> dict[str, object] | None:
+    """The durable view held by annotation `raw`; None when it is not a readable state within MAX_STATE_BYTES."""
+    if not isinstance(raw, str) or len(raw) > MAX_STATE_BYTES:
+        return None
+    try:
+        return persisted_view(RolloutState.model_validate_json(raw))
+    except ValidationError:
+        return None
 
 
 def decode_state(raw: object, where: str) -> RolloutState:
@@ -103,16 +137,16 @@ def decode_state(raw: object, where: str) -> RolloutState:
         ) from exc
 
 
-def same_durable_state(raw: object, state: RolloutState) -> bool:
+def same_durable_state(raw: object, state: RolloutState | EncodedState) -> bool:
     """True when annotation `raw` already holds `state`'s durable view as it would be written (the reason may
-    differ)."""
+    differ). Text identical to the encoding is that view without decoding it."""
     if not isinstance(raw, str) or len(raw) > MAX_STATE_BYTES:
         return False
-    try:
-        stored = RolloutState.model_validate_json(raw)
-    except ValidationError:
-        return False
-    return persisted_view(stored) == persisted_view(capped(state))
+    written = state if isinstance(state, EncodedState) else encoded(state)
+    if raw == written.text:
+        return True
+    view = durable_view(raw)
+    return view is not None and view == written.view
 
 
 def damaged_copy(raw: object, limit: int = MAX_DAMAGED_BYTES) -> str:

@@ -14,6 +14,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from controller.deadline import Deadline
+from controller.k8s import deadline_call
 from controller.k8s.client import (
     Conflict,
     Forbidden,
@@ -308,3 +309,59 @@ def test_run_with_deadline_abandons_a_late_call_and_ignores_its_result() -> None
     assert run_with_deadline(lambda x: x * 2, 1.0, 21) == 42
     with pytest.raises(ZeroDivisionError):  # the call's own exception reaches the caller
         run_with_deadline(lambda: 1 / 0, 1.0)
+
+
+def _alive(idents: set[int]) -> set[int]:
+    return idents & {t.ident for t in threading.enumerate() if t.ident is not None}
+
+
+def test_run_with_deadline_reuses_its_workers() -> None:
+    before = threading.active_count()
+    idents = {run_with_deadline(threading.get_ident, 1.0) for _ in range(200)}
+    assert len(idents) == 1  # one pooled worker served every sequential call
+    assert threading.current_thread().ident not in idents
+    assert threading.active_count() <= before + 1
+
+
+def test_a_worker_stuck_in_an_abandoned_call_is_replaced_then_exits() -> None:
+    release = threading.Event()
+    stuck: set[int] = set()
+
+    def hang() -> None:
+        stuck.add(threading.get_ident())
+        release.wait(5)
+
+    with pytest.raises(CallTimedOut):
+        run_with_deadline(hang, 0.1)
+    started = time.monotonic()
+    served = run_with_deadline(threading.get_ident, 1.0)  # not waiting for the stuck worker
+    assert time.monotonic() - started < 0.5 and served not in stuck
+    assert [t.name for t in threading.enumerate() if t.ident in stuck] == [deadline_call.WORKER_NAME]
+    release.set()
+    end = time.monotonic() + 5
+    while _alive(stuck) and time.monotonic() < end:
+        time.sleep(0.01)
+    assert not _alive(stuck)  # its call ended: it exited instead of rejoining the pool
+
+
+def test_idle_workers_are_bounded_and_exit_when_unused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deadline_call, "IDLE_SECONDS", 0.2)
+    gate = threading.Barrier(deadline_call.MAX_IDLE + 4, timeout=5)
+    served: set[int] = set()
+
+    def together() -> None:
+        served.add(threading.get_ident())
+        gate.wait()
+
+    callers = [threading.Thread(target=run_with_deadline, args=(together, 5.0)) for _ in range(gate.parties)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(5)
+    assert len(served) == gate.parties  # concurrent calls each got a worker
+    idle = [t for t in threading.enumerate() if t.name == deadline_call.IDLE_WORKER_NAME]
+    assert len(idle) <= deadline_call.MAX_IDLE
+    end = time.monotonic() + 5
+    while _alive(served) and time.monotonic() < end:
+        time.sleep(0.02)
+    assert not _alive(served)  # unused for IDLE_SECONDS: every one of them exited

@@ -25,7 +25,7 @@ from controller.k8s.client import (
     RetryPolicy,
     Transient,
 )
-from controller.k8s.deadline_call import WORKER_NAME
+from controller.k8s.deadline_call import IDLE_WORKER_NAME, MAX_IDLE, WORKER_NAME
 from controller.k8s.events import EventRecorder, ObjectRef
 from controller.k8s.leader import LeaderElector, LeaseConfig
 from controller.plan import build_plan
@@ -79,10 +79,12 @@ def wanted(routing: DesiredRouting) -> dict[str, int]:
 
 
 def workers_finish(timeout: float = 5.0) -> bool:
-    """Abandoned request workers end (their sockets were shut down) instead of leaking, bounded wait."""
+    """Abandoned request workers end (their sockets were shut down) instead of leaking, bounded wait: no worker
+    is left in a call, and the pooled idle ones (reused by later calls) stay within the pool's bound."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if not any(t.name == WORKER_NAME for t in threading.enumerate()):
+        names = [t.name for t in threading.enumerate()]
+        if WORKER_NAME not in names and names.count(IDLE_WORKER_NAME) <= MAX_IDLE:
             return True
         time.sleep(0.02)
     return False
