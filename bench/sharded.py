@@ -39,6 +39,7 @@ from controller.cluster_backend import cluster_backend
 from controller.controller_loop import ControllerLoop
 from controller.deadline import Deadline
 from controller.engine.runner import ManagedRollout, RolloutRunner, TickEvent
+from controller.gc_tuning import freeze_long_lived, tune_for_controller
 from controller.k8s.client import KubeApi
 from controller.k8s.shards import ShardLeases, ShardSelection
 from controller.local.ports import free_port
@@ -107,6 +108,7 @@ def replica(index: int, api_url: str, prom_url: str, rollouts: int, start_at: fl
     backend = cluster_backend(api)
     source = PrometheusSource(prom_url, timeout_seconds=30)
     templates = load_templates(REPO / "rollout-specs").catalog
+    tune_for_controller()  # as `ramp controller` does
     runner = RolloutRunner(router=backend, metrics=source, store=backend)
     specs = [parse_spec_text(SPEC.format(name=f"svc{i}"), "s.yaml", templates=templates) for i in range(rollouts)]
     leases = ShardLeases(api_client, namespace="ramp-system", base_name="ramp-controller",
@@ -121,7 +123,7 @@ def replica(index: int, api_url: str, prom_url: str, rollouts: int, start_at: fl
     loop = ControllerLoop(
         measured, specs=AllSpecs(REPO, [ManagedRollout.from_spec(s) for s in specs]), should_act=leases.may_write,
         leadership=leases.status, tick_deadline=30.0, interval=TICK_SECONDS,
-        select=ShardSelection(leases, on_gained=forget),
+        select=ShardSelection(leases, on_gained=forget), on_rollouts=freeze_long_lived,
     )  # fmt: skip
     late = round(time.time() - start_at, 2)
     time.sleep(max(0.0, start_at - time.time()))
