@@ -27,7 +27,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -46,26 +45,13 @@ from controller.local.ports import free_port
 from controller.local.processes import ProcessGroup, wait_http_ready
 from controller.local.prometheus_process import start_prometheus, wait_prometheus_ready
 from controller.routing.state_codec import STATE_ANNOTATION
-from controller.spec_loader import SpecProblem, parse_spec_text
+from controller.spec_loader import parse_spec_text
 from controller.spec_metrics import load_templates
+from controller.spec_sources import StaticSpecSource
 
 REPO = Path(__file__).resolve().parent.parent
 SHARDS = REPLICAS = 3
 STARTUP_SECONDS = 45.0  # imports + parsing every spec in each replica (three at once on two cores)
-
-
-@dataclass
-class AllSpecs:
-    """The spec directory as every replica reads it: all the rollouts, never changing (the loop's SpecSource)."""
-
-    path: Path
-    rollouts: list[ManagedRollout]
-    problems: list[SpecProblem] = field(default_factory=list)
-    _read: bool = False
-
-    def refresh(self) -> bool:
-        first, self._read = not self._read, True
-        return first
 
 
 class MeasuredRunner:
@@ -121,7 +107,8 @@ def replica(index: int, api_url: str, prom_url: str, rollouts: int, start_at: fl
 
     measured = MeasuredRunner(runner, api)
     loop = ControllerLoop(
-        measured, specs=AllSpecs(REPO, [ManagedRollout.from_spec(s) for s in specs]), should_act=leases.may_write,
+        measured, specs=StaticSpecSource(REPO, [ManagedRollout.from_spec(s) for s in specs]),
+        should_act=leases.may_write,
         leadership=leases.status, tick_deadline=30.0, interval=TICK_SECONDS,
         select=ShardSelection(leases, on_gained=forget), on_rollouts=freeze_long_lived,
     )  # fmt: skip

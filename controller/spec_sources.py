@@ -67,6 +67,22 @@ def _problem_text(problems: list[SpecProblem]) -> str:
 
 
 @dataclass
+class StaticSpecSource:
+    """Rollouts given once, never changing (the loop's SpecSource for benchmarks and tests: every replica reads
+    the same specs, as each pod reads the whole spec directory)."""
+
+    path: Path
+    rollouts: list[ManagedRollout]
+    problems: list[SpecProblem] = field(default_factory=list)
+    _read: bool = False
+
+    def refresh(self) -> bool:
+        """True once (the first read), then False: nothing ever changes."""
+        first, self._read = not self._read, True
+        return first
+
+
+@dataclass
 class CombinedSpecSource:
     """A SpecSource (see controller_loop) over a spec directory and the RampRollout cache."""
 

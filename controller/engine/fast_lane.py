@@ -16,7 +16,8 @@ their e-process takes the growth of the raw request counters since the last look
   The lane never writes, never promotes and never steps; a lane whose fetch fails feeds nothing (the tick's own
   fetch reports missing data as always);
 - the lane's fetch has its own short deadline (`timeout`, within the tick's), so a slow Prometheus delays the
-  iteration by at most that.
+  iteration by at most that; after a failed fetch the lane rests `FAILURE_PAUSE` lane intervals, so a hanging
+  Prometheus does not cost every iteration its timeout (the ticks' own fetches go on and report the missing data).
 
 Feeding every second instead of every five gives the test the same data in smaller intervals: each interval's
 likelihood ratio has expectation <= 1 under the null whatever the interval, so the bound (Ville) holds as before.
@@ -40,6 +41,7 @@ from controller.spec import Gate
 log = structlog.get_logger("ramp.fast_lane")
 FAST_LANE_SECONDS = 1.0
 FAST_LANE_TIMEOUT = 2.0
+FAILURE_PAUSE = 5  # lane intervals without a fetch after a failed one
 
 
 def lane_gates(rollout: ManagedRollout) -> list[Gate]:
@@ -67,6 +69,8 @@ class FastLane:
     timeout: float = FAST_LANE_TIMEOUT
     checks: int = 0  # fetches sent (one per iteration with rollouts in the lane)
     crossings: int = 0  # rollouts made due by a crossing
+    failures: int = 0  # fetches that failed (the lane then rests FAILURE_PAUSE intervals)
+    _resting_until: float = float("-inf")
     _lanes: dict[str, _Lane] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -106,7 +110,7 @@ class FastLane:
         members = [
             r for r in rollouts if (lane := self._lanes.get(r.name)) and now - lane.checked_at >= self.interval - slack
         ]
-        if not members:
+        if not members or now < self._resting_until:
             return []
         seconds = self.timeout if deadline is None else min(self.timeout, deadline.remaining())
         requests = {r.name: lane_request(r) for r in members}
@@ -115,7 +119,10 @@ class FastLane:
             fetched = metrics.fetch(list(requests.values()), deadline=Deadline(seconds))
         except Exception as exc:  # nothing fed; the tick's own fetch reports missing data as always
             log.warning("fast lane: metrics not fetched", error=f"{type(exc).__name__}: {exc}"[:300])
+            self._rest(now)
             return []
+        if all(snapshot.error is not None for snapshot in fetched.values()) and fetched:
+            self._rest(now)  # e.g. Prometheus did not answer: every snapshot carries the reason
         crossed = []
         for rollout in members:
             lane = self._lanes[rollout.name]
@@ -127,6 +134,10 @@ class FastLane:
         if crossed:
             log.info("fast lane: statistical error gate crossed its boundary, ticking now", rollouts=crossed[:20])
         return crossed
+
+    def _rest(self, now: float) -> None:
+        self.failures += 1
+        self._resting_until = now + FAILURE_PAUSE * self.interval
 
     def _feed(self, rollout: ManagedRollout, lane: _Lane, snapshot: MetricsSnapshot) -> bool:
         if snapshot.error is not None:

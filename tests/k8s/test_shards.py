@@ -31,7 +31,8 @@ from controller.k8s.client import KubeApi
 from controller.k8s.shards import ShardLeases, ShardSelection
 from controller.routing.istio import IstioBackend
 from controller.sharding import lease_name_for, shard_of
-from controller.spec_loader import SpecProblem, parse_spec_text
+from controller.spec_loader import parse_spec_text
+from controller.spec_sources import StaticSpecSource
 from tests.fakes.kube_proxy import Faults, KubeProxy, running_proxy
 from tests.k8s.emulator import KubeHarness
 from tests.k8s.helpers import VS, kube_api, stored
@@ -69,20 +70,6 @@ def rollouts() -> list[ManagedRollout]:
         for names in SERVICES.values()
         for s in names
     ]
-
-
-@dataclass
-class StaticSpecs:
-    """A spec directory that never changes (the loop's SpecSource)."""
-
-    path: Path
-    rollouts: list[ManagedRollout]
-    problems: list[SpecProblem] = field(default_factory=list)
-    _read: bool = False
-
-    def refresh(self) -> bool:
-        first, self._read = not self._read, True
-        return first
 
 
 @dataclass
@@ -136,7 +123,7 @@ def make_replica(identity: str, proxy: KubeProxy, tmp_path: Path) -> Replica:
             backend.invalidate(r.spec.namespace, r.spec.service)
 
     loop = ControllerLoop(
-        runner, specs=StaticSpecs(tmp_path, rollouts()), should_act=leases.may_write, leadership=leases.status,
+        runner, specs=StaticSpecSource(tmp_path, rollouts()), should_act=leases.may_write, leadership=leases.status,
         tick_deadline=5.0, interval=0.1, select=ShardSelection(leases, on_gained=forget),
     )  # fmt: skip
     return Replica(identity, proxy, leases, loop)

@@ -10,6 +10,7 @@ step at t0 = 1000 s, then regular ticks come every 5 s (1005, 1010, ...) and lan
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from controller.analysis.prometheus import OUTCOME_LABELS, MetricsRequest, Prome
 from controller.analysis.prometheus_parse import series_id
 from controller.analysis.statistical_gate import GateEvidence
 from controller.deadline import Deadline
-from controller.engine.fast_lane import FastLane
+from controller.engine.fast_lane import FAILURE_PAUSE, FastLane
 from controller.engine.phases import Phase
 from controller.engine.runner import ManagedRollout, RolloutRunner, TickEvent
 from controller.state.file_store import FileStateStore
@@ -354,8 +355,13 @@ def test_a_failed_lane_fetch_feeds_nothing_and_the_tick_goes_on(tmp_path: Path, 
     state = run.store.load("shop")
     assert state is not None and state.phase == Phase.PROGRESSING  # the fault is not seen between ticks
     assert run.lane.evidence_for("shop", state) == state.sequential  # nothing fed since the tick at 1020
-    assert run.lane.crossings == 0 and run.lane.checks >= 4
-    assert any(f.raw_only for f in run.traffic.fetches_after(1021.0))  # the lane did ask
+    assert run.lane.crossings == 0
+    asked = [f.at for f in run.traffic.fetches if f.raw_only]  # the lane's fetches
+    if failure in ("raise", "error"):  # each failed: the lane rests FAILURE_PAUSE intervals, not every second
+        assert asked and all(b - a >= FAILURE_PAUSE for a, b in itertools.pairwise(asked))
+        assert run.lane.failures == len(asked)
+    else:  # answered, but untrusted or incomplete: nothing fed, and the lane goes on looking every second
+        assert any(at > 1021.0 for at in asked) and run.lane.checks >= 4 and run.lane.failures == 0
     run.until(1030)
     assert run.rolled_back_at() == 1025.0  # the regular tick's own fetch catches it
     phase, reason = run.state()
