@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +94,13 @@ def create_pod(kube: KubeHarness, namespace: str, name: str, labels: dict[str, s
         "status": {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
     }
     client.CoreV1Api(kube.api_client()).create_namespaced_pod(namespace, body, _preload_content=False)
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, poll: float = 0.02) -> float:
+    """Poll `check` until it holds; the monotonic time it did. AssertionError naming `what` after `timeout`."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():
+            return time.monotonic()
+        time.sleep(poll)
+    raise AssertionError(f"not reached within {timeout}s: {what}")

@@ -34,6 +34,7 @@ from controller.sharding import lease_name_for, shard_of
 from controller.spec_loader import parse_spec_text
 from controller.spec_sources import StaticSpecSource
 from tests.fakes.kube_proxy import Faults, KubeProxy, running_proxy
+from tests.k8s import helpers
 from tests.k8s.emulator import KubeHarness
 from tests.k8s.helpers import VS, kube_api, stored
 from tests.unit.engine_fixtures import FixedMetrics
@@ -163,12 +164,7 @@ def state(kube: KubeHarness, service: str) -> dict[str, object]:
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return time.monotonic()
-        time.sleep(0.05)
-    raise AssertionError(f"not reached within {timeout}s: {what}")
+    return helpers.wait_until(check, timeout, what, poll=0.05)
 
 
 @dataclass

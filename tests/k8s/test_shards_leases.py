@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from controller.k8s.shards import ShardedResources, ShardLeases, ShardSelection
 from controller.sharding import lease_name_for, shard_of
 from controller.spec_loader import parse_spec_text
 from tests.k8s.emulator import KubeHarness
+from tests.k8s.helpers import wait_until
 
 LEASE = {"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.5}
 SPEC = """
@@ -46,15 +47,6 @@ def holder(kube: KubeHarness, shard: int, shards: int = 3) -> str | None:
     name = lease_name_for("ramp-controller", shard, shards)
     lease = client.CoordinationV1Api(kube.api_client()).read_namespaced_lease(name, "ramp-system")
     return lease.spec.holder_identity
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return time.monotonic()
-        time.sleep(0.02)
-    raise AssertionError(f"not reached within {timeout}s: {what}")
 
 
 def rollouts() -> list[ManagedRollout]:
