@@ -112,6 +112,8 @@ def register(subparsers: Subparsers) -> None:
     demo.add_argument("--spec", type=Path, help="rollout spec to use (default rollout-specs/demo.yaml)")
     demo.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     demo.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+    demo.add_argument("--report", type=Path, metavar="PATH",
+                      help="write the rollout's HTML report here (default: ramp-demo-SCENARIO.html)")  # fmt: skip
     add_notifications_argument(demo)
     demo.set_defaults(handler=_demo)
 
@@ -137,8 +139,9 @@ def _demo(args: argparse.Namespace) -> int:
     if notifications is None:
         return 2
     try:
+        report = args.report or Path(f"ramp-demo-{args.scenario}.html")
         summary = run_demo(args.scenario, spec_path=args.spec, out=progress, timeout=args.timeout,
-                           notifications=notifications)  # fmt: skip
+                           notifications=notifications, report=report)  # fmt: skip
     except SpecError as exc:
         print(exc, file=sys.stderr)
         return 1

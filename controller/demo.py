@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from controller.analysis.prometheus import PrometheusSource
 from controller.controller_loop import DEFAULT_TICK_DEADLINE, ControllerLoop
 from controller.controller_metrics import ControllerMetrics
-from controller.demo_report import DemoRecorder, build_summary, print_summary
+from controller.demo_report import DemoRecorder, build_summary, print_summary, write_demo_report
 from controller.engine.runner import ManagedRollout, RolloutRunner
 from controller.engine.scheduler import TickScheduler
 from controller.hooks.evaluation import HookRounds
@@ -44,6 +44,7 @@ from controller.spec_loader import load_spec
 from controller.spec_notify import Notification
 from controller.state.file_store import FileStateStore
 from controller.state.local_info import write_local_info
+from controller.state.timeline_file import TimelineFile
 
 DEMO_SPEC = Path(__file__).resolve().parent.parent / "rollout-specs" / "demo.yaml"
 SCENARIOS = {"healthy": 0.0, "faulty": 0.2}
@@ -103,8 +104,10 @@ def run_demo(
     on_finished: Callable[[DemoRun], None] | None = None,
     tick_deadline: float = DEFAULT_TICK_DEADLINE,
     notifications: Sequence[Notification] = (),
+    report: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the demo rollout; `on_finished` (if given) runs after the rollout ends, before the stack stops."""
+    """Run the demo rollout; `on_finished` (if given) runs after the rollout ends, before the stack stops.
+    With `report`, the rollout's HTML report is written there (`ramp report`'s, from the demo's state directory)."""
     spec = load_spec(spec_path or DEMO_SPEC)
     rollout = ManagedRollout.from_spec(spec)
     knobs = {v.name: VersionKnobs() for v in spec.versions}
@@ -148,7 +151,7 @@ def run_demo(
                 router=stack.router,
                 metrics=source,
                 store=FileStateStore(work / "state"),
-                observers=[recorder, metrics, notifier],
+                observers=[recorder, metrics, notifier, TimelineFile(work / "state")],
                 availability=stack.availability,
                 hook_rounds=HookRounds(),
                 post_rollout_hooks=PostRolloutHooks(),
@@ -180,8 +183,12 @@ def run_demo(
                 final_split=final_split,
                 finished_at=time.time(),
             )
+            if report is not None:
+                summary["report"] = str(write_demo_report(work / "state", rollout.name, summary, report))
             if on_finished is not None:
                 on_finished(DemoRun(spec, stack, recorder, metrics_target, summary))
     summary["expected_outcome"] = EXPECTED_OUTCOME[scenario]
     print_summary(summary, out)
+    if "report" in summary:
+        print(f"  report: {summary['report']}", file=out)
     return summary

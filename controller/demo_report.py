@@ -5,11 +5,14 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from controller.engine.phases import Phase
 from controller.engine.runner import TickEvent
 from controller.local.loadgen import Response
+from controller.report.local_source import local_report_inputs
+from controller.report.write import write_report
 
 MARKS = {"pass": "ok", "fail": "FAIL", "no-data": "no data"}
 
@@ -119,3 +122,26 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
     print(f"  user requests: {summary['requests']}, failed: {summary['failed_requests']}", file=out)
     split = ", ".join(f"{v}: {n}" for v, n in summary["final_traffic"].items())
     print(f"  traffic after the rollout (sampled requests): {split}", file=out)
+
+
+def summary_table(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """The demo's closing summary as the rows of the report's summary table."""
+    split = ", ".join(f"{v}: {n}" for v, n in summary["final_traffic"].items())
+    rows = [
+        ("scenario", str(summary["scenario"])),
+        ("duration", f"{summary['duration_seconds']} s"),
+        ("user requests", str(summary["requests"])),
+        ("failed user requests", str(summary["failed_requests"])),
+        ("traffic after the rollout (sampled requests)", split or "-"),
+    ]
+    if summary["fault_to_rollback_seconds"] is not None:
+        seconds = summary["fault_to_rollback_seconds"]
+        rows.append(("first failed user request -> traffic back on stable", f"{seconds} s"))
+    return rows
+
+
+def write_demo_report(state_dir: Path, rollout: str, summary: dict[str, Any], path: Path) -> Path:
+    """`ramp report --state-dir` of the demo's rollout, with the demo's summary table."""
+    inputs = local_report_inputs(state_dir, rollout, summary=summary_table(summary),
+                                 source=f"ramp demo --scenario {summary['scenario']} (local Envoy + Prometheus)")
+    return write_report(inputs, path)
