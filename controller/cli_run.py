@@ -172,6 +172,7 @@ def _run(args: argparse.Namespace) -> int:
     from controller.spec_directory import SpecDirectory
     from controller.state.file_store import FileStateStore, StateDirLocked
     from controller.state.local_info import write_local_info
+    from controller.state.timeline_file import TimelineFile
 
     configure_logging(level="info")
     try:
@@ -200,7 +201,7 @@ def _run(args: argparse.Namespace) -> int:
         router=EnvoyFileRouter(args.envoy_routes_dir, args.envoy_admin),
         metrics=source,
         store=store,
-        observers=[metrics, notifier],
+        observers=[metrics, notifier, TimelineFile(args.state_dir)],  # for `ramp report --state-dir`
         availability=EnvoyAvailability(args.envoy_admin),  # never route to a version Envoy sees as down
         hook_rounds=HookRounds(),
         post_rollout_hooks=PostRolloutHooks(),

@@ -22,8 +22,10 @@ from controller.engine.phases import Phase, RolloutState
 from controller.local.loadgen import LoadGenerator, send_requests
 from controller.local.stack import LocalStack, VersionKnobs
 from controller.plan import build_plan
+from controller.report.local_source import local_report_inputs
 from controller.spec_loader import parse_spec_text
 from controller.state.file_store import FileStateStore
+from controller.state.timeline_file import read_timeline, timeline_path
 from tests.e2e.conftest import require_local_stack
 from tests.e2e.test_rollouts import FAST_SPEC
 
@@ -119,3 +121,12 @@ def test_kill_9_mid_rollout_then_restart_resumes_without_replay_or_skip(tmp_path
     assert "ignored: " in controller_log and "broken.yaml:2: (document): invalid YAML" in controller_log
     assert os.path.exists(store.directory / "shop.state.json")
     assert json.loads((store.directory / "shop.state.json").read_text())["phase"] == "Promoted"
+    # The timeline `ramp run` keeps for `ramp report` spans both controllers: a SIGKILL leaves at most one
+    # torn line, skipped and counted; both processes wrote their rollout line.
+    timeline = read_timeline(timeline_path(store.directory, "shop"))
+    assert timeline.skipped <= 1 and timeline.header is not None
+    assert timeline_path(store.directory, "shop").read_text().count('{"kind": "rollout"') == 2
+    weights = [s.weights["v2"] for s in timeline.samples]
+    assert weights[0] == 0 and 10 in weights and 50 in weights and weights[-1] == 100
+    inputs = local_report_inputs(store.directory)
+    assert inputs.final_phase == "Promoted" and [m.phase for m in inputs.phases][-1] == "Promoted"
