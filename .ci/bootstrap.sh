@@ -2,8 +2,18 @@
 # Installs everything Ramp needs on a fresh Debian machine, idempotently:
 # Debian's prometheus (when absent), podman, buildah, runc and mmdebstrap (image tests; when absent),
 # a venv in .venv, and the project with its extras.
+#   .ci/bootstrap.sh              what the demo and the controller need
+#   .ci/bootstrap.sh --browser    also Debian's chromium (when absent), for the tests in tests/browser/
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+with_browser=0
+for arg in "$@"; do
+  case "$arg" in
+    --browser) with_browser=1 ;;
+    *) echo "bootstrap: unknown option '$arg' (usage: .ci/bootstrap.sh [--browser])" >&2; exit 2 ;;
+  esac
+done
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -26,6 +36,14 @@ if [ "${#missing_image_tools[@]}" -gt 0 ]; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
     podman buildah runc mmdebstrap >/dev/null
+fi
+
+# The browser tests (tests/browser/) load the HTML reports in headless Chromium; DejaVu gives its pages a font.
+if [ "$with_browser" -eq 1 ] && [ ! -x /usr/bin/chromium ]; then
+  echo "bootstrap: installing Debian's chromium (browser tests)" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+    chromium fonts-dejavu-core >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3}"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite: lint, strict types, unit + fuzz tests, end-to-end tests on real Envoy + Prometheus.
+# The whole test suite: lint, strict types, unit + fuzz tests, end-to-end tests on real Envoy + Prometheus,
+# the HTML reports in headless Chromium (bootstrap --browser installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-.ci/bootstrap.sh
+.ci/bootstrap.sh --browser
 .venv/bin/ruff check controller services tests bench
 .venv/bin/mypy
 if [ "$#" -gt 0 ]; then
