@@ -64,6 +64,7 @@
       scales: {x: {time: false, range: [data.start, data.end]}, y: chart.log ? {distr: 3, range: chart.range} : {}},
       axes: [
         {label: "time since " + data.startText,
+         incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400],
          values: function (u, splits) { return splits.map(function (v) { return elapsed(v - data.start); }); }},
         {label: chart.unit, size: 70},
       ],
