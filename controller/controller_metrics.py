@@ -1,6 +1,7 @@
 """The controller's own Prometheus metrics, fed by the runner (an observer of every tick).
 
-Per rollout and version: weight; per rollout: phase, step, gate values, verdicts and e-values;
+Per rollout and version: weight; per rollout: phase, step, gate values, verdicts and e-values, and (in
+`controller_gate_metrics`) the gates' thresholds from the spec, stable's gate values and the rollout's service;
 rollbacks by reason and transitions by kind (from `TickEvent.transitions`); tick duration, abandoned, skipped and
 failed ticks, the last loop iteration; requests/errors towards Prometheus and Kubernetes; notifications by notifier
 and outcome (read from the delivery queue at scrape time).
@@ -8,6 +9,7 @@ and outcome (read from the delivery queue at scrape time).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -15,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from controller.analysis.gates import Verdict
+from controller.controller_gate_metrics import GateMetrics
 from controller.engine.phases import Command, Phase
 from controller.engine.ports import TRANSITION_KINDS
 from controller.engine.runner import TickEvent
@@ -118,6 +121,7 @@ class ControllerMetrics:
             [*labels, "gate"],
             registry=self.registry,
         )
+        self.gates = GateMetrics(self.registry, per_gate=(self.gate_value, self.gate_verdict, self.gate_evalue))
         self.rollbacks = Counter("ramp_rollbacks", "Rollbacks by cause", [*labels, "cause"], registry=self.registry)
         self.tick_seconds = Histogram(
             "ramp_tick_duration_seconds",
@@ -206,13 +210,15 @@ class ControllerMetrics:
         for phase in Phase:
             self.phase.labels(**key, phase=phase.value).set(1.0 if phase == state.phase else 0.0)
         self.step.labels(**key).set(state.step + 1)
+        self.gates.observe_spec(event.rollout)  # before the results: clears the gates a new spec dropped
         if event.report is not None:
             for result in event.report.results:
-                if result.value is not None:
+                if result.value is not None and math.isfinite(result.value):  # never NaN/Inf (kept: the last)
                     self.gate_value.labels(**key, gate=result.gate).set(result.value)
                 self.gate_verdict.labels(**key, gate=result.gate).set(VERDICT_VALUE[result.verdict])
-                if result.e_value is not None:
+                if result.e_value is not None and math.isfinite(result.e_value):
                     self.gate_evalue.labels(**key, gate=result.gate).set(result.e_value)
+            self.gates.observe_results(event.rollout, event.report.results)
         for transition in event.transitions:
             self.transitions.labels(**key, kind=transition.kind).inc()
             if transition.kind == "rolled_back":

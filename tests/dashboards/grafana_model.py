@@ -27,6 +27,10 @@ BUILTINS = {"__rate_interval": "15s", "__interval": "5s", "__range": "5m"}
 PANEL_STEP_SECONDS = 5.0  # range-query step of panels (= $__interval)
 
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
+_THRESHOLD_SELECTOR = re.compile(r"ramp_gate_threshold\{([^}]*)\}")
+_MATCHER = re.compile(r'(\w+)\s*=\s*"([^"]*)"')
+GATE_METRICS = ("ramp_gate_threshold", "ramp_gate_evalue", "ramp_gate_stable_value")
+MANUAL_VARIABLE_TYPES = frozenset({"custom", "constant", "textbox"})  # values typed in, not read from Prometheus
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h)$")
 
 
@@ -104,6 +108,35 @@ def dashboard_queries(name: str, dashboard: Mapping[str, Any]) -> list[Dashboard
             )
         )
     return found
+
+
+def is_gate_query(query: DashboardQuery) -> bool:
+    """A query drawing the gates' thresholds, stable's values or e-values from the controller's metrics."""
+    return any(metric in query.expr for metric in GATE_METRICS)
+
+
+def threshold_selector(expr: str) -> tuple[str | None, str | None] | None:
+    """The exact `kind` and `unit` matchers (None: not given) of the `ramp_gate_threshold{...}` selector in a
+    query, or None when it reads no threshold. Several selectors must agree."""
+    found = {
+        (named.get("kind"), named.get("unit"))
+        for selector in _THRESHOLD_SELECTOR.findall(expr)
+        for named in [dict(_MATCHER.findall(selector))]
+    }
+    if len(found) > 1:
+        raise ValueError(f"ramp_gate_threshold selectors disagree on kind/unit: {sorted(map(str, found))}")
+    return found.pop() if found else None
+
+
+def manual_threshold_variables(dashboard: Mapping[str, Any]) -> list[str]:
+    """Variables someone must set by hand to draw a gate line: the old `error_threshold`/`latency_threshold`, or
+    any typed-in (custom, constant, textbox) variable named like a threshold."""
+    return sorted(
+        name
+        for name, var in variables(dashboard).items()
+        if name in ("error_threshold", "latency_threshold")
+        or (var.get("type") in MANUAL_VARIABLE_TYPES and "threshold" in name.lower())
+    )
 
 
 def referenced_variables(text: str) -> set[str]:

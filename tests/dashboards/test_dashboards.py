@@ -4,7 +4,9 @@ The structure tests read dashboards/*.json. The end-to-end tests run the demo ro
 back in the header step; healthy: promoted) on the local stack, whose Prometheus scrapes both Envoy
 (relabelled to Istio's metrics) and the controller's own /metrics. While the stack still runs, every
 panel target and annotation query is executed with the template variables substituted as Grafana
-would, once with the demo's namespace/service/rollout selected and once with "All".
+would, once with the demo's namespace/service/rollout selected and once with "All". The gate lines
+(thresholds, stable + margin, e-values against K/alpha) come from the controller's metrics, never from a
+variable set by hand: each such query must draw exactly what the demo spec sets.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from typing import Any
 
 import pytest
 
-from controller.demo import DemoRun, run_demo
+from controller.analysis.gate_thresholds import gate_thresholds
+from controller.demo import DEMO_SPEC, DemoRun, run_demo
 from controller.plan import build_plan
+from controller.spec import RolloutSpec
+from controller.spec_loader import load_spec
 from tests.dashboards.grafana_model import (
     BUILTINS,
     DATASOURCE,
@@ -28,12 +33,15 @@ from tests.dashboards.grafana_model import (
     all_panels,
     dashboard_queries,
     finite_values,
+    is_gate_query,
     label_values,
     load_dashboards,
+    manual_threshold_variables,
     referenced_variables,
     run_query,
     samples,
     substitute,
+    threshold_selector,
     variable_query,
     variable_values,
     variables,
@@ -44,6 +52,14 @@ DASHBOARDS = load_dashboards()
 OVERVIEW = "ramp-rollout-overview.json"
 GOLDEN = "ramp-golden-signals.json"
 VARIANTS = ("selected", "all")
+EVALUE_PANEL = "Statistical gates: e-value (log scale)"
+# What the demo spec (rollout-specs/demo.yaml) sets, written out: the tests also read it from the spec itself.
+DEMO_LINES = {
+    ("error_rate", "max", "%"): 2.0,
+    ("error_rate", "stable_margin", "%"): 1.0,
+    ("error_rate", "k_over_alpha", "e-value"): 100.0,
+    ("latency-p99", "max", "ms"): 250.0,
+}
 
 
 # -- structure -------------------------------------------------------------------------------------
@@ -100,26 +116,74 @@ def _assert_no_overlap(panels: list[dict[str, Any]]) -> None:
                 cells[(x, y)] = panel["title"]
 
 
-def test_golden_signals_are_per_version_with_settable_gate_lines() -> None:
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_no_dashboard_needs_a_threshold_set_by_hand(name: str) -> None:
+    dashboard = DASHBOARDS[name]
+    assert manual_threshold_variables(dashboard) == []
+    assert {var["type"] for var in variables(dashboard).values()} <= {"datasource", "query"}
+    for query in dashboard_queries(name, dashboard):
+        assert "vector(" not in query.expr, query.label  # a constant line is a threshold copied by hand
+
+
+def _gate_lines(name: str) -> set[tuple[str, str, str | None, str | None]]:
+    """(panel, refId, kind, unit) of every target reading ramp_gate_threshold."""
+    lines = set()
+    for panel in all_panels(DASHBOARDS[name]):
+        for target in panel["targets"]:
+            selector = threshold_selector(target["expr"])
+            if selector is not None:
+                lines.add((panel["title"], target["refId"], *selector))
+    return lines
+
+
+def test_golden_signals_are_per_version_with_gate_lines_from_the_controller() -> None:
     dashboard = DASHBOARDS[GOLDEN]
-    defined = variables(dashboard)
-    assert (defined["error_threshold"]["type"], defined["error_threshold"]["query"]) == ("textbox", "2")
-    assert (defined["latency_threshold"]["type"], defined["latency_threshold"]["query"]) == ("textbox", "250")
-    gate_lines = set()
+    rollout = variables(dashboard)["rollout"]  # the service's rollout, to read its gates' metrics
+    assert rollout["type"] == "query" and rollout["datasource"] == DATASOURCE and not rollout.get("includeAll")
+    assert variable_query(rollout) == rollout["definition"] == (
+        'label_values(ramp_rollout_info{namespace=~"$namespace", service=~"$service"}, rollout)'
+    )
     for panel in all_panels(dashboard):
         for target in panel["targets"]:
             expr = target["expr"]
-            if expr.startswith("vector($"):
-                gate_lines.add((panel["title"], expr))
+            if "ramp_" in expr:
+                assert 'namespace=~"$namespace", rollout=~"$rollout"' in expr, (panel["title"], expr)
                 continue
             for needle in ('reporter="destination"', 'destination_workload_namespace=~"$namespace"',
                            'destination_service_name=~"$service"', "by (destination_version"):
                 assert needle in expr, (panel["title"], needle)
             assert target["legendFormat"] == "{{destination_version}}", panel["title"]
-    assert gate_lines == {
-        ("Error % by version", "vector($error_threshold)"),
-        ("Latency p99 by version", "vector($latency_threshold)"),
+    assert _gate_lines(GOLDEN) == {
+        ("Error % by version", "T", "max", "%"),
+        ("Error % by version", "M", "stable_margin", "%"),
+        ("Latency p99 by version", "T", "max", "ms"),
+        ("Latency p99 by version", "M", "stable_margin", "ms"),
+        (EVALUE_PANEL, "K", "k_over_alpha", None),
     }
+
+
+def test_overview_draws_each_gates_values_against_its_thresholds() -> None:
+    assert _gate_lines(OVERVIEW) == {
+        ("Error-rate gates: new, stable and thresholds", ref, kind, "%")
+        for ref, kind in (("A", None), ("B", None), ("T", "max"), ("M", "stable_margin"))
+    } | {
+        ("Latency gates: new, stable and thresholds", ref, kind, "ms")
+        for ref, kind in (("A", None), ("B", None), ("T", "max"), ("M", "stable_margin"))
+    } | {(EVALUE_PANEL, "K", "k_over_alpha", None)}
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_margin_lines_add_the_margin_to_stables_value_and_e_values_are_on_a_log_scale(name: str) -> None:
+    panels = {p["title"]: p for p in all_panels(DASHBOARDS[name])}
+    for title, panel in panels.items():
+        for target in panel["targets"]:
+            selector = threshold_selector(target["expr"])
+            if selector is not None and selector[0] == "stable_margin":
+                assert target["expr"].startswith("ramp_gate_stable_value{"), title
+                assert " + on (rollout, namespace, gate) ramp_gate_threshold{" in target["expr"], title
+    evalue = panels[EVALUE_PANEL]
+    assert evalue["fieldConfig"]["defaults"]["custom"]["scaleDistribution"] == {"type": "log", "log": 10}
+    assert [t["expr"].split("{")[0] for t in evalue["targets"]] == ["ramp_gate_evalue", "ramp_gate_threshold"]
 
 
 # -- end to end ------------------------------------------------------------------------------------
@@ -131,6 +195,7 @@ class Capture:
     start: float
     end: float
     controller_up: list[Any]
+    thresholds: list[Any]  # every ramp_gate_threshold series of the demo rollout at the end
     variable_values: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     results: dict[tuple[DashboardQuery, str], list[Any] | str] = field(default_factory=dict)
 
@@ -163,7 +228,9 @@ def _capture(run: DemoRun, into: list[Capture]) -> None:
     time.sleep(PANEL_STEP_SECONDS + 1.0)
     end = time.time()
     capture = Capture(run, run.recorder.started_at, end,
-                      controller_up=_wait_for(prometheus, 'up{job="ramp-controller"} == 1'))
+                      controller_up=_wait_for(prometheus, 'up{job="ramp-controller"} == 1'),
+                      thresholds=run_query(prometheus, f'ramp_gate_threshold{{rollout="{spec.rollout_name}"}}',
+                                           True, end, end, 1.0))
     selected = {"namespace": spec.namespace, "service": spec.service, "rollout": spec.rollout_name}
     for name, dashboard in DASHBOARDS.items():
         for var_name, var in variables(dashboard).items():
@@ -207,11 +274,26 @@ def _is_rollback_query(query: DashboardQuery) -> bool:
     return "ramp_rollbacks_total" in query.expr
 
 
+def _drawn_lines(spec: RolloutSpec, query: DashboardQuery) -> dict[str, float] | None:
+    """Gate -> threshold of the spec's lines that a threshold query selects (by its kind and unit matchers);
+    None for a query reading no threshold."""
+    selector = threshold_selector(query.expr)
+    if selector is None:
+        return None
+    kind, unit = selector
+    return {
+        t.gate: t.value for t in gate_thresholds(spec) if kind in (None, t.kind) and unit in (None, t.unit)
+    }
+
+
 def _problems(capture: Capture, expect_rollbacks: bool) -> list[str]:
     problems = []
     for (query, variant), result in capture.results.items():
         if isinstance(result, str):
             problems.append(f"{query.label} [{variant}]: {result}")
+        elif _drawn_lines(capture.run.spec, query) == {}:  # a line the spec does not set (e.g. a latency margin)
+            if result:
+                problems.append(f"{query.label} [{variant}]: draws a line the spec does not set: {result}")
         elif not expect_rollbacks and _is_rollback_query(query):
             if result:
                 problems.append(f"{query.label} [{variant}]: a rollback shown for a promoted rollout: {result}")
@@ -236,6 +318,61 @@ def _assert_variables_offer_the_demo(capture: Capture) -> None:
         assert spec.namespace in capture.variable_values[(name, "namespace")]
         assert spec.service in capture.variable_values[(name, "service")]
     assert capture.variable_values[(OVERVIEW, "rollout")] == [spec.rollout_name]
+    assert capture.variable_values[(GOLDEN, "rollout")] == [spec.rollout_name]  # the service's rollout
+
+
+def _gate(series: dict[str, Any]) -> str:
+    gate: str = series["metric"]["gate"]
+    return gate
+
+
+def _assert_gate_lines_follow_the_demo_spec(capture: Capture, healthy: bool) -> None:
+    """Every threshold, stable-value and e-value query of both dashboards, with the demo selected and with "All":
+    it draws exactly the demo spec's gates at exactly the spec's values, from the controller's metrics."""
+    spec = capture.run.spec
+    assert spec == load_spec(DEMO_SPEC)
+    expected: dict[tuple[str, str, str], float] = {(t.gate, t.kind, t.unit): t.value for t in gate_thresholds(spec)}
+    assert {key: expected.get(key) for key in DEMO_LINES} == DEMO_LINES  # the spec, written out
+    exported = {(s["metric"]["gate"], s["metric"]["kind"], s["metric"]["unit"]): _last(s) for s in capture.thresholds}
+    assert exported == expected  # the controller exports the whole spec, tolerance included
+    statistical = {gate for gate, kind, _ in expected if kind == "k_over_alpha"}
+    margins = {gate: value for (gate, kind, _), value in expected.items() if kind == "stable_margin"}
+    checked = 0
+    for (query, variant), result in capture.results.items():
+        if not is_gate_query(query):
+            continue
+        checked += 1
+        where = f"{query.label} [{variant}]"
+        assert not isinstance(result, str), f"{where}: {result}"
+        values = {_gate(s): [v for _, v in samples(s)] for s in result}
+        assert all(v and all(math.isfinite(x) for x in v) for v in values.values()), (where, result)
+        assert all(s["metric"]["rollout"] == spec.rollout_name for s in result), where
+        lines = _drawn_lines(spec, query)
+        kind = (threshold_selector(query.expr) or (None, None))[0]
+        if lines is None:  # e-values
+            assert query.expr.startswith("ramp_gate_evalue{"), where
+            assert set(values) == statistical, (where, result)
+            assert all(0 < v < 100.0 for v in values["error_rate"]) or not healthy, (where, result)
+        elif not lines:
+            assert values == {}, where  # e.g. a latency stable_margin: the demo sets none
+        elif kind in ("max", "k_over_alpha"):
+            assert {gate: set(v) for gate, v in values.items()} == {gate: {line} for gate, line in lines.items()}, where
+        elif kind == "stable_margin":  # stable's value + the margin; the demo's stable version (v1) never errs
+            assert {gate: set(v) for gate, v in values.items()} == {
+                gate: {0.0 + margins[gate]} for gate in lines
+            }, where
+        else:  # the new version's or stable's value of the gates with a line in this unit
+            assert set(values) == set(lines), where
+    assert checked == len(VARIANTS) * sum(1 for n, d in DASHBOARDS.items() for q in dashboard_queries(n, d)
+                                          if is_gate_query(q))
+    assert checked >= 2 * 12
+    # the overview's margin line is stable's value (B) plus the margin, step by step
+    for variant in VARIANTS:
+        title = "Error-rate gates: new, stable and thresholds"
+        stable = {t: v for s in capture.result(OVERVIEW, title, "B", variant) for t, v in samples(s)}
+        margin_line = capture.result(OVERVIEW, title, "M", variant)
+        assert margin_line and all(t in stable and v == stable[t] + margins["error_rate"]
+                                   for s in margin_line for t, v in samples(s)), (stable, margin_line)
 
 
 @pytest.mark.e2e
@@ -243,6 +380,7 @@ def test_faulty_rollout_every_panel_and_annotation_query_returns_data(faulty: Ca
     assert len(faulty.results) == len(VARIANTS) * sum(len(dashboard_queries(n, d)) for n, d in DASHBOARDS.items())
     assert _problems(faulty, expect_rollbacks=True) == []
     _assert_variables_offer_the_demo(faulty)
+    _assert_gate_lines_follow_the_demo_spec(faulty, healthy=False)
 
 
 @pytest.mark.e2e
@@ -282,6 +420,11 @@ def test_faulty_rollout_dashboards_show_the_rollback(faulty: Capture) -> None:
 def test_healthy_rollout_every_query_returns_data_and_no_rollback_is_shown(healthy: Capture) -> None:
     assert _problems(healthy, expect_rollbacks=False) == []
     _assert_variables_offer_the_demo(healthy)
+
+
+@pytest.mark.e2e
+def test_healthy_rollout_dashboards_draw_the_demo_specs_gate_lines_and_e_values(healthy: Capture) -> None:
+    _assert_gate_lines_follow_the_demo_spec(healthy, healthy=True)
 
 
 @pytest.mark.e2e
