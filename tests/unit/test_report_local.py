@@ -17,7 +17,7 @@ from controller.engine.runner import ManagedRollout, RolloutRunner
 from controller.report.build import build_report
 from controller.report.local_source import ReportSourceError, local_report_inputs
 from controller.state.file_store import FileStateStore
-from controller.state.timeline_file import TimelineFile, read_timeline, timeline_path
+from controller.state.timeline_file import MAX_TIMELINE_BYTES, TimelineFile, read_timeline, timeline_path
 from tests.unit.engine_fixtures import FakeClock, FixedMetrics, RecordingRouter, spec
 from tests.unit.test_statistical_gates import GrowingMetrics
 
@@ -135,6 +135,7 @@ def test_the_timeline_file_stays_bounded_and_keeps_its_rollout_line(tmp_path: Pa
         runner.tick()
         clock.advance(5)
     path = timeline_path(tmp_path, "shop")
+    assert MAX_TIMELINE_BYTES == 8 * 1024 * 1024  # the default, as the README says
     assert path.stat().st_size <= 20_000
     timeline = read_timeline(path)
     assert timeline.header is not None and timeline.skipped == 0
