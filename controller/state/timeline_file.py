@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,20 +61,24 @@ class TimelineFile:
 
     def _append(self, path: Path, text: str) -> None:
         data = text.encode()
-        size = path.stat().st_size if path.exists() else 0
-        if size + len(data) > self.max_bytes:
-            _compact(path, data, self.max_bytes)
-            return
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        # Non-blocking and checked: a FIFO, device or symlink put in place of a timeline never blocks the tick.
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK | os.O_NOFOLLOW, 0o644)
         try:
+            info = os.fstat(descriptor)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(f"{path}: not a regular file")
+            if info.st_size + len(data) > self.max_bytes:
+                _compact(descriptor, path, data, self.max_bytes)
+                return
             os.write(descriptor, data)
         finally:
             os.close(descriptor)
 
 
-def _compact(path: Path, tail: bytes, max_bytes: int) -> None:
+def _compact(descriptor: int, path: Path, tail: bytes, max_bytes: int) -> None:
     """Keep the last rollout line and the newer half of the ticks (within half the limit), then `tail`."""
-    old = path.read_bytes()[-max_bytes:].splitlines()
+    size = os.fstat(descriptor).st_size
+    old = os.pread(descriptor, max_bytes, max(0, size - max_bytes)).splitlines()
     header = next((line for line in reversed(old) if line.startswith(b'{"kind": "rollout"')), None)
     kept: list[bytes] = []
     budget = max_bytes // 2
@@ -100,12 +105,15 @@ class Timeline:
 def read_timeline(path: Path, max_bytes: int = 2 * MAX_TIMELINE_BYTES) -> Timeline:
     """The timeline's last rollout header and its ticks in time order; unreadable lines are counted, not fatal.
     A missing file raises FileNotFoundError; other read errors OSError."""
-    with path.open("rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        size = handle.tell()
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO in its place never blocks the reader
+    try:
+        size = os.fstat(descriptor).st_size
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(f"{path.name}: not a regular file")
         truncated = size > max_bytes
-        handle.seek(max(0, size - max_bytes))
-        raw = handle.read(max_bytes)
+        raw = os.pread(descriptor, max_bytes, max(0, size - max_bytes))
+    finally:
+        os.close(descriptor)
     lines = raw.splitlines()
     if truncated and lines:
         lines = lines[1:]  # the first line was cut by the seek

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,15 @@ def test_cli_writes_the_report_and_prints_its_path(tmp_path: Path, capsys: pytes
     blocked.write_text("")
     assert main(["report", "--state-dir", str(tmp_path / "state"), "-o", str(blocked / "r.html")]) == 1
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_a_fifo_or_device_in_place_of_a_timeline_never_blocks_a_tick_or_the_reader(tmp_path: Path) -> None:
+    os.mkfifo(timeline_path(tmp_path, "shop"))
+    run_rollout(tmp_path, ticks=3)  # would hang forever on a blocking open of the FIFO
+    inputs = local_report_inputs(tmp_path)
+    assert "shop.timeline.jsonl: timeline not read: shop.timeline.jsonl: not a regular file" in inputs.notes
+    assert inputs.final_phase == "Progressing" and inputs.samples == ()
+    timeline_path(tmp_path, "shop").unlink()
+    timeline_path(tmp_path, "shop").symlink_to("/dev/zero")
+    run_rollout(tmp_path, ticks=1)  # O_NOFOLLOW: the symlink is refused, not followed
+    assert "not a regular file" in " ".join(local_report_inputs(tmp_path).notes)
