@@ -13,7 +13,17 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from controller import cli_cluster, cli_commands, cli_loadtest, cli_ping, cli_resource, cli_run, cli_spec, cli_status
+from controller import (
+    cli_cluster,
+    cli_commands,
+    cli_loadtest,
+    cli_ping,
+    cli_report,
+    cli_resource,
+    cli_run,
+    cli_spec,
+    cli_status,
+)
 from controller.observability import configure_logging
 
 if TYPE_CHECKING:
@@ -28,7 +38,7 @@ class CommandModule(Protocol):
 
 # Command modules, in the order their commands appear in --help.
 COMMAND_MODULES: tuple[CommandModule, ...] = (
-    cli_spec, cli_resource, cli_run, cli_cluster, cli_status, cli_commands, cli_ping, cli_loadtest,
+    cli_spec, cli_resource, cli_run, cli_cluster, cli_status, cli_commands, cli_ping, cli_loadtest, cli_report,
 )
 
 

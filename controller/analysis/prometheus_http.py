@@ -6,8 +6,9 @@ for ever. Queries go through `controller.http_deadline.bounded_request`, whose s
 body together (DNS, connect and TLS included) finish within the query's total deadline.
 
 An answer is accepted only as Prometheus' documented envelope: HTTP 200, a JSON object with
-`status: success` and `data: {resultType: vector, result: [...]}`, at most `max_response_bytes`. Anything
-else raises `PrometheusError` with a reason meant for users (redacted): the caller turns it into *no data*.
+`status: success` and `data: {resultType: vector, result: [...]}` (`matrix` for a range query, `query_range`,
+which `ramp report` uses), at most `max_response_bytes`. Anything else raises `PrometheusError` with a reason
+meant for users (redacted): the caller turns it into *no data*.
 
 Credentials (`credentials`): a bearer token file, a basic-auth file, or userinfo in the URL, sent as basic
 auth and never shown.
@@ -16,6 +17,7 @@ auth and never shown.
 from __future__ import annotations
 
 import json
+import math
 import ssl
 import threading
 import urllib.parse
@@ -30,6 +32,7 @@ from controller.redact import redact_text, redact_url, url_secrets
 __all__ = ["CredentialError", "Credentials", "PrometheusAnswerError", "PrometheusError", "PrometheusHTTP"]
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+MAX_RANGE_POINTS = 11_000  # Prometheus refuses range queries of more points per series
 
 
 class PrometheusAnswerError(PrometheusError):
@@ -38,6 +41,7 @@ class PrometheusAnswerError(PrometheusError):
 
 class PrometheusHTTP:
     """POSTs instant queries to `<url>/api/v1/query`; `query` returns `data.result` (items unchecked).
+    `query_range` POSTs to `<url>/api/v1/query_range` and returns the matrix's `data.result` (items unchecked).
 
     `answers` and `response_bytes` count the answers received (any status) and their body bytes, for /metrics
     and the scale benchmark."""
@@ -66,6 +70,7 @@ class PrometheusHTTP:
         self._port = parts.port or (443 if parts.scheme == "https" else 80)  # a bad port raises ValueError here
         hostport = parts.netloc.rsplit("@", 1)[-1]  # credentials go in a header, never in the request line
         self._url = urllib.parse.urlunsplit((parts.scheme, hostport, parts.path.rstrip("/") + "/api/v1/query", "", ""))
+        self._range_url = self._url + "_range"
         self._query_params = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
         self._context = (tls_context or ssl.create_default_context()) if parts.scheme == "https" else None
         self.max_response_bytes = max_response_bytes
@@ -84,8 +89,24 @@ class PrometheusHTTP:
 
     def query(self, promql: str, deadline: Deadline) -> list[Any]:
         """`data.result` of an instant query; PrometheusError (redacted reason) for anything else."""
+        return self._result(*self._answer(self._url, promql, (), deadline))
+
+    def query_range(self, promql: str, start: float, end: float, step: float, deadline: Deadline) -> list[Any]:
+        """`data.result` of a range query (a matrix) from `start` to `end` (Unix seconds) every `step` seconds;
+        PrometheusError (redacted reason) for anything else. ValueError for a range Prometheus would refuse
+        (not finite, end before start, step not positive, more than MAX_RANGE_POINTS points)."""
+        if not all(math.isfinite(x) for x in (start, end, step)) or start < 0 or end < start or step <= 0:
+            raise ValueError(f"not a range: start={start!r} end={end!r} step={step!r}")
+        if (end - start) / step + 1 > MAX_RANGE_POINTS:
+            raise ValueError(f"{(end - start) / step + 1:.0f} points per series: more than {MAX_RANGE_POINTS}")
+        extra = (("start", f"{start:.3f}"), ("end", f"{end:.3f}"), ("step", f"{step:.3f}"))
+        return self._result(*self._answer(self._range_url, promql, extra, deadline), result_type="matrix")
+
+    def _answer(
+        self, url: str, promql: str, extra: tuple[tuple[str, str], ...], deadline: Deadline
+    ) -> tuple[int, bytes]:
         try:
-            status, body = self._post(promql, deadline)
+            return self._post(promql, deadline, url, extra)
         except PrometheusError:
             raise
         except HttpTooLarge as exc:
@@ -96,17 +117,19 @@ class PrometheusHTTP:
             raise PrometheusError(self.redact(str(exc))) from None
         except Exception as exc:  # anything else: a reason, never a traceback
             raise PrometheusError(self.redact(f"{type(exc).__name__}: {exc}")) from None
-        return self._result(status, body)
 
-    def _post(self, promql: str, deadline: Deadline) -> tuple[int, bytes]:
+    def _post(
+        self, promql: str, deadline: Deadline, url: str | None = None, extra: tuple[tuple[str, str], ...] = ()
+    ) -> tuple[int, bytes]:
         header = self.credentials.header()
-        form = [*self._query_params, ("query", promql), ("timeout", f"{max(0.001, deadline.timeout()):.3f}")]
+        form = [*self._query_params, ("query", promql), *extra,
+                ("timeout", f"{max(0.001, deadline.timeout()):.3f}")]  # fmt: skip
         headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json",
                    "User-Agent": "ramp-controller"}  # fmt: skip
         if header is not None:
             headers["Authorization"] = header
         answer = bounded_request(
-            "POST", self._url, deadline=deadline, headers=headers, body=urllib.parse.urlencode(form).encode(),
+            "POST", url or self._url, deadline=deadline, headers=headers, body=urllib.parse.urlencode(form).encode(),
             max_bytes=self.max_response_bytes, tls_context=self._context,
         )  # fmt: skip
         with self._count_lock:
@@ -114,7 +137,7 @@ class PrometheusHTTP:
             self.response_bytes += len(answer.body)
         return answer.status, answer.body
 
-    def _result(self, status: int, body: bytes) -> list[Any]:
+    def _result(self, status: int, body: bytes, result_type: str = "vector") -> list[Any]:
         try:
             with collector_paused():  # megabytes of samples at thousands of rollouts
                 answer = json.loads(body)
@@ -134,8 +157,10 @@ class PrometheusHTTP:
         data = answer.get("data")
         if not isinstance(data, dict):
             raise PrometheusAnswerError("answer has no 'data' object")
-        if data.get("resultType") != "vector":
-            raise PrometheusAnswerError(self.redact(f"resultType is {data.get('resultType')!r}, not 'vector'")[:200])
+        if data.get("resultType") != result_type:
+            raise PrometheusAnswerError(
+                self.redact(f"resultType is {data.get('resultType')!r}, not {result_type!r}")[:200]
+            )
         result = data.get("result")
         if not isinstance(result, list):
             raise PrometheusAnswerError("answer has no 'data.result' list")

@@ -70,6 +70,7 @@ def report_window(state: RolloutState, window: float | None, now: float) -> tupl
         notes.append(f"the rollout's history goes back further than {MAX_SPAN / 86400:.0f} days: not queried")
     start = max(0.0, min(start, end - 1.0))
     step = max(1.0, math.ceil((end - start) / MAX_SAMPLES))
+    start = max(0.0, end - math.ceil((end - start) / step) * step)  # `end` on the grid: the last scrape is shown
     return start, end, step, notes
 
 
@@ -88,6 +89,9 @@ class _Reader:
         if self.refuse is not None:
             if self.refuse not in self.notes:
                 self.notes.append(self.refuse)
+            return None
+        if self.deadline.expired:
+            self.notes.append(f"{what}: not asked: the {self.deadline.seconds:g}s allowed for the queries ran out")
             return None
         start, end, step = self.span
         try:
@@ -110,9 +114,6 @@ class _Reader:
         if found.sources > 1:
             self.notes.append(f"{what}: exported by {found.sources} controller replicas; at each moment the values "
                               "of the replica that changed them last are shown")  # fmt: skip
-        bad = [name for name in found.values if len(name) > MAX_NAME]
-        for name in bad:
-            del found.values[name]
         return found
 
 

@@ -22,10 +22,11 @@ from typing import Any, Protocol
 
 from controller.analysis.prometheus_http import PrometheusAnswerError
 from controller.deadline import Deadline
+from controller.report.model import MAX_NAME
 
 MAX_SERIES = 64
 MAX_POINTS = 11_000
-MAX_LABEL_CHARS = 253
+MAX_LABEL_CHARS = MAX_NAME  # a label value longer than a report name is not a version or gate name
 MAX_VALUE_CHARS = 64  # a sample value as text ("1.2345e+06", "NaN"); anything longer is not one
 
 Points = dict[float, float | None]  # time -> value (None: NaN or an infinity), in time order
