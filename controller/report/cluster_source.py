@@ -118,7 +118,7 @@ class _Reader:
 
 
 def _check_name(what: str, value: str) -> str:
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise ReportSourceError(f"{what} {clip(value, 80)!r} is not a Kubernetes name")
     return value
 
@@ -260,7 +260,7 @@ def cluster_report_inputs(
     start, end, step, window_notes = report_window(state, window, now)
     notes += window_notes
     reader = _Reader(prometheus, (start, end, step), deadline, notes)
-    if not _NAME.match(state.rollout):
+    if not _NAME.fullmatch(state.rollout):
         reader.refuse = f"the state's rollout name {clip(state.rollout, 80)!r} is not a Kubernetes name: not queried"
     sel = f'rollout="{state.rollout}", namespace="{namespace}"'
     weights = reader.keyed("weights", f"ramp_rollout_weight_percent{{{sel}}}", "version")

@@ -25,7 +25,7 @@ class ReportSourceError(ValueError):
 def local_rollouts(state_dir: Path) -> list[str]:
     names = {p.name.removesuffix(TIMELINE_SUFFIX) for p in state_dir.glob(f"*{TIMELINE_SUFFIX}")}
     names |= {p.name.removesuffix(".state.json") for p in state_dir.glob("*.state.json")}
-    return sorted(n for n in names if _NAME.match(n))
+    return sorted(n for n in names if _NAME.fullmatch(n))
 
 
 def pick_rollout(state_dir: Path, rollout: str | None) -> str:
@@ -33,7 +33,7 @@ def pick_rollout(state_dir: Path, rollout: str | None) -> str:
         raise ReportSourceError(f"{state_dir}: not a directory")
     found = local_rollouts(state_dir)
     if rollout is not None:
-        if not _NAME.match(rollout):
+        if not _NAME.fullmatch(rollout):
             raise ReportSourceError(f"--rollout {rollout!r}: not a rollout name (a DNS label)")
         if rollout not in found:
             raise ReportSourceError(f"{state_dir}: no rollout {rollout!r} (found: {', '.join(found) or 'none'})")

@@ -402,6 +402,11 @@ def test_a_hostile_state_history_and_rollout_name_are_not_trusted(kube: KubeHarn
     assert any("is not a Kubernetes name: not queried" in note for note in inputs.notes)
     assert "3 earlier phase changes are no longer kept in the rollout state" in inputs.notes
     assert inputs.final_phase == "RolledBack"
+    doc["rollout"] = "shop\n"  # a name that only a lax `$` would let through
+    write_state(kube, rolled_back(), raw=json.dumps(doc))
+    client = ScriptedRange()
+    report(kube, client)
+    assert client.calls == []
 
 
 def test_a_spec_given_names_target_steps_and_stands_in_for_missing_thresholds(kube: KubeHarness) -> None:

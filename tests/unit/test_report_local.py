@@ -165,6 +165,8 @@ def test_which_rollout_errors_name_the_directory_and_what_is_there(tmp_path: Pat
         local_report_inputs(tmp_path)
     with pytest.raises(ReportSourceError, match="not a rollout name"):
         local_report_inputs(tmp_path, "../shop")
+    with pytest.raises(ReportSourceError, match="not a rollout name"):
+        local_report_inputs(tmp_path, "shop\n")
     with pytest.raises(ReportSourceError, match="has neither a readable state nor timeline"):
         local_report_inputs(tmp_path, "cart")
     assert local_report_inputs(tmp_path, "shop").rollout == "shop"
