@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from controller.analysis.gate_thresholds import GateThreshold
 from controller.report.model import ReportInputs, TickSample
@@ -194,7 +194,15 @@ def spans(samples: Sequence[TickSample]) -> list[Span]:
 def build_report(inputs: ReportInputs) -> Report:
     samples = thin(inputs.samples)
     charts: list[Chart] = [weights_chart(inputs, samples)]
-    charts.extend(gate_chart(inputs, samples, gate) for gate in _gate_names(inputs, samples))
+    used = {"chart-weights", "chart-evalues"}
+    for gate in _gate_names(inputs, samples):
+        chart = gate_chart(inputs, samples, gate)
+        unique, n = chart.id, 1
+        while unique in used:  # two gate names that read alike as an element id ("a.b", "a-b") stay apart
+            n += 1
+            unique = f"{chart.id}-{n}"
+        used.add(unique)
+        charts.append(replace(chart, id=unique))
     evalues = evalue_chart(inputs, samples)
     if evalues is not None:
         charts.append(evalues)

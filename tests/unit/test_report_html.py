@@ -111,3 +111,11 @@ def test_higher_is_better_margins_are_drawn_below_stable() -> None:
     assert series["stable - 0.1"][0] == 0.4 - 0.1
     normal = base.model_copy(update={"thresholds": (GateThreshold("error_rate", "stable_margin", 0.1, "%"),)})
     assert {s.label: s.values for s in build_report(normal).charts[1].series}["stable + 0.1"][0] == 0.4 + 0.1
+
+
+def test_gate_names_that_read_alike_as_element_ids_get_their_own_charts() -> None:
+    base = inputs()
+    ticks = tuple(s.model_copy(update={"gates": [GateSample(gate=name, value=1.0) for name in ("a.b", "a-b", "A_B")]})
+                  for s in base.samples)  # fmt: skip
+    ids = [c.id for c in build_report(base.model_copy(update={"samples": ticks, "thresholds": ()})).charts]
+    assert ids == ["chart-weights", "chart-gate-a-b", "chart-gate-a-b-2", "chart-gate-a-b-3"]
