@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,8 @@ from controller.demo import DEMO_SPEC, DemoRun, run_demo
 from controller.plan import build_plan
 from controller.spec import RolloutSpec
 from controller.spec_loader import load_spec
+from tests.browser.chromium import HeadlessChromium
+from tests.browser.demo_report_checks import check_demo_report
 from tests.dashboards.grafana_model import (
     BUILTINS,
     DATASOURCE,
@@ -250,11 +253,12 @@ def _capture(run: DemoRun, into: list[Capture]) -> None:
     into.append(capture)
 
 
-def _run_scenario(scenario: str) -> Capture:
+def _run_scenario(scenario: str, report: Path | None = None) -> Capture:
     require_local_stack()
     captured: list[Capture] = []
     out = io.StringIO()
-    summary = run_demo(scenario, out=out, timeout=60.0, on_finished=lambda run: _capture(run, captured))
+    summary = run_demo(scenario, out=out, timeout=60.0, on_finished=lambda run: _capture(run, captured),
+                       report=report)  # fmt: skip
     assert summary["outcome"] == summary["expected_outcome"], out.getvalue()
     assert len(captured) == 1
     return captured[0]
@@ -266,8 +270,11 @@ def faulty() -> Iterator[Capture]:
 
 
 @pytest.fixture(scope="module")
-def healthy() -> Iterator[Capture]:
-    yield _run_scenario("healthy")
+def healthy(artifacts_dir: Path) -> Iterator[Capture]:
+    """The healthy demo, writing its report as `ramp demo --report` does (drawn in Chromium below)."""
+    report = artifacts_dir / "report-healthy.html"
+    report.unlink(missing_ok=True)
+    yield _run_scenario("healthy", report)
 
 
 def _is_rollback_query(query: DashboardQuery) -> bool:
@@ -429,8 +436,8 @@ def test_healthy_rollout_dashboards_draw_the_demo_specs_gate_lines_and_e_values(
 
 @pytest.mark.e2e
 def test_the_healthy_demo_is_promoted_and_cleans_up(healthy: Capture) -> None:
-    """The main job's healthy run (`ramp demo` runs exactly `run_demo`; tests/e2e/test_demo_cli.py runs the CLI
-    itself, in a subprocess, on the faulty scenario): one demo run serves this and the dashboards' tests."""
+    """The main job's healthy run (`ramp demo` runs exactly `run_demo`; tests/browser/test_demo_report.py runs the
+    CLI itself, in a subprocess, on the faulty scenario): one demo run serves this and the dashboards' tests."""
     summary = healthy.run.summary
     assert summary["outcome"] == "Promoted"
     phases = summary["phases"]
@@ -459,3 +466,12 @@ def test_healthy_rollout_dashboards_show_the_promotion(healthy: Capture) -> None
     assert all(0 < v < 250 for s in p99.values() for _, v in samples(s) if math.isfinite(v))
     latency_line = healthy.result(GOLDEN, "Latency p99 by version", "T")
     assert {v for _, v in samples(latency_line[0])} == {250.0}
+
+
+@pytest.mark.e2e
+def test_the_healthy_demo_report_renders_in_chromium(
+    healthy: Capture, chromium: HeadlessChromium, artifacts_dir: Path
+) -> None:
+    summary = healthy.run.summary
+    assert summary["report"] == str(artifacts_dir / "report-healthy.html")
+    check_demo_report(chromium, Path(summary["report"]), summary, "healthy", artifacts_dir / "report-healthy.png")
