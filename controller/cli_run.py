@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -138,8 +139,12 @@ def _demo(args: argparse.Namespace) -> int:
     notifications = global_notifications(args, "demo")
     if notifications is None:
         return 2
+    report = args.report or Path(f"ramp-demo-{args.scenario}.html")
+    problem = report_path_problem(report)
+    if problem:
+        print(f"ramp demo: --report {report}: {problem}", file=sys.stderr)
+        return 2
     try:
-        report = args.report or Path(f"ramp-demo-{args.scenario}.html")
         summary = run_demo(args.scenario, spec_path=args.spec, out=progress, timeout=args.timeout,
                            notifications=notifications, report=report)  # fmt: skip
     except SpecError as exc:
@@ -147,7 +152,24 @@ def _demo(args: argparse.Namespace) -> int:
         return 1
     if args.json:
         print(json.dumps(summary, indent=2))
+    if "report_error" in summary:
+        return 1
     return 0 if summary["outcome"] == summary["expected_outcome"] else 1
+
+
+def report_path_problem(path: Path) -> str | None:
+    """Why a report could not be written at `path` (checked before a demo starts), or None."""
+    target = path.expanduser()
+    if target.is_dir():
+        return "is a directory"
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable"
+    return None
 
 
 def _print_problems(problems: Sequence[SpecProblem]) -> None:

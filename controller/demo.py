@@ -184,11 +184,16 @@ def run_demo(
                 finished_at=time.time(),
             )
             if report is not None:
-                summary["report"] = str(write_demo_report(work / "state", rollout.name, summary, report))
+                try:
+                    summary["report"] = str(write_demo_report(work / "state", rollout.name, summary, report))
+                except (OSError, ValueError) as exc:  # the rollout's outcome stands; the report's failure is said
+                    summary["report_error"] = f"{report}: not written: {getattr(exc, 'strerror', None) or exc}"
             if on_finished is not None:
                 on_finished(DemoRun(spec, stack, recorder, metrics_target, summary))
     summary["expected_outcome"] = EXPECTED_OUTCOME[scenario]
     print_summary(summary, out)
     if "report" in summary:
         print(f"  report: {summary['report']}", file=out)
+    if "report_error" in summary:
+        print(f"  report: {summary['report_error']}", file=out)
     return summary

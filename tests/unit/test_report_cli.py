@@ -27,3 +27,14 @@ def test_bad_prometheus_arguments_are_refused_without_showing_credentials(
     assert main([*base, "--prometheus", "http://127.0.0.1:1", "--spec", str(tmp_path / "bad.yaml")]) == 1
     assert "bad.yaml" in capsys.readouterr().err
     assert not out.exists()  # nothing written on any refusal
+
+
+def test_a_demo_report_path_that_cannot_be_written_is_refused_before_the_demo_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["demo", "--report", str(tmp_path)]) == 2
+    assert f"--report {tmp_path}: is a directory" in capsys.readouterr().err
+    assert main(["demo", "--report", str(blocker / "sub" / "r.html")]) == 2
+    assert f"{blocker} is not a directory" in capsys.readouterr().err
