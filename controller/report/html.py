@@ -109,7 +109,9 @@ def _holds_list(report: Report) -> str:
     if not holds:
         return ""
     items = "".join(
-        f"<li>{escape(_when(s.start))} for {s.end - s.start:.0f} s: {escape(s.reason)}</li>" for s in holds
+        f"<li>{escape(_when(s.start))} for {s.end - s.start:.0f} s: "
+        f"{escape(s.reason or 'gates held or had no data (the reason is kept in local timelines only)')}</li>"
+        for s in holds
     )
     return f'<h2>Holds</h2><ul id="holds">{items}</ul>'
 
