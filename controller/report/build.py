@@ -163,7 +163,7 @@ def phase_annotations(inputs: ReportInputs) -> list[Annotation]:
     found = []
     for mark in inputs.phases:
         kind = {"RolledBack": "rollback", "Promoted": "promoted", "Failed": "rollback"}.get(mark.phase, "phase")
-        label = mark.phase if mark.step < 0 else f"{mark.phase} · step {mark.step + 1}"
+        label = mark.phase if mark.step < 0 or kind == "promoted" else f"{mark.phase} · step {mark.step + 1}"
         found.append(Annotation(at=mark.at, kind=kind, label=label, reason=mark.reason))
     return sorted(found, key=lambda a: a.at)
 
