@@ -94,6 +94,12 @@ class ControllerMetrics:
         self.registry = registry or CollectorRegistry()
         self._seen: set[tuple[str, str]] = set()
         labels = ["rollout", "namespace"]
+        self.header_route = Gauge(
+            "ramp_rollout_header_route",
+            "1 while requests with the rollout's header are routed to this version (the header-only test), else 0",
+            [*labels, "version"],
+            registry=self.registry,
+        )
         self.weight = Gauge(
             "ramp_rollout_weight_percent",
             "Traffic percentage per version",
@@ -207,6 +213,9 @@ class ControllerMetrics:
         state = event.decision.state
         for version, weight in event.decision.routing.weights:
             self.weight.labels(**key, version=version).set(weight)
+        headed = {route.version for route in event.decision.routing.header_routes}
+        for version in event.decision.routing.versions:
+            self.header_route.labels(**key, version=version).set(1.0 if version in headed else 0.0)
         for phase in Phase:
             self.phase.labels(**key, phase=phase.value).set(1.0 if phase == state.phase else 0.0)
         self.step.labels(**key).set(state.step + 1)

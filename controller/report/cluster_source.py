@@ -185,9 +185,11 @@ def _gate_sample(gates: Mapping[str, Keyed], gate: str, at: float, limit: float 
 
 
 def _samples(
-    weights: Keyed, phases: Keyed, steps: Keyed, gates: Mapping[str, Keyed], limits: Mapping[str, float]
+    weights: Keyed, phases: Keyed, steps: Keyed, gates: Mapping[str, Keyed], limits: Mapping[str, float],
+    headers: Keyed | None = None,
 ) -> list[TickSample]:
     """One sample at each moment of the range where any series has a point."""
+    headers = headers or Keyed()
     series: list[Points] = [*weights.values.values(), *phases.values.values(), *steps.values.values()]
     series += [points for found in gates.values() for points in found.values.values()]
     gate_names = list(dict.fromkeys(name for found in gates.values() for name in found.values))[:64]
@@ -197,9 +199,11 @@ def _samples(
         shares = {v: w for v, points in weights.values.items() if (w := _weight(points.get(at))) is not None}
         phase = next((p for p in _PHASES if at in phases.values.get(p, {})), "")
         found = [g for gate in gate_names if (g := _gate_sample(gates, gate, at, limits.get(gate))) is not None]
+        header = next((v for v, points in headers.values.items() if points.get(at) == 1.0 and len(v) <= MAX_NAME),
+                      None)  # fmt: skip
         samples.append(TickSample(
             at=at, phase=phase, step=_step(step_points.get(at)), weights=dict(list(shares.items())[:MAX_VERSIONS]),
-            verdict=_overall([g.verdict for g in found]), gates=found,
+            verdict=_overall([g.verdict for g in found]), gates=found, header_version=header,
         ))  # fmt: skip
     return samples
 
@@ -268,6 +272,7 @@ def cluster_report_inputs(
     steps = reader.keyed("steps", f"ramp_rollout_step{{{sel}}}", None)
     gates = {kind: reader.keyed(f"gate {kind}s", f"{metric}{{{sel}}}", "gate") for kind, metric in GATE_METRICS}
     thresholds = _thresholds(reader.answer("thresholds", f"ramp_gate_threshold{{{sel}}}"))
+    headers = reader.keyed("header routes", f"ramp_rollout_header_route{{{sel}}} == 1", "version")
     header = _spec_header(spec, state, namespace, service, notes)
     if not thresholds and header is not None and header.thresholds:
         thresholds = [t for stored in header.thresholds if (t := stored.threshold()) is not None]
@@ -278,7 +283,7 @@ def cluster_report_inputs(
         notes.append(f"Prometheus has no ramp_rollout_weight_percent for rollout {state.rollout} in namespace "
                      f"{namespace} in the window: is the controller scraped?")  # fmt: skip
     limits = {t.gate: t.value for t in thresholds if t.kind == "k_over_alpha"}
-    samples = _samples(weights, phases, steps, gates, limits)
+    samples = _samples(weights, phases, steps, gates, limits, headers)
     seen = [*dict.fromkeys(v for sample in samples for v in sample.weights)]
     if header is not None:
         target, stable, steps_shown = header.target, tuple(header.stable), tuple(header.steps)

@@ -34,6 +34,7 @@ from controller.http_endpoints import EndpointServer
 from controller.local.ports import free_port
 from controller.local.processes import ProcessError, ProcessGroup
 from controller.local.prometheus_process import prometheus_argv, prometheus_binary, write_prometheus_config
+from controller.report.build import build_report
 from controller.report.cluster_source import ReportSourceError, cluster_report_inputs
 from controller.report.model import ReportInputs
 from controller.routing.istio_merge import STATE_ANNOTATION, encode_state
@@ -302,8 +303,8 @@ def test_the_window_and_step_follow_the_history_and_the_queries_are_one_per_metr
     names = [promql.split("{")[0].split("(")[-1] for promql, *_ in client.calls]
     assert names == ["ramp_rollout_weight_percent", "ramp_rollout_phase", "ramp_rollout_step", "ramp_gate_value",
                      "ramp_gate_stable_value", "ramp_gate_evalue", "ramp_gate_verdict", "ramp_gate_threshold",
-                     "istio_requests_total", "istio_requests_total"]  # fmt: skip
-    assert all('rollout="shop", namespace="prod"' in promql for promql, *_ in client.calls[:8])
+                     "ramp_rollout_header_route", "istio_requests_total", "istio_requests_total"]  # fmt: skip
+    assert all('rollout="shop", namespace="prod"' in promql for promql, *_ in client.calls[:9])
     assert client.calls[-1][0] == (
         'sum by (destination_version) (increase(istio_requests_total{reporter="destination", '
         'destination_service_name="shop", destination_workload_namespace="prod", response_code=~"5.."}[80s]))'
@@ -364,14 +365,15 @@ def test_a_prometheus_that_cannot_answer_leaves_the_state_s_report_and_never_its
     closed = free_port()
     inputs = report(kube, PrometheusHTTP(f"http://reader:s3cr3t-pw@127.0.0.1:{closed}"))
     assert inputs.final_phase == "RolledBack" and len(inputs.phases) == 2 and inputs.samples == ()
-    assert len([n for n in inputs.notes if "not read from Prometheus" in n]) == 10
+    assert len([n for n in inputs.notes if "not read from Prometheus" in n]) == 11  # one note per query
     assert all("s3cr3t" not in note for note in inputs.notes)
     assert "s3cr3t" not in inputs.source and inputs.source.startswith("VirtualService prod/shop, Prometheus http://")
     # a Prometheus slower than the report's deadline: what is left is not even asked
     slow = ScriptedRange(delay=0.3)
     inputs = report(kube, slow, deadline=Deadline(0.2))
     assert len(slow.calls) == 1 and inputs.final_phase == "RolledBack"
-    assert len([n for n in inputs.notes if n.endswith(": not asked: the 0.2s allowed for the queries ran out")]) == 9
+    ran_out = [n for n in inputs.notes if n.endswith(": not asked: the 0.2s allowed for the queries ran out")]
+    assert len(ran_out) == 10  # all but the first
 
 
 def test_no_route_object_or_no_state_is_a_clear_error_naming_the_service(kube: KubeHarness) -> None:
@@ -422,3 +424,17 @@ def test_a_spec_given_names_target_steps_and_stands_in_for_missing_thresholds(ku
     assert any("another digest" in note for note in inputs.notes)
     other = spec(ROLLOUT_YAML.replace("service: shop", "service: cart"))
     assert any("not this rollout: not used" in n for n in report(kube, client, spec=other).notes)
+
+
+def test_the_header_only_step_is_read_from_its_metric_and_shaded(kube: KubeHarness) -> None:
+    write_state(kube, rolled_back())
+    client = ScriptedRange(answers=[
+        ("ramp_rollout_header_route", [matrix({"version": "v2"}, "1", "1"),
+                                       matrix({"version": "v3"}, "0.5")]),  # not 1: not a header route
+        ("ramp_rollout_weight_percent", [matrix({"version": "v1"}, "100", "100", "80"),
+                                         matrix({"version": "v2"}, "0", "0", "20")]),
+    ])  # fmt: skip
+    inputs = report(kube, client)
+    assert [(s.at - AT, s.header_version) for s in inputs.samples] == [(0, "v2"), (1, "v2"), (2, None)]
+    spans = build_report(inputs).spans
+    assert [(s.kind, s.start - AT, s.end - AT) for s in spans] == [("header", 0, 2)]

@@ -111,3 +111,14 @@ def test_safety_metrics_count_damage_unconfirmed_routing_and_command_outcomes(tm
     runner.tick()
     text = generate_latest(metrics.registry).decode()
     assert 'ramp_routing_unconfirmed{namespace="prod",rollout="shop"} 0.0' in text
+
+
+def test_the_header_only_step_is_exported_per_version(tmp_path: Path) -> None:
+    metrics = ControllerMetrics()
+    source = FixedMetrics({"v1": VersionMetrics(200, 0), "v2": VersionMetrics(100, 0)})
+    runner = RolloutRunner(RecordingRouter(), source, FileStateStore(tmp_path), clock=FakeClock(), observers=[metrics])
+    runner.set_rollouts([ManagedRollout.from_spec(spec(NO_APPROVAL_YAML))])
+    runner.tick()  # the header step: requests with x-version: v2 go to v2
+    text = generate_latest(metrics.registry).decode()
+    assert 'ramp_rollout_header_route{namespace="prod",rollout="shop",version="v2"} 1.0' in text
+    assert 'ramp_rollout_header_route{namespace="prod",rollout="shop",version="v1"} 0.0' in text
