@@ -63,12 +63,16 @@ def register(subparsers: Subparsers) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     from controller.report.local_source import ReportSourceError, local_report_inputs
-    from controller.report.write import write_report
+    from controller.report.write import ReportPathError, overwrite_problem, write_report
     from controller.spec_loader import SpecError
 
     if (args.state_dir is None) == (args.service is None):
         print("ramp report: give either --state-dir (local) or a SERVICE (cluster)", file=sys.stderr)
         return EXIT_USAGE
+    problem = overwrite_problem(args.output.expanduser().resolve())
+    if problem is not None:  # said before any source is read
+        print(f"ramp report: {args.output}: {printable(problem)}", file=sys.stderr)
+        return EXIT_REFUSED
     try:
         if args.state_dir is not None:
             inputs = local_report_inputs(args.state_dir, args.rollout)
@@ -82,6 +86,9 @@ def _report(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
     try:
         path = write_report(inputs, args.output)
+    except ReportPathError as exc:
+        print(f"ramp report: {printable(str(exc), 1000)}", file=sys.stderr)
+        return EXIT_REFUSED
     except OSError as exc:
         print(f"ramp report: {args.output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_REFUSED

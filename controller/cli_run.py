@@ -159,9 +159,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 def report_path_problem(path: Path) -> str | None:
     """Why a report could not be written at `path` (checked before a demo starts), or None."""
+    from controller.report.write import overwrite_problem
+
     target = path.expanduser()
-    if target.is_dir():
-        return "is a directory"
+    problem = overwrite_problem(target)
+    if problem is not None:
+        return problem
     parent = target.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

@@ -17,6 +17,7 @@ from typing import Any
 
 from controller.report.build import Chart, Report
 
+REPORT_MARK = '<meta name="generator" content="ramp report">'  # how a report is told from other files
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
 UPLOT_VERSION = "1.6.32"
 
@@ -143,6 +144,7 @@ def render_html(report: Report, generated_at: float) -> str:
     return "\n".join([
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        REPORT_MARK,
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
         f"<title>{escape(title)}</title>",
         f"<style>{_asset('vendor/uplot/uPlot.min.css')}</style>",
