@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from controller.analysis.statistical_gate import statistical_gate_count
 from controller.spec import Gate, RolloutSpec
 
 ThresholdKind = Literal["max", "min", "stable_margin", "tolerance", "k_over_alpha"]
@@ -36,10 +37,6 @@ def gate_unit(gate: Gate) -> str:
     if gate.metric == "latency":
         return "ms"
     return ""
-
-
-def statistical_gate_count(spec: RolloutSpec) -> int:
-    return sum(1 for gate in spec.gates if gate.statistical)
 
 
 def thresholds_of(gate: Gate, statistical_gates: int) -> list[GateThreshold]:
