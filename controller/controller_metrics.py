@@ -113,7 +113,10 @@ class ControllerMetrics:
             "ramp_rollout_step", "Current step (1-based; 0 before the first)", labels, registry=self.registry
         )
         self.gate_value = Gauge(
-            "ramp_gate_value", "Last value of a gate (percent or ms)", [*labels, "gate"], registry=self.registry
+            "ramp_gate_value",
+            "Last value of a gate (percent or ms); also below min_requests, while its verdict is 0 (not judged)",
+            [*labels, "gate"],
+            registry=self.registry,
         )
         self.gate_verdict = Gauge(
             "ramp_gate_verdict",

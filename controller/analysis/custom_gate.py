@@ -93,16 +93,16 @@ def custom_threshold(
     seen = observe(gate, spec, snapshot, stable_versions)
     needed = gate.min_requests or spec.analysis.min_requests
     what = "requests" if gate.query is not None else "events (total)"
-    if seen.seen < needed:
+    stable_value = seen.stable_value if seen.stable_seen >= needed else None
+    if seen.seen < needed:  # not judged, but what was seen is shown (as for error rate and latency)
         window = f"{spec.analysis.window:g}s"
         reason = f"{name}: {target} had {seen.seen:.0f} {what} in the last {window}, gates need {needed}"
-        return GateResult(name, Verdict.NO_DATA, None, None, reason)
+        return GateResult(name, Verdict.NO_DATA, seen.value if seen.seen > 0 else None, stable_value, reason)
     value = seen.value
     if value is None:
         by = gate.metric_labels
         reason = f"{name}: the query gave no value for {target} (by {by.version}, {by.service}, {by.namespace})"
-        return GateResult(name, Verdict.NO_DATA, None, None, reason)
-    stable_value = seen.stable_value if seen.stable_seen >= needed else None
+        return GateResult(name, Verdict.NO_DATA, None, stable_value, reason)
     shown = _fmt(gate, value)
     for limit, breached, sign in ((gate.max, gate.max is not None and value > gate.max, ">"),
                                   (gate.min, gate.min is not None and value < gate.min, "<")):  # fmt: skip

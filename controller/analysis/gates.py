@@ -64,15 +64,18 @@ def evaluate_gate(
     needed = gate.min_requests or spec.analysis.min_requests
     window = f"{spec.analysis.window:g}s"
     seen = 0.0 if target is None else target.requests
-    if target is None or seen < needed:
-        reason = f"{name}: {spec.target} had {seen:.0f} requests in the last {window}, gates need {needed}"
-        return GateResult(name, Verdict.NO_DATA, None, None, reason)
-    value = _value(gate, target)
-    if value is None:
-        return GateResult(name, Verdict.NO_DATA, None, None, f"{name}: no latency histogram for {spec.target}")
     stable_value: float | None = None
     if stable is not None and stable.requests >= needed:
         stable_value = _value(gate, stable)
+    if target is None or seen < needed:
+        # not judged (NO_DATA), but what was seen is shown: a statistical gate can roll back on fewer requests
+        observed = _value(gate, target) if target is not None and seen > 0 else None
+        reason = f"{name}: {spec.target} had {seen:.0f} requests in the last {window}, gates need {needed}"
+        return GateResult(name, Verdict.NO_DATA, observed, stable_value, reason)
+    value = _value(gate, target)
+    if value is None:
+        reason = f"{name}: no latency histogram for {spec.target}"
+        return GateResult(name, Verdict.NO_DATA, None, stable_value, reason)
     if gate.max is not None and value > gate.max:
         reason = f"{name} of {spec.target} is {_fmt(value, gate)} > max {_fmt(gate.max, gate)}"
         if gate.statistical and stable_value is not None and stable_value > gate.max:

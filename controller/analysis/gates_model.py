@@ -20,7 +20,7 @@ class Verdict(StrEnum):
 class GateResult:
     gate: str
     verdict: Verdict
-    value: float | None
+    value: float | None  # the target's value in the window; also below min_requests (then NO_DATA: not judged)
     stable_value: float | None
     reason: str
     e_value: float | None = None  # statistical gates: the e-value now

@@ -146,6 +146,18 @@ def test_stable_value_is_exported_next_to_the_new_versions_value(tmp_path: Path)
     assert h.series("ramp_gate_stable_value") == {labels: 3.0}
 
 
+def test_below_min_requests_the_values_seen_are_exported_with_a_no_data_verdict(tmp_path: Path) -> None:
+    # what a dashboard needs when a statistical gate rolls back before the new version reaches min_requests
+    h = Harness(tmp_path, "  - {metric: error_rate, mode: both, max: 2, stable_margin: 1}\n")
+    h.source.by_version["v2"] = VersionMetrics(9, 5)
+    h.tick(2)  # the start, then a judged tick of the header step
+    labels = (("gate", "error_rate"), ("namespace", "prod"), ("rollout", "shop"))
+    assert h.events[-1].report is not None and h.events[-1].report.results[0].verdict == Verdict.NO_DATA
+    assert h.series("ramp_gate_verdict") == {labels: 0.0}
+    assert h.series("ramp_gate_value") == {labels: pytest.approx(100 * 5 / 9)}
+    assert h.series("ramp_gate_stable_value") == {labels: 1.0}
+
+
 def test_a_changed_spec_removes_the_thresholds_and_gate_series_it_no_longer_has(tmp_path: Path) -> None:
     h = Harness(tmp_path, "  - {metric: error_rate, mode: both, max: 2, stable_margin: 1}\n"
                           "  - {metric: latency, quantile: p99, max: 250}\n")

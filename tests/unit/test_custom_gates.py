@@ -130,6 +130,15 @@ def test_a_query_gate_needs_the_targets_requests_before_it_judges(prom: FakeProm
     (result,) = judge(prom, rollout("shop", TEMPLATE_GATE))["shop"].results
     assert result.verdict == Verdict.NO_DATA
     assert result.reason == "four-xx: v2 had 5 requests in the last 10s, gates need 20"
+    assert result.value == 0.0  # not judged, but shown
+
+
+def test_too_few_events_are_not_judged_but_the_value_seen_is_shown(prom: FakePrometheus) -> None:
+    values(prom, "increase(app_requests_total{destination", {("shop", "v1"): 1000, ("shop", "v2"): 8})
+    values(prom, 'increase(app_requests_total{outcome="failed"', {("shop", "v1"): 10, ("shop", "v2"): 4})
+    (result,) = judge(prom, rollout("shop", RATIO_GATE))["shop"].results
+    assert result.verdict == Verdict.NO_DATA and "v2 had 8 events (total)" in result.reason
+    assert (result.value, result.stable_value) == (pytest.approx(50.0), pytest.approx(1.0))
 
 
 @pytest.mark.parametrize(

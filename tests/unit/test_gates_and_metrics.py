@@ -53,6 +53,21 @@ def test_too_few_requests_is_no_data_with_counts_in_reason() -> None:
     assert "v2 had 7 requests in the last 10s, gates need 20" in report.reasons(Verdict.NO_DATA)
 
 
+def test_too_few_requests_is_never_judged_but_what_was_seen_is_shown() -> None:
+    # 5 errors in 7 requests: not judged (a statistical gate may roll back on them; a threshold never does),
+    # but the dashboards and reports show the 71% and stable's value beside it
+    v2 = VersionMetrics(requests=7, errors=5, buckets={50.0: 7, math.inf: 7})
+    v1 = VersionMetrics(requests=200, errors=2, buckets={50.0: 200, math.inf: 200})
+    report = evaluate_gates(GATED, ("v1",), snapshot(v1=v1, v2=v2))
+    error = report.results[0]
+    assert report.verdict == Verdict.NO_DATA and error.verdict == Verdict.NO_DATA
+    assert error.value == pytest.approx(100 * 5 / 7) and error.stable_value == pytest.approx(1.0)
+    assert "v2 had 7 requests in the last 10s, gates need 20" in error.reason
+    nothing = evaluate_gates(GATED, ("v1",), snapshot(v1=v1))  # no request at all: no value, stable's still shown
+    assert [(r.verdict, r.value) for r in nothing.results] == [(Verdict.NO_DATA, None)] * 2
+    assert nothing.results[0].stable_value == pytest.approx(1.0)
+
+
 def test_absolute_breach_fails_with_breaching_value() -> None:
     v2 = VersionMetrics(requests=100, errors=20, buckets={50.0: 100, math.inf: 100})
     report = evaluate_gates(GATED, ("v1",), snapshot(v1=healthy(), v2=v2))
