@@ -97,6 +97,10 @@ class GateMetrics:
         self.info.labels(name, namespace, spec.service).set(1.0)
         self._exported[(name, namespace)] = _Exported(rollout.digest, frozenset(values), gates, spec.service)
 
+    def forget(self, name: str, namespace: str) -> None:
+        """The rollout left: its spec is exported afresh if it comes back (the series are removed by the caller)."""
+        self._exported.pop((name, namespace), None)
+
     def observe_results(self, rollout: ManagedRollout, results: Iterable[GateResult]) -> None:
         for result in results:
             value = result.stable_value

@@ -10,7 +10,7 @@ and outcome (read from the delivery queue at scrape time).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -251,4 +251,33 @@ class ControllerMetrics:
             command = outcome.command if outcome.command in COMMANDS else "unreadable"
             self.commands.labels(**key, command=command, outcome="applied" if outcome.applied else "refused").inc()
 
+    def rollouts_removed(self, removed: Sequence[tuple[str, str]]) -> None:
+        """Rollouts that left the runner (spec deleted or renamed, shard given up): every series of theirs goes,
+        so no dashboard shows a rollout that no longer exists (or that another replica now exports)."""
+        for name, namespace in removed:
+            self._seen.discard((name, namespace))
+            self.gates.forget(name, namespace)
+            for metric in self._per_rollout():
+                remove_series(metric, rollout=name, namespace=namespace)
+
+    def _per_rollout(self) -> tuple[Gauge | Counter, ...]:
+        return (
+            self.header_route, self.weight, self.phase, self.step, self.gate_value, self.gate_verdict,
+            self.gate_evalue, self.rollbacks, self.drift, self.damaged, self.unconfirmed, self.state_save_errors,
+            self.commands, self.transitions, self.gates.threshold, self.gates.stable_value, self.gates.info,
+        )  # fmt: skip
+
     __call__ = observe
+
+
+def remove_series(metric: Gauge | Counter, **match: str) -> None:
+    """Remove every child series of a labelled metric whose labels include `match`."""
+    names = metric._labelnames  # its children are listed only by collecting it, their labels by name
+    for family in metric.collect():
+        found = {
+            tuple(sample.labels[n] for n in names)
+            for sample in family.samples
+            if all(sample.labels.get(k) == v for k, v in match.items())
+        }
+        for labels in found:
+            metric.remove(*labels)

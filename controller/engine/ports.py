@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from controller.analysis.custom_metrics import spec_queries
 from controller.analysis.gates import GateReport
@@ -122,6 +122,14 @@ class TickEvent:
 
 
 Observer = Callable[[TickEvent], None]
+
+
+@runtime_checkable
+class RemovalObserver(Protocol):
+    """An observer that also hears which rollouts left the runner (their spec deleted or renamed, their shard given
+    up), as (rollout name, namespace) pairs: e.g. to stop exporting their metric series."""
+
+    def rollouts_removed(self, removed: Sequence[tuple[str, str]]) -> None: ...
 
 TransitionKind = Literal[
     "started", "step", "approval", "paused", "resumed", "holding", "rolled_back", "failed", "promoted", "restarted"

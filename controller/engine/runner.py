@@ -31,6 +31,7 @@ from controller.engine.phases import ACTIVE_PHASES, MAX_HISTORY, Phase, PhaseCha
 from controller.engine.ports import (
     ManagedRollout,
     Observer,
+    RemovalObserver,
     RoutingReadBack,
     TickEvent,
     TrafficRouter,
@@ -89,12 +90,25 @@ class RolloutRunner:
             self.monotonic = time.monotonic if self.clock is time.time else self.clock
 
     def set_rollouts(self, rollouts: Sequence[ManagedRollout]) -> None:
+        before = {(r.name, r.spec.namespace) for r in self.rollouts.values()}
         self.rollouts = {r.name: r for r in rollouts}
+        removed = sorted(before - {(r.name, r.spec.namespace) for r in self.rollouts.values()})
+        if removed:
+            self._tell_removed(removed)
         self.store.track({r.name: (r.spec.namespace, r.spec.service, r.spec.router) for r in rollouts})
         self._last_tick = {k: v for k, v in self._last_tick.items() if k in self.rollouts}
         self._last_seen = {k: v for k, v in self._last_seen.items() if k in self.rollouts}
         if self.fast_lane is not None:
             self.fast_lane.forget(self.rollouts)
+
+    def _tell_removed(self, removed: list[tuple[str, str]]) -> None:
+        for observer in self.observers:
+            if not isinstance(observer, RemovalObserver):
+                continue
+            try:
+                observer.rollouts_removed(removed)
+            except Exception as exc:  # an observer never breaks the runner
+                log.warning("observer failed", observer=type(observer).__name__, error=_short(exc))
 
     def close(self, timeout: float = 5.0) -> None:
         """On shutdown: queued post-rollout deliveries go out within `timeout`, and the hook pool stops."""
