@@ -51,6 +51,7 @@ class LoopRunner(Protocol):
     def tick(self, deadline: Deadline | None = None) -> list[TickEvent]: ...
     def base_interval(self) -> float: ...
     def set_rollouts(self, rollouts: Sequence[ManagedRollout]) -> None: ...
+    def stand_down(self) -> None: ...
 
 
 class SpecSource(Protocol):
@@ -142,6 +143,7 @@ class ControllerLoop:
         self._ticks = 0
         self._current: _Tick | None = None
         self._rollouts_stale = False
+        self._acted = False  # the previous iteration acted (ticked rollouts)
         self.last_completed: float | None = None  # monotonic end of the last completed iteration
         self.last_duration: float | None = None
         self.last_outcome: Outcome | None = None
@@ -236,6 +238,10 @@ class ControllerLoop:
                         _guarded("on_rollouts", self._on_rollouts)
                     log.info("specs loaded", rollouts=[r.name for r in rollouts])
             acting = self.acting()
+            if self._acted and not acting:  # leadership lost: the leader now exports the rollouts' series
+                tick.doing = "dropping the rollouts' metric series (no longer acting)"
+                self.runner.stand_down()
+            self._acted = acting
             if acting:
                 hooks = self._hooks
                 if hooks is not None:

@@ -101,6 +101,12 @@ class RolloutRunner:
         if self.fast_lane is not None:
             self.fast_lane.forget(self.rollouts)
 
+    def stand_down(self) -> None:
+        """This process stopped acting (leadership or shard lost): observers drop what they export of every
+        rollout, as if all had left. The rollouts stay: a standby keeps reading specs, and ticks them again (and
+        exports them afresh) only once it acts again."""
+        self._tell_removed(sorted({(r.name, r.spec.namespace) for r in self.rollouts.values()}))
+
     def _tell_removed(self, removed: list[tuple[str, str]]) -> None:
         for observer in self.observers:
             if not isinstance(observer, RemovalObserver):

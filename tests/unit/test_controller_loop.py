@@ -55,6 +55,7 @@ class FakeRunner:
         self.fail: Exception | None = None
         self.rollouts: list[ManagedRollout] = []
         self.fail_set_rollouts = 0
+        self.stood_down = 0
         self._lock = threading.Lock()
 
     def tick(self, deadline: Deadline | None = None) -> list[TickEvent]:
@@ -78,6 +79,9 @@ class FakeRunner:
 
     def base_interval(self) -> float:
         return 5.0
+
+    def stand_down(self) -> None:
+        self.stood_down += 1
 
     def set_rollouts(self, rollouts: Sequence[ManagedRollout]) -> None:
         if self.fail_set_rollouts:
@@ -196,6 +200,11 @@ def test_a_standby_iterates_without_ticking_and_stays_live_and_ready(runner: Fak
     leading["now"] = True
     assert loop.iterate() is Outcome.COMPLETED and runner.calls == 1
     assert loop.readiness()[1].startswith("leader, leader=True")
+    assert runner.stood_down == 0
+    leading["now"] = False  # leadership lost: the runner stands down once (its rollouts' series leave /metrics)
+    for _ in range(3):
+        assert loop.iterate() is Outcome.STANDBY
+    assert runner.stood_down == 1 and runner.calls == 1
 
 
 def test_a_leadership_check_that_raises_means_standby(runner: FakeRunner) -> None:

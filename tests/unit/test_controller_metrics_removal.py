@@ -1,5 +1,6 @@
 """A rollout that leaves the runner (its spec deleted or renamed, its shard given up) leaves /metrics: every series
-labelled with it goes, the other rollouts' stay, and it is exported afresh (thresholds included) if it comes back."""
+labelled with it goes, the other rollouts' stay, and it is exported afresh (thresholds included) if it comes back.
+A runner that stands down (leadership lost) drops every rollout's series: only the leader exports them."""
 
 from __future__ import annotations
 
@@ -83,3 +84,19 @@ def test_a_removed_rollouts_series_all_go_and_the_others_stay(tmp_path: Path) ->
     back = rollouts_in(metrics)
     assert back["ramp_gate_threshold"] == {"shop", "cart"} and back["ramp_rollout_info"] == {"shop", "cart"}
     assert back["ramp_rollbacks"] == {"shop", "cart"}  # its counters start at 0 again, for increase()
+
+
+def test_standing_down_drops_every_rollouts_series_until_it_ticks_again(tmp_path: Path) -> None:
+    metrics = ControllerMetrics()
+    clock = FakeClock()
+    source = FixedMetrics({"v1": VersionMetrics(200, 2), "v2": VersionMetrics(100, 0)})
+    runner = RolloutRunner(RecordingRouter(), source, FileStateStore(tmp_path), clock=clock, observers=[metrics])
+    runner.set_rollouts([rollout("shop"), rollout("cart")])
+    runner.tick()
+    assert rollouts_in(metrics)["ramp_rollout_phase"] == {"shop", "cart"}
+    runner.stand_down()
+    assert rollouts_in(metrics) == {}
+    assert set(runner.rollouts) == {"shop", "cart"}  # a standby keeps its rollouts
+    clock.advance(5)
+    runner.tick()  # leader again
+    assert rollouts_in(metrics)["ramp_gate_threshold"] == {"shop", "cart"}
