@@ -204,8 +204,21 @@ def _samples(
         samples.append(TickSample(
             at=at, phase=phase, step=_step(step_points.get(at)), weights=dict(list(shares.items())[:MAX_VERSIONS]),
             verdict=_overall([g.verdict for g in found]), gates=found, header_version=header,
+            reason=_gates_holding(found),
         ))  # fmt: skip
     return samples
+
+
+def _gates_holding(gates: list[GateSample]) -> str:
+    """What Prometheus tells of a hold: which gates held or had no data (their words are not in any metric)."""
+    parts = []
+    for verdict, said in ((Verdict.NO_DATA, "no data"), (Verdict.HOLD, "held")):
+        names = [g.gate for g in gates if g.verdict == verdict.value]
+        if names:
+            parts.append(f"{said}: {', '.join(names)}")
+    if not parts:
+        return ""
+    return f"{'; '.join(parts)} (from ramp_gate_verdict; the full reasons are kept in local timelines only)"
 
 
 def _target(samples: list[TickSample]) -> str:

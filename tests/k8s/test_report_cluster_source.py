@@ -346,6 +346,9 @@ def test_hostile_answers_are_skipped_or_gaps_and_noted_never_a_crash(kube: KubeH
     assert [by_time[t].step for t in range(4)] == [0, 1, -1, -1]
     gates = [(t, g.verdict, g.value) for t in range(4) for g in by_time[t].gates]
     assert gates == [(0, "pass", 0.5), (1, "hold", None), (2, "fail", 9.0), (3, "", None)]
+    assert [by_time[t].reason for t in range(4)] == [
+        "", "held: error_rate (from ramp_gate_verdict; the full reasons are kept in local timelines only)", "", ""
+    ]
     assert [t.kind for t in inputs.thresholds] == ["max"] and inputs.thresholds[0].value == 5.0
     assert inputs.gate_units == {"error_rate": "%"}
     assert inputs.summary == ()
