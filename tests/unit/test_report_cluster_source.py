@@ -18,7 +18,8 @@ import pytest
 from controller.analysis.prometheus_http import PrometheusAnswerError, PrometheusError, PrometheusHTTP
 from controller.deadline import Deadline
 from controller.engine.phases import Phase, PhaseChange, RolloutState
-from controller.report.cluster_source import ReportSourceError, report_window
+from controller.report.cluster_source import ReportSourceError, _gates_holding, report_window
+from controller.report.model import MAX_NAME, MAX_TEXT, GateSample, TickSample
 from controller.report.prometheus_range import MAX_POINTS, RangeAnswer, Series, keyed, last_value, parse_matrix
 from tests.fakes.prometheus import FakePrometheus, Reply, vector
 
@@ -214,3 +215,15 @@ def test_query_range_refuses_a_vector_and_never_shows_credentials() -> None:
         with pytest.raises(PrometheusError, match=r"^no complete answer within 0.3s$"):
             client.query_range("slow", AT, AT + 10, 1, Deadline(0.3))
         assert all(auth is not None and auth.startswith("Basic ") for auth in fake.authorizations)
+
+
+def test_a_hold_names_its_gates_and_hostile_gate_names_stay_within_the_limits() -> None:
+    gates = [GateSample(gate="error_rate", verdict="no-data"), GateSample(gate="lat", verdict="hold"),
+             GateSample(gate="ok", verdict="pass")]  # fmt: skip
+    assert _gates_holding(gates) == (
+        "no data: error_rate; held: lat (from ramp_gate_verdict; the full reasons are kept in local timelines only)"
+    )
+    assert _gates_holding(gates[2:]) == "" and _gates_holding([]) == ""
+    hostile = [GateSample(gate=f"<script>{i}" + "x" * (MAX_NAME - 12), verdict="no-data") for i in range(64)]
+    sample = TickSample(at=AT, verdict="no-data", gates=hostile, reason=_gates_holding(hostile))
+    assert len(sample.reason) <= MAX_TEXT and sample.reason.startswith("no data: <script>0")
