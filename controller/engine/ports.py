@@ -131,6 +131,7 @@ class RemovalObserver(Protocol):
 
     def rollouts_removed(self, removed: Sequence[tuple[str, str]]) -> None: ...
 
+
 TransitionKind = Literal[
     "started", "step", "approval", "paused", "resumed", "holding", "rolled_back", "failed", "promoted", "restarted"
 ]
