@@ -10,6 +10,11 @@ see controller.k8s.rollout_bridge).
 
 Deleting a resource stops managing its service: traffic stays exactly as it was (no finalizer, nothing is
 reverted), like removing a spec file.
+
+Until the watch has LISTed every namespace it covers once, NOTHING runs, files included: a file cannot be
+given its service while a resource not seen yet may claim the same service, host or rollout name (on a start
+or a failover, the file would otherwise move traffic for one tick and then be refused as a clash). The wait is
+reported as a problem of the spec directory, and /readyz says the watch is not listed yet.
 """
 
 from __future__ import annotations
@@ -29,12 +34,17 @@ from controller.spec_owners import without_clashes
 
 RefusalKind = Literal["InvalidSpec", "OwnerClash", "NamespaceNotManaged"]
 ResourceKey = tuple[str, str]  # (namespace, name)
+NOT_LISTED = (
+    "waiting for the first list of RampRollout resources: no spec runs (files included) until every watched "
+    "namespace is listed, so that no service, host or rollout name gets two owners"
+)
 
 
 class ResourceCache(Protocol):
     """What the RampRollout watch offers: a change counter and a copy of the objects by (namespace, name)."""
 
     def snapshot(self) -> tuple[int, dict[ResourceKey, dict[str, Any]]]: ...
+    def synced(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,7 @@ class CombinedSpecSource:
     objects: dict[ResourceKey, dict[str, Any]] = field(default_factory=dict)
     _resource_version: int | None = None
     _directory_loaded: bool = False
+    _listed: bool = False  # the watch has listed every namespace once: ownership can be decided
 
     @property
     def path(self) -> Path:
@@ -111,7 +122,10 @@ class CombinedSpecSource:
         """Re-read the directory if it changed and take the newest resources; True when the set was rebuilt."""
         changed = self.directory.refresh() or not self._directory_loaded
         self._directory_loaded = True
+        listed = self.resources.synced()  # read BEFORE the snapshot: a listed cache is complete from then on
         version, objects = self.resources.snapshot()
+        if listed != self._listed:
+            self._listed, changed = listed, True
         if version != self._resource_version:
             self._resource_version, self.objects, changed = version, objects, True
         if changed:
@@ -126,6 +140,11 @@ class CombinedSpecSource:
         return [(("namespace",), f"namespace {spec.namespace!r} is not managed by this controller (allowed: {names})")]
 
     def _rebuild(self) -> None:
+        if not self._listed:
+            self.rollouts, self.refusals = [], {}
+            waiting = SpecProblem(str(self.directory.path), 1, "", NOT_LISTED)
+            self.problems = sorted([*self.directory.problems, waiting], key=lambda p: (p.file, p.line))
+            return
         located: list[LocatedSpec] = []
         refs: dict[str, ResourceKey] = {}
         self.refusals = {}

@@ -313,6 +313,36 @@ def test_a_resource_and_a_spec_file_for_one_service_clash_and_neither_runs(
     assert observer.seen[-1]["kstatus"] == "Failed" and observer.seen[-1]["argocd"] == "Degraded"
 
 
+def test_while_the_resources_are_not_listed_yet_a_clashing_file_never_moves_traffic(
+    crd_kube: KubeHarness, tmp_path: Path
+) -> None:
+    """The start (or a failover) races the first LIST: the file is known at once, the resource that clashes
+    with it only when the LIST answers. Nothing may run before that, or the file moves traffic for a tick."""
+    (tmp_path / "specs").mkdir()
+    flat = yaml.safe_load(RESOURCE)["spec"]
+    (tmp_path / "specs" / "demo.yaml").write_text(yaml.safe_dump({**flat, "namespace": "default"}))
+    create(crd_kube, yaml.safe_load(RESOURCE))
+    lists = {"failing": True, "refused": 0}
+
+    def refused_list(request: Any) -> bool:
+        hit = lists["failing"] and request.method.value == "GET" and f"/{PLURAL}" in str(request.url)
+        lists["refused"] += hit
+        return bool(hit)
+
+    crd_kube.emulator[refused_list] << 503
+    with controller(crd_kube, tmp_path, HEALTHY) as (_, port):
+        wait_for(lambda: lists["refused"] >= 2, what="the watch retried its first list")
+        wait_for(lambda: "0 rollouts, 1 spec problems" in get(port, "/readyz")[1], what="the wait reported")
+        ready, body = get(port, "/readyz")
+        assert ready == 503 and "RampRollout watch in namespace 'default': not listed yet" in body, body
+        time.sleep(1.0)  # several ticks with the file alone in view
+        assert stored(crd_kube, VS, "default", "demo") is None, "the file waited for the list"
+        lists["failing"] = False
+        wait_for(lambda: (read(crd_kube).get("status") or {}).get("phase") == "Invalid", what="clash found")
+        time.sleep(1.0)
+        assert stored(crd_kube, VS, "default", "demo") is None, "neither owner ran, before or after the list"
+
+
 def test_deleting_the_resource_stops_managing_and_leaves_traffic_as_it_is(
     crd_kube: KubeHarness, tmp_path: Path
 ) -> None:

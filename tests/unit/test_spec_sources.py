@@ -36,6 +36,7 @@ class FakeCache:
     def __init__(self) -> None:
         self.version = 0
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.listed = True  # every watched namespace listed once
 
     def put(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
@@ -48,6 +49,9 @@ class FakeCache:
 
     def snapshot(self) -> tuple[int, dict[tuple[str, str], dict[str, Any]]]:
         return self.version, copy.deepcopy(self.objects)
+
+    def synced(self) -> bool:
+        return self.listed
 
 
 def source(tmp_path: Path, allowed: frozenset[str] | None = None) -> tuple[CombinedSpecSource, FakeCache]:
@@ -133,3 +137,32 @@ def test_a_malformed_object_is_refused_never_a_crash(tmp_path: Path) -> None:
     combined.refresh()
     assert combined.rollouts == [] and len(combined.refusals) == 3
     assert all(r.kind == "InvalidSpec" for r in combined.refusals.values())
+
+
+def test_before_the_first_list_nothing_runs_not_even_a_file_and_the_wait_is_a_problem(tmp_path: Path) -> None:
+    (tmp_path / "reviews.yaml").write_text(FILE_SPEC)
+    combined, cache = source(tmp_path)
+    cache.listed = False
+    assert combined.refresh()
+    assert combined.rollouts == [] and combined.refusals == {}
+    (waiting,) = combined.problems
+    assert waiting.file == str(tmp_path) and "waiting for the first list of RampRollout resources" in waiting.reason
+    assert "no spec runs (files included)" in waiting.reason
+    assert not combined.refresh(), "still waiting, nothing changed"
+    cache.listed = True  # the list completed and found nothing: the version counter did not move
+    assert combined.refresh()
+    assert [r.name for r in combined.rollouts] == ["reviews"] and combined.problems == []
+
+
+def test_a_resource_seen_by_a_partial_list_never_lets_a_clashing_file_run_first(tmp_path: Path) -> None:
+    (tmp_path / "reviews.yaml").write_text(FILE_SPEC)
+    combined, cache = source(tmp_path)
+    cache.listed = False
+    combined.refresh()
+    assert combined.rollouts == []
+    cache.put(resource(name="reviews"))  # the list arrives: a resource for the same service
+    cache.listed = True
+    assert combined.refresh()
+    assert combined.rollouts == [], "a clash: neither owner runs"
+    assert combined.refusals[("shop", "reviews")].kind == "OwnerClash"
+    assert any("also claimed" in p.reason and p.file.endswith("reviews.yaml") for p in combined.problems)
