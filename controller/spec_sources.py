@@ -36,7 +36,8 @@ RefusalKind = Literal["InvalidSpec", "OwnerClash", "NamespaceNotManaged"]
 ResourceKey = tuple[str, str]  # (namespace, name)
 NOT_LISTED = (
     "waiting for the first list of RampRollout resources: no spec runs (files included) until every watched "
-    "namespace is listed, so that no service, host or rollout name gets two owners"
+    "namespace is listed, so that no service, host or rollout name gets two owners (/readyz says why the list "
+    "fails; a controller that serves spec files only runs with --no-resources)"
 )
 
 
