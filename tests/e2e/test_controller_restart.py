@@ -75,9 +75,11 @@ def test_kill_9_mid_rollout_then_restart_resumes_without_replay_or_skip(tmp_path
         initial_version = stack.router.envoy_route_version()
         first = start_controller(stack, specs, store.directory, log)
         try:
-            at_ten = wait_for(store, lambda s: s.step == 1, timeout=45)
-            # State is saved before routing is applied: kill only once Envoy serves the 10% step
-            # (route versions: initial, header step, 10%), so the "during" sample below sees it.
+            # State is saved before routing is applied (`unconfirmed`), and again once the data plane has
+            # confirmed it. Kill only after that second save, when Envoy serves the 10% step (route versions:
+            # initial, header step, 10%), so the "during" sample below sees it. (Killed between the two saves,
+            # a restart rightly starts the step's clock at its own confirmation: the entry is re-stamped.)
+            at_ten = wait_for(store, lambda s: s.step == 1 and s.unconfirmed is None, timeout=45)
             deadline = time.monotonic() + 10
             while stack.router.envoy_route_version() != str(int(initial_version or 0) + 2):
                 assert time.monotonic() < deadline, "the 10% routing was never applied"

@@ -276,6 +276,53 @@ def test_a_state_saved_before_its_routing_is_applied_says_it_is_not_yet_confirme
     assert state is not None and state.unconfirmed is None  # confirmed, then saved again
 
 
+class Killed(BaseException):
+    """The process dies (SIGKILL): nothing after this point runs, not even a `finally` that saves."""
+
+
+def test_killed_between_applying_a_step_and_saving_its_confirmation_the_restart_confirms_it_once(
+    tmp_path: Path,
+) -> None:
+    @dataclass
+    class DyingAfterTheTenPercentWrite(RecordingRouter):
+        def apply(self, routing: DesiredRouting, deadline: Deadline | None = None) -> bool:
+            written = super().apply(routing, deadline)
+            if routing.weight_of("v2") == 10:
+                raise Killed  # the data plane serves 10 %, the state still says "not yet confirmed"
+            return written
+
+    clock, dying = FakeClock(), DyingAfterTheTenPercentWrite()
+    first = runner_for(tmp_path, dying, clock)
+    for _ in range(2):  # header step entered (t=1000), observed 5 s
+        first.tick()
+        clock.advance(5)
+    with pytest.raises(Killed):
+        first.tick()  # t=1010: the 10 % step is decided, saved unconfirmed, applied; then the process dies
+    saved = FileStateStore(tmp_path).load("shop")
+    assert saved is not None and saved.step == 1
+    assert saved.unconfirmed == "routing saved, not yet confirmed by the data plane"
+    entered = saved.history[-1]
+    clock.advance(3)  # the restart, 3 s later: same data plane, which already serves the 10 % step
+    restarted = RecordingRouter(applied=[dying.applied[-1]])
+    second = runner_for(tmp_path, restarted, clock)
+    second.tick()  # t=1013
+    state = FileStateStore(tmp_path).load("shop")
+    assert state is not None and (state.step, state.unconfirmed) == (1, None)
+    assert restarted.applied == [dying.applied[-1]], "nothing rewritten: the data plane already served it"
+    # Not re-entered (one history entry for the step), but its clock starts at the confirmation, the first moment
+    # this controller knows the step is served: a step is never shortened by a crash.
+    assert [(c.phase, c.step) for c in state.history] == [(Phase.HEADER_TEST, 0), (Phase.PROGRESSING, 1)]
+    assert state.history[-1].reason == entered.reason and state.history[-1].at == 1013.0 == state.step_started_at
+    clock.advance(5)
+    second.tick()  # t=1018: 5 s of the 10 s step
+    state = FileStateStore(tmp_path).load("shop")
+    assert state is not None and state.step == 1
+    clock.advance(5)
+    second.tick()  # t=1023: 10 s confirmed
+    state = FileStateStore(tmp_path).load("shop")
+    assert state is not None and state.step == 2
+
+
 def test_a_fifo_in_place_of_the_state_or_command_file_never_blocks_a_tick(tmp_path: Path) -> None:
     import os as _os
     import threading
