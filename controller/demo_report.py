@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -34,7 +36,10 @@ class DemoRecorder:
 
     out: TextIO
     started_at: float
+    # When the rollback's routing was applied and confirmed: the observer is told after that, so its clock (not
+    # the tick's start, which precedes the Prometheus query and the apply) is when traffic was back.
     rollback_applied_at: float | None = None
+    clock: Callable[[], float] = time.time
     events: list[TickEvent] = field(default_factory=list)
     _last_key: tuple[object, ...] = ()
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -47,7 +52,7 @@ class DemoRecorder:
                 and self.rollback_applied_at is None
                 and event.apply_error is None
             ):
-                self.rollback_applied_at = event.at
+                self.rollback_applied_at = self.clock()
             state = event.decision.state
             line = (
                 f"[{event.at - self.started_at:6.1f}s] {state.phase.value:<11} "

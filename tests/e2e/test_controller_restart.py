@@ -97,8 +97,8 @@ def test_kill_9_mid_rollout_then_restart_resumes_without_replay_or_skip(tmp_path
 
         second = start_controller(stack, specs, store.directory, log)
         try:
-            final = wait_for(store, lambda s: s.terminal, timeout=60)
-            time.sleep(0.5)  # the promoting tick applies routing right after saving state
+            # settled: terminal AND confirmed (the promoting tick saves, applies, then saves the confirmation)
+            final = wait_for(store, lambda s: s.settled, timeout=60)
             final_version = stack.router.envoy_route_version()
         finally:
             second.send_signal(signal.SIGTERM)

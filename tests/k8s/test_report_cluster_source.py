@@ -372,10 +372,11 @@ def test_a_prometheus_that_cannot_answer_leaves_the_state_s_report_and_never_its
     assert all("s3cr3t" not in note for note in inputs.notes)
     assert "s3cr3t" not in inputs.source and inputs.source.startswith("VirtualService prod/shop, Prometheus http://")
     # a Prometheus slower than the report's deadline: what is left is not even asked
-    slow = ScriptedRange(delay=0.3)
-    inputs = report(kube, slow, deadline=Deadline(0.2))
+    # (the deadline also covers reading the route object first: 1 s leaves that read ample time under load)
+    slow = ScriptedRange(delay=1.5)
+    inputs = report(kube, slow, deadline=Deadline(1.0))
     assert len(slow.calls) == 1 and inputs.final_phase == "RolledBack"
-    ran_out = [n for n in inputs.notes if n.endswith(": not asked: the 0.2s allowed for the queries ran out")]
+    ran_out = [n for n in inputs.notes if n.endswith(": not asked: the 1s allowed for the queries ran out")]
     assert len(ran_out) == 10  # all but the first
 
 
