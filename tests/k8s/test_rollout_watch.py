@@ -235,12 +235,12 @@ def test_a_5xx_storm_is_met_with_bounded_backoff(fake: FakeKube) -> None:
         # capped at 0.4 s, jittered to >= 0.2 s: at most a handful in 1.5 s (a tight loop would make thousands)
         assert 3 <= len(seen) <= 12, len(seen)
         gaps = [b.at - a.at for a, b in itertools.pairwise(seen)]
-        assert all(g <= 0.4 + 0.15 for g in gaps), gaps  # never more than the cap (plus scheduling)
+        assert all(g <= 0.4 + 0.35 for g in gaps), gaps  # never more than the cap (plus scheduling on a busy CPU)
         assert gaps[-1] >= 0.2 - 0.02, gaps
         ok, message = watch.status()
         assert not ok and "not listed yet" in message and "HTTP 500" in message
         fake.fail_status = None
-        assert eventually(watch.synced, timeout=1.0)
+        assert eventually(watch.synced, timeout=3.0)
         assert watch.status()[0]
 
 
